@@ -1,0 +1,1 @@
+"""Corpus recipes: each turns a corpus's own layout into JSONL manifests."""

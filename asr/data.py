@@ -1,0 +1,366 @@
+"""Manifests, audio loading, length-bucketed batching and the Lightning DataModule.
+
+A manifest is JSON Lines with NeMo's keys, one utterance a line::
+
+    {"audio_filepath": "wav/a.sph", "duration": 2.3, "text": "yes", "id": "an251-fash-b", "speaker": "fash"}
+
+Relative paths are relative to the manifest's folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pytorch_lightning as L
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from asr.text import CharTokenizer, normalize_text
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One line of a manifest."""
+
+    audio_filepath: str
+    duration: float
+    text: str
+    id: str = ""
+    speaker: str = ""
+
+
+def read_manifest(path: str | os.PathLike) -> list[Utterance]:
+    """Read a JSONL manifest; relative audio paths are resolved against the manifest's folder.
+
+    Raises:
+        FileNotFoundError: the manifest does not exist (the message says how to make one).
+        ValueError: a line is not valid JSON or lacks ``audio_filepath``/``duration``/``text``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"manifest {path} does not exist; run the recipe's prepare stage first "
+            f"(e.g. `make prepare` for AN4) or point the data.*_manifest settings at your own JSONL files"
+        )
+    base = path.parent
+    utts = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                d = json.loads(line)
+                audio = Path(d["audio_filepath"])
+                utts.append(
+                    Utterance(
+                        audio_filepath=str(audio if audio.is_absolute() else base / audio),
+                        duration=float(d["duration"]),
+                        text=str(d["text"]),
+                        id=str(d.get("id", d["audio_filepath"])),
+                        speaker=str(d.get("speaker", "")),
+                    )
+                )
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+                raise ValueError(
+                    f"{path}:{lineno}: not a manifest line ({err.__class__.__name__}: {err}); each line must be "
+                    f'a JSON object with "audio_filepath", "duration" and "text"'
+                ) from None
+    return utts
+
+
+def write_manifest(path: str | os.PathLike, utterances: Sequence[Utterance]) -> None:
+    """Write a JSONL manifest atomically (a temporary file renamed into place)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for u in utterances:
+            f.write(json.dumps(asdict(u), ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_audio(path: str | os.PathLike, sample_rate: int = 16000) -> torch.Tensor:
+    """Decode an audio file (anything libsndfile reads: SPHERE, FLAC, WAV, ...) to mono float32.
+
+    Multi-channel audio is averaged to mono; other sample rates are resampled to ``sample_rate``.
+
+    Returns:
+        (S,) float32 waveform in [-1, 1].
+    """
+    data, sr = sf.read(str(path), dtype="float32", always_2d=True)  # (S, C)
+    wav = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]))
+    if sr != sample_rate:
+        wav = AF.resample(wav, sr, sample_rate)
+    return wav
+
+
+class Batch(NamedTuple):
+    """A padded batch of utterances.
+
+    audio: (B, S) float waveforms, zero-padded; audio_lengths: (B,) samples;
+    targets: (B, L) token ids, zero-padded; target_lengths: (B,); ids: utterance ids.
+    """
+
+    audio: torch.Tensor
+    audio_lengths: torch.Tensor
+    targets: torch.Tensor
+    target_lengths: torch.Tensor
+    ids: list[str]
+
+
+class AudioDataset(Dataset):
+    """Utterances -> (waveform, token ids, id); decoding happens here, features on the model's device.
+
+    With ``tokenizer=None`` the token ids are empty (decoding only needs audio).
+    """
+
+    def __init__(
+        self, utterances: Sequence[Utterance], tokenizer: CharTokenizer | None, sample_rate: int = 16000
+    ) -> None:
+        self.utterances = list(utterances)
+        self.tokenizer = tokenizer
+        self.sample_rate = sample_rate
+
+    def __len__(self) -> int:
+        return len(self.utterances)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+        u = self.utterances[index]
+        wav = load_audio(u.audio_filepath, self.sample_rate)
+        ids = self.tokenizer.encode(normalize_text(u.text)) if self.tokenizer is not None else []
+        tokens = torch.tensor(ids, dtype=torch.long)
+        return wav, tokens, u.id
+
+
+def collate(items: Sequence[tuple[torch.Tensor, torch.Tensor, str]]) -> Batch:
+    """Pad waveforms and targets into a :class:`Batch`."""
+    wavs, tokens, ids = zip(*items, strict=True)
+    audio_lengths = torch.tensor([w.numel() for w in wavs], dtype=torch.long)
+    target_lengths = torch.tensor([t.numel() for t in tokens], dtype=torch.long)
+    audio = torch.zeros(len(wavs), int(audio_lengths.max()))
+    targets = torch.zeros(len(tokens), max(1, int(target_lengths.max())), dtype=torch.long)
+    for i, (w, t) in enumerate(zip(wavs, tokens, strict=True)):
+        audio[i, : w.numel()] = w
+        targets[i, : t.numel()] = t
+    return Batch(audio, audio_lengths, targets, target_lengths, list(ids))
+
+
+class BucketBatchSampler(Sampler[list[int]]):
+    """Batches of similar-length utterances, bounded by padded audio seconds, DDP-aware.
+
+    Utterances are split by duration into ``num_buckets`` equal-count buckets. Each epoch, the order within
+    each bucket and the order of the batches are shuffled with ``seed + epoch``, so every epoch differs but
+    every run (and every rank) sees the same sequence. A batch holds as many utterances as fit in
+    ``max_batch_seconds`` of *padded* audio (longest utterance x count), so memory is bounded.
+
+    Under DDP each rank takes every ``world_size``-th batch; the batch list is first trimmed (training) or
+    wrapped (evaluation) to a multiple of the world size, so all ranks run the same number of steps.
+    Rank and world size are read from ``torch.distributed`` when it is initialised, else from the arguments.
+
+    Args:
+        durations: seconds per utterance, in dataset order.
+        max_batch_seconds: bound on longest-duration x batch-size.
+        num_buckets: number of duration buckets (1 = global shuffle, padding grows).
+        shuffle: shuffle within buckets and across batches each epoch.
+        drop_last: under DDP, drop the batches that do not divide evenly (else wrap around).
+        seed: base seed of the per-epoch shuffle.
+        num_replicas, rank: override the distributed world (for tests).
+    """
+
+    def __init__(
+        self,
+        durations: Sequence[float],
+        max_batch_seconds: float,
+        num_buckets: int = 20,
+        shuffle: bool = True,
+        drop_last: bool = True,
+        seed: int = 0,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ) -> None:
+        if max_batch_seconds <= 0:
+            raise ValueError(f"data.max_batch_seconds must be > 0, got {max_batch_seconds}")
+        self.durations = np.asarray(durations, dtype=np.float64)
+        self.max_batch_seconds = float(max_batch_seconds)
+        self.num_buckets = max(1, int(num_buckets))
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.seed = seed
+        self.epoch = 0
+        self._num_replicas = num_replicas
+        self._rank = rank
+        order = np.argsort(self.durations, kind="stable")
+        self._buckets = [b for b in np.array_split(order, self.num_buckets) if len(b)]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning at the start of each epoch."""
+        self.epoch = epoch
+
+    @property
+    def world(self) -> tuple[int, int]:
+        """(num_replicas, rank) in force."""
+        if self._num_replicas is not None:
+            return self._num_replicas, self._rank or 0
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_world_size(), torch.distributed.get_rank()
+        return 1, 0
+
+    def _all_batches(self) -> list[list[int]]:
+        rng = random.Random(self.seed + self.epoch)
+        batches: list[list[int]] = []
+        for bucket in self._buckets:
+            idx = list(bucket)
+            if self.shuffle:
+                rng.shuffle(idx)
+            batch: list[int] = []
+            longest = 0.0
+            for i in idx:
+                d = float(self.durations[i])
+                if batch and max(longest, d) * (len(batch) + 1) > self.max_batch_seconds:
+                    batches.append(batch)
+                    batch, longest = [], 0.0
+                batch.append(int(i))
+                longest = max(longest, d)
+            if batch:
+                batches.append(batch)
+        if self.shuffle:
+            rng.shuffle(batches)
+        return batches
+
+    def _rank_batches(self) -> list[list[int]]:
+        batches = self._all_batches()
+        world, rank = self.world
+        if world > 1:
+            if self.drop_last:
+                batches = batches[: len(batches) // world * world]
+            else:
+                n = math.ceil(len(batches) / world) * world
+                batches = batches + batches[: n - len(batches)]
+            batches = batches[rank::world]
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        yield from self._rank_batches()
+
+    def __len__(self) -> int:
+        return len(self._rank_batches())
+
+
+class ASRDataModule(L.LightningDataModule):
+    """Train/validation/test loaders over JSONL manifests.
+
+    Args:
+        tokenizer: encodes transcripts; utterances with characters outside its vocabulary are dropped
+            (and counted in the log).
+        train_manifest, val_manifest, test_manifest: JSONL paths (test is optional).
+        sample_rate: audio is resampled to this rate.
+        max_batch_seconds: padded seconds per training batch (see :class:`BucketBatchSampler`).
+        eval_batch_seconds: the same for validation/test batches (no gradients, so larger).
+        num_buckets: duration buckets of the sampler.
+        min_duration, max_duration: training utterances outside this range (seconds) are dropped.
+        num_workers: loader processes (0 = decode in the main process).
+        seed: seed of the per-epoch shuffle.
+    """
+
+    def __init__(
+        self,
+        tokenizer: CharTokenizer,
+        train_manifest: str,
+        val_manifest: str,
+        test_manifest: str | None = None,
+        sample_rate: int = 16000,
+        max_batch_seconds: float = 60.0,
+        eval_batch_seconds: float = 200.0,
+        num_buckets: int = 20,
+        min_duration: float = 0.1,
+        max_duration: float = 30.0,
+        num_workers: int = 1,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.train_manifest = train_manifest
+        self.val_manifest = val_manifest
+        self.test_manifest = test_manifest
+        self.sample_rate = sample_rate
+        self.max_batch_seconds = max_batch_seconds
+        self.eval_batch_seconds = eval_batch_seconds
+        self.num_buckets = num_buckets
+        self.min_duration = min_duration
+        self.max_duration = max_duration
+        self.num_workers = num_workers
+        self.seed = seed
+        self.datasets: dict[str, AudioDataset] = {}
+
+    def _load(self, manifest: str, split: str, filter_duration: bool) -> AudioDataset:
+        utts = read_manifest(manifest)
+        kept, bad_chars, bad_len = [], 0, 0
+        for u in utts:
+            text = normalize_text(u.text)
+            if not text or self.tokenizer.unknown_chars(text):
+                bad_chars += 1
+            elif filter_duration and not (self.min_duration <= u.duration <= self.max_duration):
+                bad_len += 1
+            else:
+                kept.append(u)
+        if bad_chars or bad_len:
+            log.warning(
+                "%s (%s): dropped %d utterances with empty text or characters outside the tokenizer, "
+                "%d outside data.min_duration..data.max_duration (%.1f..%.1f s)",
+                manifest, split, bad_chars, bad_len, self.min_duration, self.max_duration,
+            )
+        if not kept:
+            raise ValueError(f"{split} manifest {manifest} has no usable utterances (of {len(utts)})")
+        return AudioDataset(kept, self.tokenizer, self.sample_rate)
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit"):
+            self.datasets["train"] = self._load(self.train_manifest, "train", filter_duration=True)
+        if stage in (None, "fit", "validate"):
+            self.datasets["val"] = self._load(self.val_manifest, "val", filter_duration=False)
+        if stage in (None, "test") and self.test_manifest:
+            self.datasets["test"] = self._load(self.test_manifest, "test", filter_duration=False)
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        ds = self.datasets[split]
+        sampler = BucketBatchSampler(
+            [u.duration for u in ds.utterances],
+            self.max_batch_seconds if train else self.eval_batch_seconds,
+            # evaluation batches are cut from one sorted list: least padding, same batches every time
+            num_buckets=self.num_buckets if train else 1,
+            shuffle=train,
+            drop_last=train,
+            seed=self.seed,
+        )
+        return DataLoader(
+            ds,
+            batch_sampler=sampler,
+            collate_fn=collate,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)

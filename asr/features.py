@@ -1,0 +1,108 @@
+"""Log-Mel features and SpecAugment as nn.Modules that run on the model's device."""
+
+from __future__ import annotations
+
+import torch
+import torchaudio
+from torch import nn
+
+
+class LogMelFeatures(nn.Module):
+    """Waveforms -> normalised log-Mel filterbanks.
+
+    Args:
+        sample_rate: of the input waveforms.
+        n_mels: filterbank channels (the feature dimension).
+        win_ms, hop_ms: analysis window and hop in milliseconds.
+        n_fft: FFT size (>= window length in samples).
+        normalize: ``"utterance"`` (per-utterance mean/variance over valid frames) or ``"none"``.
+    """
+
+    def __init__(
+        self,
+        sample_rate: int = 16000,
+        n_mels: int = 80,
+        win_ms: float = 25.0,
+        hop_ms: float = 10.0,
+        n_fft: int = 512,
+        normalize: str = "utterance",
+    ) -> None:
+        super().__init__()
+        if normalize not in ("utterance", "none"):
+            raise ValueError(f"features.normalize must be 'utterance' or 'none', got {normalize!r}")
+        self.config = dict(
+            sample_rate=sample_rate, n_mels=n_mels, win_ms=win_ms, hop_ms=hop_ms, n_fft=n_fft, normalize=normalize
+        )
+        self.n_mels = n_mels
+        self.hop_length = int(round(sample_rate * hop_ms / 1000))
+        self.normalize = normalize
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate=sample_rate,
+            n_fft=n_fft,
+            win_length=int(round(sample_rate * win_ms / 1000)),
+            hop_length=self.hop_length,
+            n_mels=n_mels,
+            center=True,
+            power=2.0,
+            pad_mode="constant",  # zeros, as batch padding is: features do not depend on the batch
+        )
+
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Frames per utterance for ``lengths`` samples (centred STFT)."""
+        return torch.div(lengths, self.hop_length, rounding_mode="floor") + 1
+
+    @torch.no_grad()
+    def forward(self, audio: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, S) waveforms, (B,) sample counts -> (B, T, n_mels) features, (B,) frame counts."""
+        # The STFT runs in fp32 even under autocast: bf16 log-power spectra lose too much.
+        with torch.autocast(device_type=audio.device.type, enabled=False):
+            feats = self.mel(audio.float())  # (B, n_mels, T)
+            feats = torch.log(feats + 1e-6).transpose(1, 2)  # (B, n_mels, T) -> (B, T, n_mels)
+        frame_lengths = self.output_lengths(lengths).clamp(max=feats.shape[1])
+        mask = (torch.arange(feats.shape[1], device=feats.device)[None, :] < frame_lengths[:, None])[..., None]
+        if self.normalize == "utterance":
+            n = frame_lengths.clamp(min=1)[:, None, None].to(feats.dtype)
+            mean = (feats * mask).sum(1, keepdim=True) / n
+            var = (((feats - mean) * mask) ** 2).sum(1, keepdim=True) / n
+            feats = (feats - mean) / torch.sqrt(var + 1e-5)
+        return feats * mask, frame_lengths
+
+
+class SpecAugment(nn.Module):
+    """Frequency and time masking (Park et al. 2019), a fresh mask per utterance; identity in eval mode.
+
+    Args:
+        freq_masks: number of frequency masks.
+        freq_width: largest frequency mask, in channels.
+        time_masks: number of time masks.
+        time_width: largest time mask as a fraction of each utterance's length.
+    """
+
+    def __init__(self, freq_masks: int = 2, freq_width: int = 27, time_masks: int = 2, time_width: float = 0.05):
+        super().__init__()
+        self.freq_masks, self.freq_width = freq_masks, freq_width
+        self.time_masks, self.time_width = time_masks, time_width
+
+    @staticmethod
+    def _mask(size: int, widths: torch.Tensor, limits: torch.Tensor) -> torch.Tensor:
+        """(B,) widths and (B,) valid extents -> (B, size) bool mask of one band per row."""
+        starts = (torch.rand_like(widths, dtype=torch.float) * (limits - widths).clamp(min=0)).long()
+        pos = torch.arange(size, device=widths.device)[None, :]
+        return (pos >= starts[:, None]) & (pos < (starts + widths)[:, None])
+
+    @torch.no_grad()
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(B, T, F) features, (B,) frame counts -> (B, T, F) masked features (training mode only)."""
+        if not self.training:
+            return feats
+        b, t, f = feats.shape
+        keep = torch.ones(b, t, f, dtype=torch.bool, device=feats.device)
+        full_f = torch.full((b,), f, device=feats.device)
+        for _ in range(self.freq_masks):
+            widths = torch.randint(0, self.freq_width + 1, (b,), device=feats.device)
+            keep &= ~self._mask(f, widths, full_f)[:, None, :]
+        for _ in range(self.time_masks):
+            max_w = (lengths.float() * self.time_width).long()
+            widths = (torch.rand(b, device=feats.device) * (max_w + 1)).long()
+            keep &= ~self._mask(t, widths, lengths)[:, :, None]
+        return feats * keep

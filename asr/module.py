@@ -1,0 +1,192 @@
+"""ASRModule: the LightningModule that owns features, augmentation, model, tokenizer and greedy decoding."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jiwer
+import pytorch_lightning as L
+import torch
+import torch.nn.functional as F
+
+from asr.data import Batch
+from asr.decoding import GreedyDecoder
+from asr.features import LogMelFeatures, SpecAugment
+from asr.model import BiLSTMCTC
+from asr.text import CharTokenizer, normalize_text
+
+CHECKPOINT_KEY = "asr"  # plain-data description of the model stored in every checkpoint
+
+
+class ASRModule(L.LightningModule):
+    """Waveforms -> features -> (SpecAugment) -> BiLSTMCTC -> CTC loss; greedy decoding for WER.
+
+    Args:
+        tokenizer: maps text to ids; its size fixes the model's output layer.
+        features: waveform -> log-Mel front end (runs on the model's device).
+        model: a ``BiLSTMCTC``, or a callable (Hydra partial) taking ``input_dim`` and ``num_classes``.
+        optimizer: partial taking ``params`` (e.g. ``torch.optim.AdamW`` with ``_partial_: true``).
+        scheduler: partial taking ``optimizer`` and ``total_steps``, stepped every optimiser step.
+        augment: SpecAugment, applied in training only.
+    """
+
+    def __init__(
+        self,
+        tokenizer: CharTokenizer,
+        features: LogMelFeatures,
+        model: BiLSTMCTC | Callable[..., BiLSTMCTC],
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[..., Any] | None = None,
+        augment: SpecAugment | None = None,
+    ) -> None:
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.features = features
+        self.augment = augment
+        self.model = (
+            model
+            if isinstance(model, torch.nn.Module)
+            else model(input_dim=features.n_mels, num_classes=tokenizer.num_classes)
+        )
+        if self.model.config["num_classes"] != tokenizer.num_classes:
+            raise ValueError(
+                f"model.num_classes={self.model.config['num_classes']} but the tokenizer has "
+                f"{tokenizer.num_classes} classes (blank included); leave num_classes to the tokenizer"
+            )
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.decoder = GreedyDecoder(tokenizer)
+        self.eval_manifests: dict[str, str] = {}
+        self._counts: dict[str, torch.Tensor] = {}
+
+    # ----------------------------------------------------------------- model
+    def forward(self, audio: torch.Tensor, audio_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, S) waveforms, (B,) sample counts -> (B, T', C) log-probs, (B,) output frame counts."""
+        feats, frame_lengths = self.features(audio, audio_lengths)
+        if self.augment is not None and self.training:
+            feats = self.augment(feats, frame_lengths)
+        return self.model(feats, frame_lengths)
+
+    def ctc_loss(self, log_probs: torch.Tensor, lengths: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """CTC summed over each utterance, averaged over the batch.
+
+        Per-utterance sums (not per-frame means) keep gradients large enough to leave the all-blank
+        plateau quickly; ``zero_infinity`` turns an impossible alignment into zero loss instead of inf.
+        """
+        loss = F.ctc_loss(
+            log_probs.transpose(0, 1),  # (B, T, C) -> (T, B, C)
+            batch.targets,
+            lengths,
+            batch.target_lengths,
+            blank=0,
+            reduction="sum",
+            zero_infinity=True,
+        )
+        return loss / batch.audio.shape[0]
+
+    # ----------------------------------------------------------------- steps
+    def _shared_step(self, batch: Batch, stage: str) -> torch.Tensor:
+        log_probs, lengths = self(batch.audio, batch.audio_lengths)
+        loss = self.ctc_loss(log_probs, lengths, batch)
+        bsz = batch.audio.shape[0]
+        if stage == "train":
+            self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=bsz)
+            self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, batch_size=bsz)
+        else:
+            self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=bsz)
+            hyps = self.decoder.decode(log_probs, lengths)
+            refs = [
+                self.tokenizer.decode(t[:n].tolist())
+                for t, n in zip(batch.targets.cpu(), batch.target_lengths.cpu(), strict=True)
+            ]
+            refs = [normalize_text(r) for r in refs]
+            w = jiwer.process_words(refs, hyps)
+            c = jiwer.process_characters(refs, hyps)
+            counts = torch.tensor(
+                [
+                    w.substitutions + w.deletions + w.insertions,
+                    w.hits + w.substitutions + w.deletions,
+                    c.substitutions + c.deletions + c.insertions,
+                    c.hits + c.substitutions + c.deletions,
+                ],
+                dtype=torch.float64,
+                device=self.device,
+            )
+            self._counts[stage] = self._counts.get(stage, torch.zeros_like(counts)) + counts
+        return loss
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def _log_error_rates(self, stage: str) -> None:
+        counts = self._counts.pop(stage, None)
+        if counts is None:
+            return
+        counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
+        self.log(f"{stage}/wer", float(counts[0] / counts[1].clamp(min=1)), prog_bar=True)
+        self.log(f"{stage}/cer", float(counts[2] / counts[3].clamp(min=1)))
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_error_rates("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_error_rates("test")
+
+    # ------------------------------------------------------------ optimisers
+    def configure_optimizers(self) -> Any:
+        if self.optimizer_factory is None:
+            raise RuntimeError("ASRModule was built without an optimizer; it can decode but not train")
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(
+            optimizer=optimizer, total_steps=int(self.trainer.estimated_stepping_batches)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ----------------------------------------------------------- checkpoints
+    def describe(self) -> dict:
+        """Plain data that rebuilds this module for inference (no code is named or executed)."""
+        return {
+            "tokenizer": self.tokenizer.state_dict(),
+            "features": dict(self.features.config),
+            "model": dict(self.model.config),
+            "eval_manifests": dict(self.eval_manifests),
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_KEY] = self.describe()
+
+    @classmethod
+    def load_for_inference(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> ASRModule:
+        """Rebuild a module from a checkpoint for decoding: tensors only (``weights_only``), no code run.
+
+        Raises:
+            FileNotFoundError: no checkpoint at ``path``.
+            ValueError: the file is not an asr checkpoint.
+        """
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"checkpoint {path} does not exist; training writes exp/<recipe>/<run>/checkpoints/best.ckpt"
+            )
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        if CHECKPOINT_KEY not in ckpt or "state_dict" not in ckpt:
+            raise ValueError(f"{path} is not an asr checkpoint (no '{CHECKPOINT_KEY}' entry)")
+        meta = ckpt[CHECKPOINT_KEY]
+        tokenizer = CharTokenizer.from_state_dict(meta["tokenizer"])
+        module = cls(
+            tokenizer=tokenizer,
+            features=LogMelFeatures(**meta["features"]),
+            model=BiLSTMCTC(**meta["model"]),
+        )
+        module.load_state_dict(ckpt["state_dict"])
+        module.eval_manifests = dict(meta.get("eval_manifests", {}))
+        return module.eval()

@@ -1,0 +1,117 @@
+"""The real entry points on real AN4 audio with a real Lightning Trainer on CPU (a few steps)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigAttributeError
+
+from asr.evaluate import evaluate
+from asr.module import ASRModule
+from asr.train import train
+from tests.conftest import ROOT, SHARED, compose_train, tiny_train_cfg
+
+
+@pytest.fixture(scope="module")
+def trained(an4_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    result = train(tiny_train_cfg(an4_dir, out))
+    return out, result
+
+
+def test_train_writes_checkpoints_logs_and_reports(trained):
+    out, result = trained
+    assert (out / "checkpoints" / "best.ckpt").is_file() and (out / "checkpoints" / "last.ckpt").is_file()
+    assert result["best_checkpoint"] == str(out / "checkpoints" / "best.ckpt")
+    metrics = (out / "logs" / "metrics.csv").read_text().splitlines()
+    header = metrics[0].split(",")
+    for key in ("train/loss", "lr", "val/loss", "val/wer", "val/cer"):
+        assert key in header
+    for split in ("dev", "test"):
+        report = json.loads((out / "decode" / split / "report.json").read_text())
+        assert report == result["reports"][split]
+        hyps = (out / "decode" / split / "hyps.txt").read_text().splitlines()
+        refs = (out / "decode" / split / "refs.txt").read_text().splitlines()
+        assert len(hyps) == len(refs) == report["utterances"]
+        assert report["ref_words"] == report["hits"] + report["substitutions"] + report["deletions"]
+    assert result["reports"]["test"]["utterances"] == 130
+
+
+def test_evaluate_reproduces_training_report(trained, tmp_path):
+    out, result = trained
+    reports = evaluate(result["best_checkpoint"], out_dir=str(tmp_path), progress=False)
+    for split in ("dev", "test"):
+        for key in ("wer", "cer", "substitutions", "deletions", "insertions", "utterances"):
+            assert reports[split][key] == result["reports"][split][key]
+        assert (tmp_path / split / "hyps.txt").read_text() == (out / "decode" / split / "hyps.txt").read_text()
+
+
+def test_checkpoint_loads_weights_only_and_decodes(trained, an4_dir):
+    out, _ = trained
+    ckpt = torch.load(out / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["asr"]["model"]["hidden_size"] == 32 and ckpt["asr"]["tokenizer"]["type"] == "char"
+    module = ASRModule.load_for_inference(out / "checkpoints" / "best.ckpt")
+    assert not module.training
+    log_probs, lengths = module(torch.zeros(1, 16000), torch.tensor([16000]))
+    assert log_probs.shape[-1] == module.tokenizer.num_classes and int(lengths) == log_probs.shape[1]
+
+
+def test_resume_auto_continues_from_last(an4_dir, tmp_path):
+    first = train(tiny_train_cfg(an4_dir, tmp_path, ["trainer.max_epochs=1"]))
+    assert first["epochs"] == 1
+    again = train(tiny_train_cfg(an4_dir, tmp_path, ["trainer.max_epochs=2", "resume=auto"]))
+    assert again["epochs"] == 2
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == 6  # 3 steps per epoch, 2 epochs: nothing replayed or skipped
+
+
+def test_misspelled_key_is_named():
+    with pytest.raises(ConfigCompositionException, match="num_layerz"):
+        compose_train(["model.num_layerz=2"])
+    with pytest.raises((ConfigCompositionException, ConfigAttributeError), match="recipe"):
+        compose_train(["recipe=nope"])
+
+
+def test_issue_override_keys_exist():
+    cfg = compose_train(["recipe=an4", "model.num_layers=2", "optim.lr=3e-3", "trainer.max_epochs=5"])
+    assert cfg.model.num_layers == 2 and cfg.optim.optimizer.lr == 3e-3 and cfg.trainer.max_epochs == 5
+
+
+def _run(args, cwd, timeout=600):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _cli_overrides(an4_dir):
+    return [
+        f"paths.data_dir={an4_dir.parent}", f"prepare.data_dir={an4_dir}", f"paths.download_dir={SHARED}",
+        "model.hidden_size=16", "model.num_layers=1", "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
+        "+trainer.limit_val_batches=1", "trainer.enable_progress_bar=false", "data.num_workers=0",
+    ]
+
+
+def test_cli_multirun_sweep_then_evaluate(an4_dir, tmp_path):
+    proc = _run(["-m", "asr.train", "-m", "recipe=an4", "optim.lr=1e-3,3e-3", f"paths.exp_dir={tmp_path}",
+                 *_cli_overrides(an4_dir)], cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpts = sorted(Path(tmp_path).glob("an4/multirun_*/*/checkpoints/best.ckpt"))
+    assert len(ckpts) == 2
+    lrs = sorted(json.loads(json.dumps(torch.load(c, weights_only=True)["optimizer_states"][0]["param_groups"][0]["initial_lr"])) for c in ckpts)
+    assert lrs == [1e-3, 3e-3]
+    assert proc.stdout.count("WER %") == 2
+    ev = _run(["-m", "asr.evaluate", f"checkpoint={ckpts[0]}", f"out_dir={tmp_path / 'ev'}"], cwd=ROOT)
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    report = json.loads((ckpts[0].parent.parent / "decode" / "test" / "report.json").read_text())
+    assert f"{100 * report['wer']:.2f}" in ev.stdout.split("test")[-1]
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    proc = _run(["-m", "asr.evaluate", f"checkpoint={tmp_path}/missing.ckpt"], cwd=ROOT)
+    assert proc.returncode == 2 and "missing.ckpt does not exist" in proc.stderr and "Traceback" not in proc.stderr
+    proc = _run(["-m", "asr.train", "model.num_layerz=3"], cwd=ROOT)
+    assert proc.returncode != 0 and "num_layerz" in proc.stderr
