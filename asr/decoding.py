@@ -1,12 +1,28 @@
-"""CTC decoders behind one interface: ``decode(log_probs, lengths) -> list[str]``."""
+"""CTC decoders behind one interface: ``decode(log_probs, lengths) -> list[str]``.
+
+``GreedyDecoder`` takes the best path. ``BeamSearchDecoder`` runs torchaudio's CTC beam search (flashlight-text,
+installed from pip), lexicon-free, or constrained to a lexicon's words and scored by a KenLM n-gram
+(ARPA or KenLM binary).
+"""
 
 from __future__ import annotations
 
+import logging
+import math
+import os
+import tempfile
+from pathlib import Path
 from typing import Protocol
 
 import torch
 
-from asr.text import CharTokenizer, ctc_collapse
+from asr.text import CharTokenizer, ctc_collapse, normalize_text
+
+log = logging.getLogger(__name__)
+
+BLANK_TOKEN = "<blank>"
+WORD_BOUNDARY = "|"  # our space token, under the name flashlight gives its silence/word-boundary token
+UNK_WORD = "<unk>"
 
 
 class Decoder(Protocol):
@@ -27,3 +43,162 @@ class GreedyDecoder:
             " ".join(self.tokenizer.decode(ctc_collapse(best[i, : int(n)].tolist())).split())
             for i, n in enumerate(lengths.cpu())
         ]
+
+
+def decoder_tokens(tokenizer: CharTokenizer) -> list[str]:
+    """The model's classes as flashlight tokens, in id order: blank first, space renamed ``|``."""
+    for reserved in (BLANK_TOKEN, WORD_BOUNDARY):
+        if reserved in tokenizer.vocab:
+            raise ValueError(
+                f"tokenizer.vocab contains {reserved!r}, which beam search reserves; remove it from the vocabulary"
+            )
+    if " " not in tokenizer.vocab:
+        raise ValueError("beam search needs a space in tokenizer.vocab: it separates words")
+    return [BLANK_TOKEN] + [WORD_BOUNDARY if c == " " else c for c in tokenizer.vocab]
+
+
+def read_lexicon_words(path: str | os.PathLike) -> list[str]:
+    """Words of a lexicon or word-list file: the first column of every non-empty line, first occurrence kept.
+
+    Reads torchaudio/flashlight lexicons (``word w o r d |``), phonetic lexicons (``WORD W ER1 D``, as
+    LibriSpeech's ``librispeech-lexicon.txt``) and plain word lists (``librispeech-vocab.txt``) alike: a
+    character model spells each word itself, so only the words matter.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"decoder.lexicon={path} does not exist; give a word list or lexicon (first column = word), e.g. "
+            f"the one `python -m asr.lm` writes"
+        )
+    words: dict[str, None] = {}
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            fields = line.split()
+            if fields:
+                words.setdefault(fields[0])
+    if not words:
+        raise ValueError(f"decoder.lexicon={path} holds no words")
+    return list(words)
+
+
+def write_spelling_lexicon(words: list[str], tokenizer: CharTokenizer, path: str | os.PathLike) -> int:
+    """Write a flashlight lexicon spelling each word with the model's characters; return the words kept.
+
+    A word is spelled as its normalised (lower-cased) text, so ``HELLO`` in an upper-case LM is spelled
+    ``h e l l o |`` and still scored by the LM as ``HELLO``. Words with characters the model cannot emit are
+    left out.
+    """
+    kept = 0
+    with open(path, "w", encoding="utf-8") as f:
+        for word in words:
+            spelling = normalize_text(word)
+            if not spelling or " " in spelling or tokenizer.unknown_chars(spelling) or word == UNK_WORD:
+                continue
+            # The trailing boundary makes the space part of the word, as the model emits it between words.
+            f.write(f"{word}\t{' '.join(spelling)} {WORD_BOUNDARY}\n")
+            kept += 1
+    return kept
+
+
+class BeamSearchDecoder:
+    """CTC prefix beam search (torchaudio ``ctc_decoder``, flashlight-text), optionally with a lexicon + KenLM.
+
+    Without ``lexicon`` the search is lexicon-free over characters (any character string can come out).
+    With ``lexicon`` only its words can come out, and with ``lm`` each word is scored by the n-gram:
+    ``score = acoustic + lm_weight * lm + word_score * words``.
+
+    Args:
+        tokenizer: the checkpoint's tokenizer (its space is the word boundary).
+        beam_size: hypotheses kept after each frame.
+        beam_size_token: tokens considered per frame (``None``: all).
+        beam_threshold: prune hypotheses scoring this much below the best.
+        lexicon: word list or lexicon file (first column = word), or ``None`` for lexicon-free search.
+        lm: KenLM ARPA (at least a bigram) or binary file; needs ``lexicon``. ``None``: no LM.
+        lm_weight: LM score weight.
+        word_score: score added per word (positive favours more words).
+        sil_score: score added per word boundary.
+        unk_score: score of an out-of-lexicon word (``-inf``: never).
+        log_add: merge equal hypotheses by log-add instead of max.
+    """
+
+    def __init__(
+        self,
+        tokenizer: CharTokenizer,
+        beam_size: int = 50,
+        beam_size_token: int | None = None,
+        beam_threshold: float = 50.0,
+        lexicon: str | None = None,
+        lm: str | None = None,
+        lm_weight: float = 2.0,
+        word_score: float = 0.0,
+        sil_score: float = 0.0,
+        unk_score: float = -math.inf,
+        log_add: bool = False,
+    ) -> None:
+        try:
+            from torchaudio.models.decoder import ctc_decoder
+        except ImportError as err:  # flashlight-text missing
+            raise ImportError(
+                f"beam search needs flashlight-text ({err}); install it with `pip install flashlight-text`"
+            ) from None
+        if beam_size < 1:
+            raise ValueError(f"decoder.beam_size must be >= 1, got {beam_size}")
+        if lm and not lexicon:
+            raise ValueError(
+                f"decoder.lm={lm} is a word LM and needs decoder.lexicon (a word list); use decoder=beam_lm "
+                f"with decoder.lexicon=..., or drop decoder.lm for lexicon-free search"
+            )
+        if lm:
+            if not Path(lm).is_file():
+                raise FileNotFoundError(
+                    f"decoder.lm={lm} does not exist; give a KenLM ARPA or binary file (`python -m asr.lm` "
+                    f"writes one from training transcripts)"
+                )
+            if str(lm).endswith(".gz"):
+                raise ValueError(f"decoder.lm={lm} is compressed; decompress it first (gunzip -k {lm})")
+        self.tokenizer = tokenizer
+        self.tokens = decoder_tokens(tokenizer)
+        self.settings = dict(
+            beam_size=beam_size, beam_size_token=beam_size_token, beam_threshold=beam_threshold, lexicon=lexicon,
+            lm=lm, lm_weight=lm_weight, word_score=word_score, sil_score=sil_score, unk_score=unk_score,
+        )
+        self.uses_lexicon = bool(lexicon)
+        options = dict(
+            tokens=self.tokens, nbest=1, beam_size=beam_size, beam_size_token=beam_size_token,
+            beam_threshold=beam_threshold, lm_weight=lm_weight, word_score=word_score, sil_score=sil_score,
+            unk_score=unk_score, log_add=log_add, blank_token=BLANK_TOKEN, sil_token=WORD_BOUNDARY,
+            unk_word=UNK_WORD,
+        )
+        if not lexicon:
+            self._decoder = ctc_decoder(lexicon=None, lm=None, **options)
+            return
+        words = read_lexicon_words(lexicon)
+        with tempfile.TemporaryDirectory() as tmp:
+            spelled = Path(tmp) / "lexicon.txt"
+            kept = write_spelling_lexicon(words, tokenizer, spelled)
+            if kept == 0:
+                raise ValueError(
+                    f"no word of decoder.lexicon={lexicon} can be spelled with the model's characters "
+                    f"{tokenizer.vocab!r}"
+                )
+            if kept < len(words):
+                log.warning("%s: %d of %d words use characters the model cannot emit; left out",
+                            lexicon, len(words) - kept, len(words))
+            try:
+                self._decoder = ctc_decoder(lexicon=str(spelled), lm=str(lm) if lm else None, **options)
+            except RuntimeError as err:  # KenLM's message on a malformed file
+                raise ValueError(f"decoder.lm={lm} could not be loaded by KenLM: {err}") from None
+
+    def decode(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[str]:
+        emissions = log_probs.detach().to("cpu", torch.float32).contiguous()  # (B, T, C)
+        lengths = lengths.detach().to("cpu", torch.int32)
+        texts = []
+        for hyps in self._decoder(emissions, lengths):
+            if not hyps:
+                texts.append("")
+            elif self.uses_lexicon:
+                texts.append(normalize_text(" ".join(hyps[0].words)))
+            else:
+                chars = self._decoder.idxs_to_tokens(hyps[0].tokens)
+                texts.append(normalize_text("".join(" " if c == WORD_BOUNDARY else c for c in chars)))
+        return texts

@@ -51,13 +51,20 @@ class LogMelFeatures(nn.Module):
         """Frames per utterance for ``lengths`` samples (centred STFT)."""
         return torch.div(lengths, self.hop_length, rounding_mode="floor") + 1
 
-    @torch.no_grad()
-    def forward(self, audio: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, S) waveforms, (B,) sample counts -> (B, T, n_mels) features, (B,) frame counts."""
+    def log_mel(self, audio: torch.Tensor) -> torch.Tensor:
+        """(B, S) waveforms -> (B, T, n_mels) log-Mel energies, before normalisation."""
         # The STFT runs in fp32 even under autocast: bf16 log-power spectra lose too much.
         with torch.autocast(device_type=audio.device.type, enabled=False):
             feats = self.mel(audio.float())  # (B, n_mels, T)
-            feats = torch.log(feats + 1e-6).transpose(1, 2)  # (B, n_mels, T) -> (B, T, n_mels)
+            return torch.log(feats + 1e-6).transpose(1, 2)  # (B, n_mels, T) -> (B, T, n_mels)
+
+    @torch.no_grad()
+    def forward(self, audio: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, S) waveforms, (B,) sample counts -> (B, T, n_mels) features, (B,) frame counts."""
+        return self.normalize_frames(self.log_mel(audio), lengths)
+
+    def normalize_frames(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, n_mels) log-Mel of (B,) sample counts -> normalised, zero-padded features, (B,) frame counts."""
         frame_lengths = self.output_lengths(lengths).clamp(max=feats.shape[1])
         mask = (torch.arange(feats.shape[1], device=feats.device)[None, :] < frame_lengths[:, None])[..., None]
         if self.normalize == "utterance":

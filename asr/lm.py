@@ -1,0 +1,174 @@
+"""Word n-gram LM (interpolated Kneser-Ney, ARPA) and lexicon from training transcripts.
+
+    python -m asr.lm manifest=data/an4/train.jsonl out_dir=data/an4/lm order=3
+
+writes ``<out_dir>/lexicon.txt`` (one word a line, then its spelling) and ``<out_dir>/<order>-gram.arpa``,
+which ``decoder=beam_lm decoder.lexicon=... decoder.lm=...`` reads. A ``.done`` marker makes a rerun skip the
+stage. KenLM's ``lmplz`` is a C++ build and the ``kenlm`` pip package has no wheel and cannot estimate
+models, so this small, dependency-free writer covers corpora the size of a recipe's transcripts.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from asr.data import read_manifest
+from asr.text import normalize_text
+
+log = logging.getLogger(__name__)
+
+BOS, EOS, UNK = "<s>", "</s>", "<unk>"
+
+
+def _discount(counts: Iterable[int]) -> float:
+    """Kneser-Ney's single discount ``n1 / (n1 + 2 n2)`` from counts-of-counts, kept inside (0, 1)."""
+    hist = Counter(counts)
+    n1, n2 = hist.get(1, 0), hist.get(2, 0)
+    if n1 == 0 or n2 == 0:
+        return 0.5
+    return min(max(n1 / (n1 + 2 * n2), 0.05), 0.95)
+
+
+def kneser_ney(sentences: Sequence[Sequence[str]], order: int = 3) -> list[dict[tuple[str, ...], tuple[float, float]]]:
+    """Estimate an interpolated Kneser-Ney n-gram model.
+
+    The highest order uses raw counts, lower orders continuation counts (how many distinct words precede the
+    n-gram), except n-grams starting with ``<s>``, which nothing precedes. Unigrams are interpolated with
+    the uniform distribution, so ``<unk>`` gets probability mass. Written as a backoff model, an interpolated
+    model's backoff weight of a history is its interpolation weight.
+
+    Args:
+        sentences: word sequences (without ``<s>``/``</s>``).
+        order: n of the n-gram (>= 2: KenLM in flashlight needs at least a bigram).
+
+    Returns:
+        one ``{ngram: (log10 prob, log10 backoff)}`` dict per order, unigrams first.
+    """
+    if order < 2:
+        raise ValueError(f"order must be >= 2 (the decoder's KenLM needs at least a bigram), got {order}")
+    raw: list[Counter] = [Counter() for _ in range(order + 1)]  # raw[n][ngram]
+    for words in sentences:
+        padded = [BOS, *words, EOS]
+        for n in range(1, order + 1):
+            for i in range(len(padded) - n + 1):
+                raw[n][tuple(padded[i : i + n])] += 1
+    if not raw[1]:
+        raise ValueError("no sentences to estimate an LM from")
+    # Adjusted counts: raw for the top order and for n-grams after <s>, continuation counts otherwise.
+    adjusted: list[Counter] = [Counter() for _ in range(order + 1)]
+    adjusted[order] = Counter(raw[order])
+    for n in range(order - 1, 0, -1):
+        for gram in raw[n + 1]:
+            adjusted[n][gram[1:]] += 1
+        for gram, c in raw[n].items():
+            if gram[0] == BOS:
+                adjusted[n][gram] = c
+    adjusted[1].pop((BOS,), None)
+
+    vocab = {w for (w,) in raw[1]} | {UNK}
+    probs: list[dict[tuple[str, ...], float]] = [{} for _ in range(order + 1)]
+    gammas: list[dict[tuple[str, ...], float]] = [{} for _ in range(order + 1)]
+    for n in range(1, order + 1):
+        d = _discount(adjusted[n].values())
+        totals: dict[tuple[str, ...], int] = defaultdict(int)
+        types: dict[tuple[str, ...], int] = defaultdict(int)
+        for gram, c in adjusted[n].items():
+            totals[gram[:-1]] += c
+            types[gram[:-1]] += 1
+        for hist, total in totals.items():
+            gammas[n][hist] = d * types[hist] / total
+        for gram, c in adjusted[n].items():
+            hist = gram[:-1]
+            lower = 1.0 / (len(vocab) - 1) if n == 1 else _prob(probs, gammas, gram[1:], len(vocab))
+            probs[n][gram] = (c - d) / totals[hist] + gammas[n][hist] * lower
+        if n == 1:
+            probs[1][(UNK,)] = gammas[1][()] / (len(vocab) - 1)
+    model: list[dict[tuple[str, ...], tuple[float, float]]] = []
+    for n in range(1, order + 1):
+        table = {gram: (math.log10(p), _log10_or_zero(gammas[n + 1].get(gram)) if n < order else 0.0)
+                 for gram, p in probs[n].items()}
+        if n == 1:
+            table[(BOS,)] = (-99.0, _log10_or_zero(gammas[2].get((BOS,))))
+        model.append(table)
+    return model
+
+
+def _log10_or_zero(x: float | None) -> float:
+    return math.log10(x) if x else 0.0
+
+
+def _prob(probs: list[dict], gammas: list[dict], gram: tuple[str, ...], vocab_size: int) -> float:
+    """Interpolated probability of ``gram`` from the orders already estimated (backing off as needed)."""
+    n = len(gram)
+    if n == 1:
+        return probs[1].get(gram, gammas[1][()] / (vocab_size - 1))
+    if gram in probs[n]:
+        return probs[n][gram]
+    return gammas[n].get(gram[:-1], 1.0) * _prob(probs, gammas, gram[1:], vocab_size)
+
+
+def write_arpa(model: list[dict[tuple[str, ...], tuple[float, float]]], path: str | os.PathLike) -> None:
+    """Write :func:`kneser_ney`'s tables in ARPA format (read by KenLM, SRILM, flashlight)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write("\\data\\\n")
+        for n, table in enumerate(model, start=1):
+            f.write(f"ngram {n}={len(table)}\n")
+        for n, table in enumerate(model, start=1):
+            f.write(f"\n\\{n}-grams:\n")
+            for gram in sorted(table):
+                logp, bow = table[gram]
+                line = f"{logp:.6f}\t{' '.join(gram)}"
+                f.write(f"{line}\t{bow:.6f}\n" if n < len(model) and bow != 0.0 else line + "\n")
+        f.write("\n\\end\\\n")
+    os.replace(tmp, path)
+
+
+def build_lm(manifests: Sequence[str], out_dir: str, order: int = 3) -> dict[str, str]:
+    """Lexicon + ARPA LM from the normalised transcripts of ``manifests``; skipped when ``.done`` exists.
+
+    Returns:
+        ``{"lexicon": path, "lm": path}``.
+    """
+    out = Path(out_dir)
+    paths = {"lexicon": str(out / "lexicon.txt"), "lm": str(out / f"{order}-gram.arpa")}
+    done = out / f".done.{order}-gram"
+    if done.exists() and all(Path(p).is_file() for p in paths.values()):
+        log.info("LM stage already done (%s); delete it to rebuild", done)
+        return paths
+    sentences = [normalize_text(u.text).split() for m in manifests for u in read_manifest(m)]
+    sentences = [s for s in sentences if s]
+    model = kneser_ney(sentences, order)
+    write_arpa(model, paths["lm"])
+    words = sorted({w for s in sentences for w in s})
+    Path(paths["lexicon"]).write_text("".join(f"{w}\t{' '.join(w)}\n" for w in words), encoding="utf-8")
+    done.touch()
+    log.info("%d sentences, %d words -> %s, %s (%s n-grams)", len(sentences), len(words), paths["lexicon"],
+             paths["lm"], "/".join(str(len(t)) for t in model))
+    return paths
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="lm")
+def main(cfg: DictConfig) -> None:
+    manifests = [cfg.manifest] if isinstance(cfg.manifest, str) else list(cfg.manifest)
+    try:
+        paths = build_lm(manifests, cfg.out_dir, cfg.order)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(f"decoder=beam_lm decoder.lexicon={paths['lexicon']} decoder.lm={paths['lm']}")
+
+
+if __name__ == "__main__":
+    main()
