@@ -43,9 +43,10 @@ def _score(ckpt: dict[str, Any]) -> float | None:
 
 
 def select_checkpoints(run_dir: str | os.PathLike, last: int = 0, best: int = 0) -> list[str]:
-    """The ``last`` newest (by global step) or ``best`` lowest-scoring checkpoints of ``<run_dir>/checkpoints``.
+    """The ``last`` newest (by global step) or ``best`` lowest-scoring checkpoints of a run.
 
-    Averaged checkpoints and duplicates of the same step (``last.ckpt`` beside the file it copies) are skipped.
+    Looks in ``<run_dir>/checkpoints``; averaged checkpoints and duplicates of one step (``last.ckpt`` beside
+    the file it copies) are skipped.
     """
     if (last > 0) == (best > 0):
         raise ValueError(f"give exactly one of last=N or best=N (got last={last}, best={best})")
@@ -70,7 +71,7 @@ def select_checkpoints(run_dir: str | os.PathLike, last: int = 0, best: int = 0)
 
 
 def average_checkpoints(paths: Sequence[str], output: str) -> str:
-    """Write a checkpoint whose weights are the mean of ``paths``' (floating-point tensors; others from the last).
+    """Write a checkpoint whose float weights are the mean of ``paths``' (other tensors: the last one's).
 
     Raises:
         ValueError: the checkpoints describe different models.
@@ -85,17 +86,24 @@ def average_checkpoints(paths: Sequence[str], output: str) -> str:
         if ckpt[CHECKPOINT_KEY]["model"] != first[CHECKPOINT_KEY]["model"] or (
             ckpt[CHECKPOINT_KEY]["tokenizer"] != first[CHECKPOINT_KEY]["tokenizer"]
         ):
-            raise ValueError(f"{path} describes another model than {paths[0]}; average checkpoints of one run")
+            raise ValueError(
+                f"{path} describes another model than {paths[0]}; average checkpoints of one run"
+            )
         for k, v in ckpt["state_dict"].items():
             total[k] = total[k] + v.double() if v.is_floating_point() else v
         last = ckpt
     state = {
-        k: (v / len(paths)).to(last["state_dict"][k].dtype) if v.is_floating_point() else v for k, v in total.items()
+        k: (v / len(paths)).to(last["state_dict"][k].dtype) if v.is_floating_point() else v
+        for k, v in total.items()
     }
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     torch.save(
-        {"state_dict": state, CHECKPOINT_KEY: last[CHECKPOINT_KEY], "global_step": last.get("global_step", 0),
-         "averaged_from": [str(p) for p in paths]},
+        {
+            "state_dict": state,
+            CHECKPOINT_KEY: last[CHECKPOINT_KEY],
+            "global_step": last.get("global_step", 0),
+            "averaged_from": [str(p) for p in paths],
+        },
         output,
     )
     return output
@@ -109,7 +117,9 @@ def main(cfg: DictConfig) -> None:
         elif cfg.run_dir:
             paths = select_checkpoints(cfg.run_dir, cfg.last, cfg.best)
         else:
-            raise ValueError("give checkpoints=[a.ckpt,b.ckpt] or run_dir=exp/<recipe>/<run> with last=N or best=N")
+            raise ValueError(
+                "give checkpoints=[a.ckpt,b.ckpt] or run_dir=exp/<recipe>/<run> with last=N or best=N"
+            )
         kind = f"last{cfg.last}" if cfg.last else f"best{cfg.best}" if cfg.best else f"avg{len(paths)}"
         output = cfg.output or str(Path(paths[-1]).parent / f"averaged_{kind}.ckpt")
         average_checkpoints(paths, output)

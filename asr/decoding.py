@@ -1,8 +1,8 @@
 """CTC decoders behind one interface: ``decode(log_probs, lengths) -> list[str]``.
 
-``GreedyDecoder`` takes the best path. ``BeamSearchDecoder`` runs torchaudio's CTC beam search (flashlight-text,
-installed from pip), lexicon-free, or constrained to a lexicon's words and scored by a KenLM n-gram
-(ARPA or KenLM binary).
+``GreedyDecoder`` takes the best path. ``BeamSearchDecoder`` runs torchaudio's CTC beam search
+(flashlight-text, installed from pip), lexicon-free, or constrained to a lexicon's words and scored by a
+KenLM n-gram (ARPA or KenLM binary).
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ def decoder_tokens(tokenizer: CharTokenizer) -> list[str]:
     for reserved in (BLANK_TOKEN, WORD_BOUNDARY):
         if reserved in tokenizer.vocab:
             raise ValueError(
-                f"tokenizer.vocab contains {reserved!r}, which beam search reserves; remove it from the vocabulary"
+                f"tokenizer.vocab contains {reserved!r}, which beam search reserves; "
+                "remove it from the vocabulary"
             )
     if " " not in tokenizer.vocab:
         raise ValueError("beam search needs a space in tokenizer.vocab: it separates words")
@@ -101,7 +102,7 @@ def write_spelling_lexicon(words: list[str], tokenizer: CharTokenizer, path: str
 
 
 class BeamSearchDecoder:
-    """CTC prefix beam search (torchaudio ``ctc_decoder``, flashlight-text), optionally with a lexicon + KenLM.
+    """CTC beam search (torchaudio ``ctc_decoder``, flashlight-text), optionally with a lexicon + KenLM.
 
     Without ``lexicon`` the search is lexicon-free over characters (any character string can come out).
     With ``lexicon`` only its words can come out, and with ``lm`` each word is scored by the n-gram:
@@ -159,8 +160,9 @@ class BeamSearchDecoder:
         self.tokenizer = tokenizer
         self.tokens = decoder_tokens(tokenizer)
         self.settings = dict(
-            beam_size=beam_size, beam_size_token=beam_size_token, beam_threshold=beam_threshold, lexicon=lexicon,
-            lm=lm, lm_weight=lm_weight, word_score=word_score, sil_score=sil_score, unk_score=unk_score,
+            beam_size=beam_size, beam_size_token=beam_size_token, beam_threshold=beam_threshold,
+            lexicon=lexicon, lm=lm, lm_weight=lm_weight, word_score=word_score, sil_score=sil_score,
+            unk_score=unk_score,
         )
         self.uses_lexicon = bool(lexicon)
         options = dict(

@@ -87,11 +87,13 @@ def compute_log_probs(
 
 
 def _cache_key(checkpoint: str, manifest: str, device: torch.device) -> dict[str, Any]:
-    """What the cached log-probs depend on: the checkpoint and manifest files (path, size, mtime), the device."""
+    """What cached log-probs depend on: checkpoint and manifest (path, size, mtime) and the device."""
     key: dict[str, Any] = {"version": CACHE_VERSION, "device": device.type}
     for name, path in (("checkpoint", checkpoint), ("manifest", manifest)):
         st = os.stat(path)
-        key.update({name: str(Path(path).resolve()), f"{name}_size": st.st_size, f"{name}_mtime_ns": st.st_mtime_ns})
+        key.update(
+            {name: str(Path(path).resolve()), f"{name}_size": st.st_size, f"{name}_mtime_ns": st.st_mtime_ns}
+        )
     return key
 
 
@@ -99,7 +101,7 @@ def cached_log_probs(
     module: ASRModule, checkpoint: str, manifest: str, device: torch.device, cache_file: str | None,
     batch_seconds: float = 200.0, progress: bool = True,
 ) -> dict[str, Any]:
-    """:func:`compute_log_probs`, loaded from ``cache_file`` when it was made from the same checkpoint and manifest.
+    """:func:`compute_log_probs`, loaded from ``cache_file`` when made from the same checkpoint and manifest.
 
     The result has ``cached`` (True when loaded); ``forward_seconds`` is the time the forward pass took when
     the cache was written.
@@ -137,7 +139,11 @@ def decode_log_probs(decoder: Decoder, log_probs: list[torch.Tensor], batch_size
 
 @torch.inference_mode()
 def transcribe_manifest(
-    module: ASRModule, manifest: str, device: torch.device, batch_seconds: float = 200.0, progress: bool = True,
+    module: ASRModule,
+    manifest: str,
+    device: torch.device,
+    batch_seconds: float = 200.0,
+    progress: bool = True,
     decoder: Decoder | None = None,
 ) -> tuple[list[str], list[str], list[str], float]:
     """Decode every utterance of a manifest (greedy unless ``decoder`` is given).
@@ -189,7 +195,10 @@ def evaluate(
     reports = {}
     for name, manifest in manifests.items():
         if not Path(manifest).is_file():
-            raise FileNotFoundError(f"manifest {name}={manifest} does not exist; pass manifests='{{{name}: path}}'")
+            raise FileNotFoundError(
+                f"manifest {name}={manifest} does not exist; "
+                f"pass manifests='{{{name}: path/to/{name}.jsonl}}'"
+            )
         cache_file = str(Path(cache_dir) / f"{name}.pt") if cache_dir else None
         data = cached_log_probs(module, checkpoint, manifest, dev, cache_file, batch_seconds, progress)
         start = time.perf_counter()
@@ -198,9 +207,10 @@ def evaluate(
         ids, refs, seconds = data["ids"], data["refs"], data["audio_seconds"]
         report = error_report(refs, hyps)
         forward = data["forward_seconds"]
+        total = forward + search_seconds
         report.update(
             split=name, manifest=str(manifest), checkpoint=str(checkpoint), audio_seconds=round(seconds, 2),
-            decode_seconds=round(forward + search_seconds, 2), rtf=round((forward + search_seconds) / max(seconds, 1e-9), 5),
+            decode_seconds=round(total, 2), rtf=round(total / max(seconds, 1e-9), 5),
             forward_seconds=round(forward, 3), search_seconds=round(search_seconds, 3),
             search_rtf=round(search_seconds / max(seconds, 1e-9), 5), cached_log_probs=data["cached"],
             device=str(dev), decoder=decoder_settings or {"name": type(dec).__name__},
@@ -228,7 +238,7 @@ def format_table(reports: dict[str, dict]) -> str:
 
 
 def sweep_summary(sweep_dir: str | os.PathLike) -> str:
-    """A table of WER per split for every point of a decoder sweep (``<sweep_dir>/<job>/<split>/report.json``).
+    """WER per split for every point of a decoder sweep (``<sweep_dir>/<job>/<split>/report.json``).
 
     Columns are the decoder settings that differ between points (e.g. ``lm_weight``, ``word_score``), then
     one WER column per split; rows are sorted by the settings.
@@ -252,7 +262,7 @@ def sweep_summary(sweep_dir: str | os.PathLike) -> str:
 
 
 class SweepSummary(Callback):
-    """Hydra callback: after a multirun, write ``<sweep dir>/summary.md`` (see :func:`sweep_summary`) and print it."""
+    """Hydra callback: after a multirun, write and print ``<sweep dir>/summary.md``."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -267,7 +277,8 @@ OmegaConf.register_new_resolver("run_dir_of", lambda ckpt: str(run_dir_of(ckpt))
 def _decoder_settings(cfg: DictConfig) -> dict:
     """The decoder group as plain data for reports: its choice name and its settings."""
     name = HydraConfig.get().runtime.choices.get("decoder", "custom")
-    settings = {k: v for k, v in OmegaConf.to_container(cfg.decoder, resolve=True).items() if not k.startswith("_")}
+    plain = OmegaConf.to_container(cfg.decoder, resolve=True)
+    settings = {k: v for k, v in plain.items() if not k.startswith("_")}
     return {"name": name, **settings}
 
 

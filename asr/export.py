@@ -54,10 +54,14 @@ class DFTLogMel(nn.Module):
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         """(B, S) -> (B, T, n_mels) log-Mel energies, T = S // hop + 1."""
-        x = nn.functional.pad(audio.float()[:, None, :], (self.n_fft // 2, self.n_fft // 2))  # (B, 1, S + n_fft)
+        x = nn.functional.pad(
+            audio.float()[:, None, :], (self.n_fft // 2, self.n_fft // 2)
+        )  # (B, 1, S + n_fft)
         spec = nn.functional.conv1d(x, self.basis, stride=self.hop)  # (B, 2F, T)
         re, im = spec.chunk(2, dim=1)  # (B, F, T) each
-        mel = torch.matmul((re * re + im * im).transpose(1, 2), self.fb)  # (B, T, F) @ (F, n_mels) -> (B, T, n_mels)
+        mel = torch.matmul(
+            (re * re + im * im).transpose(1, 2), self.fb
+        )  # (B, T, F) @ (F, n_mels) -> (B, T, n_mels)
         return torch.log(mel + 1e-6)
 
 
@@ -102,14 +106,25 @@ def export(checkpoint: str, fmt: str = "onnx", output: str | None = None, opset:
             try:
                 import onnx  # noqa: F401
             except ImportError:
-                raise ImportError("ONNX export needs onnx: pip install onnx onnxruntime (or `pip install asr[export]`)") from None
+                raise ImportError(
+                    "ONNX export needs onnx: pip install onnx onnxruntime (or `pip install asr[export]`)"
+                ) from None
             # The TorchScript-based exporter maps packed LSTMs onto ONNX LSTM with sequence_lens;
             # torch.export (dynamo) cannot trace pack_padded_sequence yet.
             torch.onnx.export(
-                model, (audio, lengths), str(out), dynamo=False, opset_version=opset,
-                input_names=["audio", "audio_lengths"], output_names=["log_probs", "lengths"],
-                dynamic_axes={"audio": {0: "batch", 1: "samples"}, "audio_lengths": {0: "batch"},
-                              "log_probs": {0: "batch", 1: "frames"}, "lengths": {0: "batch"}},
+                model,
+                (audio, lengths),
+                str(out),
+                dynamo=False,
+                opset_version=opset,
+                input_names=["audio", "audio_lengths"],
+                output_names=["log_probs", "lengths"],
+                dynamic_axes={
+                    "audio": {0: "batch", 1: "samples"},
+                    "audio_lengths": {0: "batch"},
+                    "log_probs": {0: "batch", 1: "frames"},
+                    "lengths": {0: "batch"},
+                },
             )
         else:
             torch.jit.trace(model, (audio, lengths), check_trace=False).save(str(out))

@@ -63,8 +63,10 @@ class LogMelFeatures(nn.Module):
         """(B, S) waveforms, (B,) sample counts -> (B, T, n_mels) features, (B,) frame counts."""
         return self.normalize_frames(self.log_mel(audio), lengths)
 
-    def normalize_frames(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, T, n_mels) log-Mel of (B,) sample counts -> normalised, zero-padded features, (B,) frame counts."""
+    def normalize_frames(
+        self, feats: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, n_mels) log-Mel of (B,) sample counts -> normalised, zero-padded features, (B,) frames."""
         frame_lengths = self.output_lengths(lengths).clamp(max=feats.shape[1])
         mask = (torch.arange(feats.shape[1], device=feats.device)[None, :] < frame_lengths[:, None])[..., None]
         if self.normalize == "utterance":

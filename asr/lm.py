@@ -38,7 +38,9 @@ def _discount(counts: Iterable[int]) -> float:
     return min(max(n1 / (n1 + 2 * n2), 0.05), 0.95)
 
 
-def kneser_ney(sentences: Sequence[Sequence[str]], order: int = 3) -> list[dict[tuple[str, ...], tuple[float, float]]]:
+def kneser_ney(
+    sentences: Sequence[Sequence[str]], order: int = 3
+) -> list[dict[tuple[str, ...], tuple[float, float]]]:
     """Estimate an interpolated Kneser-Ney n-gram model.
 
     The highest order uses raw counts, lower orders continuation counts (how many distinct words precede the
@@ -94,8 +96,10 @@ def kneser_ney(sentences: Sequence[Sequence[str]], order: int = 3) -> list[dict[
             probs[1][(UNK,)] = gammas[1][()] / (len(vocab) - 1)
     model: list[dict[tuple[str, ...], tuple[float, float]]] = []
     for n in range(1, order + 1):
-        table = {gram: (math.log10(p), _log10_or_zero(gammas[n + 1].get(gram)) if n < order else 0.0)
-                 for gram, p in probs[n].items()}
+        table = {
+            gram: (math.log10(p), _log10_or_zero(gammas[n + 1].get(gram)) if n < order else 0.0)
+            for gram, p in probs[n].items()
+        }
         if n == 1:
             table[(BOS,)] = (-99.0, _log10_or_zero(gammas[2].get((BOS,))))
         model.append(table)
@@ -154,8 +158,14 @@ def build_lm(manifests: Sequence[str], out_dir: str, order: int = 3) -> dict[str
     words = sorted({w for s in sentences for w in s})
     Path(paths["lexicon"]).write_text("".join(f"{w}\t{' '.join(w)}\n" for w in words), encoding="utf-8")
     done.touch()
-    log.info("%d sentences, %d words -> %s, %s (%s n-grams)", len(sentences), len(words), paths["lexicon"],
-             paths["lm"], "/".join(str(len(t)) for t in model))
+    log.info(
+        "%d sentences, %d words -> %s, %s (%s n-grams)",
+        len(sentences),
+        len(words),
+        paths["lexicon"],
+        paths["lm"],
+        "/".join(str(len(t)) for t in model),
+    )
     return paths
 
 

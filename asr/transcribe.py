@@ -3,11 +3,11 @@
     python -m asr.transcribe checkpoint=exp/an4/<run>/checkpoints/best.ckpt audio=[a.flac,b.wav]
     python -m asr.transcribe checkpoint=... audio=[long.flac] format=json output=hyps.jsonl decoder=beam
 
-Any file soundfile reads, any sample rate, mono or multi-channel (averaged). Long files are cut into pieces of
-at most ``chunk_seconds``, each cut at the quietest frame of the last ``search_seconds`` before the limit; each
-piece is run with ``overlap_seconds`` of neighbouring audio on both sides for context, and only its own frames
-are kept, so the stitched log-probs are decoded as one utterance (an LM sees the whole file). A file that
-cannot be read is reported and skipped; the exit status is 1 when any file failed.
+Any file soundfile reads, any sample rate, mono or multi-channel (averaged). Long files are cut into pieces
+of at most ``chunk_seconds``, each cut at the quietest frame of the last ``search_seconds`` before the limit;
+each piece is run with ``overlap_seconds`` of neighbouring audio on both sides for context, and only its own
+frames are kept, so the stitched log-probs are decoded as one utterance (an LM sees the whole file). A file
+that cannot be read is reported and skipped; the exit status is 1 when any file failed.
 """
 
 from __future__ import annotations
@@ -68,8 +68,13 @@ def split_points(
 
 @torch.inference_mode()
 def long_log_probs(
-    module: ASRModule, wav: torch.Tensor, device: torch.device, chunk_seconds: float = 30.0,
-    overlap_seconds: float = 1.0, search_seconds: float = 5.0, batch_seconds: float = 200.0,
+    module: ASRModule,
+    wav: torch.Tensor,
+    device: torch.device,
+    chunk_seconds: float = 30.0,
+    overlap_seconds: float = 1.0,
+    search_seconds: float = 5.0,
+    batch_seconds: float = 200.0,
 ) -> torch.Tensor:
     """(S,) waveform of any length -> (T, C) log-probs, computed piecewise and stitched (see module doc)."""
     sr = module.features.config["sample_rate"]
@@ -124,8 +129,9 @@ def transcribe(
             f"need chunk_seconds > 0, overlap_seconds >= 0, search_seconds >= 0; got {chunk_seconds}, "
             f"{overlap_seconds}, {search_seconds}"
         )
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       "cpu" if device == "auto" else device)
+    dev = torch.device(
+        "cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device
+    )
     module = ASRModule.load_for_inference(checkpoint, map_location=dev).to(dev)
     dec = decoder(module.tokenizer) if decoder is not None else module.decoder
     sr = module.features.config["sample_rate"]
@@ -139,10 +145,13 @@ def transcribe(
                 raise ValueError("the file holds no audio samples")
             if not torch.isfinite(wav).all():
                 raise ValueError("the audio holds NaN or infinite samples")
-            log_probs = long_log_probs(module, wav, dev, chunk_seconds, overlap_seconds, search_seconds,
-                                       batch_seconds)  # (T, C)
+            log_probs = long_log_probs(
+                module, wav, dev, chunk_seconds, overlap_seconds, search_seconds, batch_seconds
+            )  # (T, C)
             text = dec.decode(log_probs[None], torch.tensor([log_probs.shape[0]]))[0]
-            results.append({"audio_filepath": str(path), "duration": round(wav.numel() / sr, 3), "text": text})
+            results.append(
+                {"audio_filepath": str(path), "duration": round(wav.numel() / sr, 3), "text": text}
+            )
         except (OSError, RuntimeError, ValueError) as err:  # soundfile's LibsndfileError is a RuntimeError
             results.append({"audio_filepath": str(path), "error": f"{err.__class__.__name__}: {err}"})
     return results
@@ -163,9 +172,14 @@ def main(cfg: DictConfig) -> None:
     audio = OmegaConf.to_container(cfg.audio) if OmegaConf.is_list(cfg.audio) else [cfg.audio]
     try:
         results = transcribe(
-            checkpoint=cfg.checkpoint, audio=[str(a) for a in audio], decoder=instantiate(cfg.decoder),
-            device=cfg.device, chunk_seconds=cfg.chunk_seconds, overlap_seconds=cfg.overlap_seconds,
-            search_seconds=cfg.search_seconds, batch_seconds=cfg.batch_seconds,
+            checkpoint=cfg.checkpoint,
+            audio=[str(a) for a in audio],
+            decoder=instantiate(cfg.decoder),
+            device=cfg.device,
+            chunk_seconds=cfg.chunk_seconds,
+            overlap_seconds=cfg.overlap_seconds,
+            search_seconds=cfg.search_seconds,
+            batch_seconds=cfg.batch_seconds,
         )
     except (FileNotFoundError, ValueError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)

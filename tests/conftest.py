@@ -62,3 +62,24 @@ def tiny_train_cfg(an4_dir: Path, out_dir: Path, extra: list[str] = ()) -> DictC
     with open_dict(cfg):
         cfg.prepare.progress = False
     return cfg
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A small untrained BiLSTM-CTC saved as an asr checkpoint (what ``load_for_inference`` reads).
+
+    Decoding, export and transcription tests need the real network and checkpoint format, not a good model.
+    """
+    import torch
+
+    from asr.features import LogMelFeatures
+    from asr.model import BiLSTMCTC
+    from asr.module import CHECKPOINT_KEY, ASRModule
+    from asr.text import CharTokenizer
+
+    torch.manual_seed(0)
+    module = ASRModule(CharTokenizer(), LogMelFeatures(), BiLSTMCTC(80, 29, hidden_size=32, num_layers=2))
+    path = tmp_path_factory.mktemp("tiny") / "checkpoints" / "best.ckpt"
+    path.parent.mkdir(parents=True)
+    torch.save({"state_dict": module.state_dict(), CHECKPOINT_KEY: module.describe(), "global_step": 0}, path)
+    return path

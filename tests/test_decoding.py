@@ -1,0 +1,182 @@
+"""Decoders, the n-gram LM writer, evaluate's log-prob cache and sweeps, on AN4 transcripts and audio."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from collections import defaultdict
+
+import pytest
+import torch
+
+from asr.data import read_manifest, write_manifest
+from asr.decoding import BeamSearchDecoder, GreedyDecoder
+from asr.evaluate import evaluate
+from asr.lm import BOS, build_lm
+from asr.text import CharTokenizer, normalize_text
+from tests.conftest import ROOT
+
+
+def emissions_for(
+    texts: list[str], tokenizer: CharTokenizer, peak: float = 0.9
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T, C) log-probs whose best path spells each text: each character for 2 frames, then a blank."""
+    paths = []
+    for text in texts:
+        path = []
+        for i in tokenizer.encode(text):
+            path += [i, i, 0]
+        paths.append(path)
+    lengths = torch.tensor([len(p) for p in paths])
+    c = tokenizer.num_classes
+    probs = torch.full((len(texts), int(lengths.max()), c), (1 - peak) / (c - 1))
+    for b, path in enumerate(paths):
+        for t, i in enumerate(path):
+            probs[b, t, i] = peak
+    return probs.log(), lengths
+
+
+@pytest.fixture(scope="module")
+def an4_lm(an4_dir, tmp_path_factory):
+    return build_lm([str(an4_dir / "train.jsonl")], str(tmp_path_factory.mktemp("lm")), order=3)
+
+
+def read_arpa(path):
+    """{order: {ngram: (log10 p, log10 bow)}} of an ARPA file."""
+    tables, order = defaultdict(dict), 0
+    for line in open(path, encoding="utf-8"):
+        line = line.strip()
+        if line.endswith("-grams:"):
+            order = int(line[1])
+        elif order and line and not line.startswith("\\"):
+            fields = line.split("\t")
+            tables[order][tuple(fields[1].split())] = (
+                float(fields[0]),
+                float(fields[2]) if len(fields) > 2 else 0.0,
+            )
+    return tables
+
+
+def arpa_prob(tables, history, word):
+    """p(word | history) by the ARPA backoff rule."""
+    gram = (*history, word)
+    if gram in tables[len(gram)]:
+        return 10 ** tables[len(gram)][gram][0]
+    bow = tables[len(history)].get(history, (0.0, 0.0))[1] if history else 0.0
+    return 10**bow * arpa_prob(tables, history[1:], word)
+
+
+def test_arpa_lm_is_normalised_and_covers_training_words(an4_lm, an4_dir):
+    tables = read_arpa(an4_lm["lm"])
+    words = [w for (w,) in tables[1] if w != BOS]
+    train_words = {w for u in read_manifest(an4_dir / "train.jsonl") for w in normalize_text(u.text).split()}
+    assert train_words <= set(words) and "<unk>" in words and "</s>" in words
+    lexicon = [line.split()[0] for line in open(an4_lm["lexicon"])]
+    assert sorted(lexicon) == sorted(train_words)
+    for history in [(), (BOS,), ("rubout",), (BOS, "rubout"), ("three", "nine"), ("zzz", "enter")]:
+        total = sum(arpa_prob(tables, history, w) for w in words)
+        assert math.isclose(total, 1.0, abs_tol=1e-4), (history, total)
+
+
+def test_greedy_and_beam_decode_a_clean_path(an4_dir, an4_lm):
+    tok = CharTokenizer()
+    texts = [normalize_text(u.text) for u in read_manifest(an4_dir / "test.jsonl")[:8]]
+    log_probs, lengths = emissions_for(texts, tok)
+    assert GreedyDecoder(tok).decode(log_probs, lengths) == texts
+    assert BeamSearchDecoder(tok, beam_size=10).decode(log_probs, lengths) == texts
+    in_lexicon = [t for t in texts if set(t.split()) <= {line.split()[0] for line in open(an4_lm["lexicon"])}]
+    lp, n = emissions_for(in_lexicon, tok)
+    assert (
+        BeamSearchDecoder(tok, beam_size=10, lexicon=an4_lm["lexicon"], lm=an4_lm["lm"]).decode(lp, n)
+        == in_lexicon
+    )
+
+
+def test_lexicon_and_lm_correct_a_misspelling(an4_lm):
+    tok = CharTokenizer()
+    log_probs, lengths = emissions_for(["rubout thrie nine"], tok, peak=0.6)
+    assert BeamSearchDecoder(tok, beam_size=20).decode(log_probs, lengths) == ["rubout thrie nine"]
+    beam_lm = BeamSearchDecoder(tok, beam_size=20, lexicon=an4_lm["lexicon"], lm=an4_lm["lm"], lm_weight=1.0)
+    assert beam_lm.decode(log_probs, lengths) == ["rubout three nine"]
+
+
+def test_decoder_errors_name_the_setting(tmp_path, an4_lm):
+    tok = CharTokenizer()
+    with pytest.raises(ValueError, match="decoder.lexicon"):
+        BeamSearchDecoder(tok, lm=an4_lm["lm"])
+    with pytest.raises(FileNotFoundError, match="decoder.lm="):
+        BeamSearchDecoder(tok, lexicon=an4_lm["lexicon"], lm=str(tmp_path / "missing.arpa"))
+    with pytest.raises(FileNotFoundError, match="decoder.lexicon="):
+        BeamSearchDecoder(tok, lexicon=str(tmp_path / "missing.txt"))
+    (tmp_path / "upper.txt").write_text("ÉCOLE\n")
+    with pytest.raises(ValueError, match="can be spelled"):
+        BeamSearchDecoder(tok, lexicon=str(tmp_path / "upper.txt"))
+
+
+def test_evaluate_caches_log_probs_per_split(tiny_checkpoint, an4_dir, tmp_path):
+    manifests = {"test": str(an4_dir / "test.jsonl")}
+    cache = tmp_path / "cache"
+    first = evaluate(
+        str(tiny_checkpoint), manifests, str(tmp_path / "a"), "cpu", progress=False, cache_dir=str(cache)
+    )
+    assert (cache / "test.pt").is_file() and not first["test"]["cached_log_probs"]
+    again = evaluate(
+        str(tiny_checkpoint),
+        manifests,
+        str(tmp_path / "b"),
+        "cpu",
+        progress=False,
+        cache_dir=str(cache),
+        decoder=lambda tok: BeamSearchDecoder(tok, beam_size=1),
+    )
+    assert (
+        again["test"]["cached_log_probs"]
+        and again["test"]["forward_seconds"] == first["test"]["forward_seconds"]
+    )
+    # beam size 1 without LM keeps the single best prefix: here the same text as greedy
+    assert (tmp_path / "a/test/hyps.txt").read_text() == (tmp_path / "b/test/hyps.txt").read_text()
+    os.utime(tiny_checkpoint)  # a rewritten checkpoint invalidates the cache
+    third = evaluate(
+        str(tiny_checkpoint), manifests, str(tmp_path / "c"), "cpu", progress=False, cache_dir=str(cache)
+    )
+    assert not third["test"]["cached_log_probs"]
+
+
+def test_cli_sweep_writes_one_report_per_point_and_a_summary(tiny_checkpoint, an4_dir, an4_lm, tmp_path):
+    subset = tmp_path / "test10.jsonl"
+    write_manifest(subset, read_manifest(an4_dir / "test.jsonl")[:10])
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "asr.evaluate",
+            "-m",
+            f"checkpoint={tiny_checkpoint}",
+            f"manifests={{test: {subset}}}",
+            "device=cpu",
+            f"cache_dir={tmp_path / 'cache'}",
+            f"hydra.sweep.dir={sweep}",
+            "decoder=beam_lm",
+            f"decoder.lexicon={an4_lm['lexicon']}",
+            f"decoder.lm={an4_lm['lm']}",
+            "decoder.beam_size=5",
+            "decoder.lm_weight=0.5,1",
+            "decoder.word_score=-1,0,1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reports = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/test/report.json"))]
+    assert len(reports) == 6
+    assert sorted((r["decoder"]["lm_weight"], r["decoder"]["word_score"]) for r in reports) == [
+        (w, s) for w in (0.5, 1.0) for s in (-1.0, 0.0, 1.0)
+    ]
+    assert sum(not r["cached_log_probs"] for r in reports) == 1  # one forward pass for the whole sweep
+    summary = (sweep / "summary.md").read_text().splitlines()
+    assert summary[0].startswith("lm_weight | word_score | test WER %") and len(summary) == 2 + 6
+    assert "summary.md" in proc.stdout
