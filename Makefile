@@ -7,7 +7,7 @@ ARGS        ?=
 CKPT        ?=
 CONSTRAINTS ?= constraints.txt
 
-.PHONY: install train evaluate lm test test-slow lint clean
+.PHONY: install train evaluate test test-slow lint clean
 
 $(BIN)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -23,9 +23,6 @@ train: install  ## download + prepare the recipe's data, train, print the WER ta
 evaluate: install  ## make evaluate CKPT=exp/an4/<run>/checkpoints/best.ckpt
 	@test -n "$(CKPT)" || { echo "usage: make evaluate CKPT=exp/<recipe>/<run>/checkpoints/best.ckpt"; exit 2; }
 	$(BIN)/python -m asr.evaluate checkpoint=$(CKPT) $(ARGS)
-
-lm: install  ## lexicon + word 3-gram LM from the AN4 training transcripts (for decoder=beam_lm)
-	$(BIN)/python -m asr.lm manifest=data/an4/train.jsonl out_dir=data/an4/lm $(ARGS)
 
 test: install  ## the default (fast) suite
 	$(BIN)/python -m pytest -q $(ARGS)

@@ -114,7 +114,7 @@ class BeamSearchDecoder:
         beam_size_token: tokens considered per frame (``None``: all).
         beam_threshold: prune hypotheses scoring this much below the best.
         lexicon: word list or lexicon file (first column = word), or ``None`` for lexicon-free search.
-        lm: KenLM ARPA (at least a bigram) or binary file; needs ``lexicon``. ``None``: no LM.
+        lm: KenLM ARPA (at least a bigram; ``.arpa.gz`` is read too) or binary file; needs ``lexicon``.
         lm_weight: LM score weight.
         word_score: score added per word (positive favours more words).
         sil_score: score added per word boundary.
@@ -155,8 +155,6 @@ class BeamSearchDecoder:
                     f"decoder.lm={lm} does not exist; give a KenLM ARPA or binary file (`python -m asr.lm` "
                     f"writes one from training transcripts)"
                 )
-            if str(lm).endswith(".gz"):
-                raise ValueError(f"decoder.lm={lm} is compressed; decompress it first (gunzip -k {lm})")
         self.tokenizer = tokenizer
         self.tokens = decoder_tokens(tokenizer)
         self.settings = dict(
