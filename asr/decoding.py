@@ -190,8 +190,18 @@ class BeamSearchDecoder:
                 raise ValueError(f"decoder.lm={lm} could not be loaded by KenLM: {err}") from None
 
     def decode(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[str]:
-        emissions = log_probs.detach().to("cpu", torch.float32).contiguous()  # (B, T, C)
+        emissions = log_probs.detach().to("cpu", torch.float32)  # (B, T, C)
         lengths = lengths.detach().to("cpu", torch.int32)
+        if self.uses_lexicon:
+            # Lexicon spellings end with the word boundary, which the model emits only *between* words: one
+            # closing boundary frame lets the search complete the last word instead of dropping it.
+            b, _, c = emissions.shape
+            emissions = torch.cat([emissions, emissions.new_zeros(b, 1, c)], dim=1)  # (B, T + 1, C)
+            closing = torch.full((c,), -100.0)
+            closing[self.tokens.index(WORD_BOUNDARY)] = 0.0
+            emissions[torch.arange(b), lengths.long()] = closing
+            lengths = lengths + 1
+        emissions = emissions.contiguous()
         texts = []
         for hyps in self._decoder(emissions, lengths):
             if not hyps:

@@ -56,7 +56,11 @@ def resolve_device(device: str) -> torch.device:
 
 @torch.inference_mode()
 def compute_log_probs(
-    module: ASRModule, manifest: str, device: torch.device, batch_seconds: float = 200.0, progress: bool = True
+    module: ASRModule,
+    manifest: str,
+    device: torch.device,
+    batch_seconds: float = 200.0,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Run the model over every utterance of a manifest.
 
@@ -255,7 +259,12 @@ def sweep_summary(sweep_dir: str | os.PathLike) -> str:
     splits = sorted({split for r in points.values() for split in r})
     head = " | ".join([*varying, *(f"{s} WER %" for s in splits), "job"])
     rows = [head, " | ".join("---" for _ in [*varying, *splits, "job"])]
-    for job in sorted(points, key=lambda j: [json.dumps(settings[j].get(k)) for k in varying]):
+
+    def order(job: str) -> list[tuple]:  # numbers numerically, anything else by its text
+        values = [settings[job].get(k) for k in varying]
+        return [(0, v, "") if isinstance(v, int | float) else (1, 0, json.dumps(v)) for v in values]
+
+    for job in sorted(points, key=order):
         wers = [f"{100 * points[job][s]['wer']:.2f}" if s in points[job] else "-" for s in splits]
         rows.append(" | ".join([*(str(settings[job].get(k)) for k in varying), *wers, Path(job).name]))
     return "\n".join(rows)
