@@ -180,3 +180,18 @@ def test_cli_sweep_writes_one_report_per_point_and_a_summary(tiny_checkpoint, an
     summary = (sweep / "summary.md").read_text().splitlines()
     assert summary[0].startswith("lm_weight | word_score | test WER %") and len(summary) == 2 + 6
     assert "summary.md" in proc.stdout
+
+
+def test_librispeech_style_files_upper_case_lm_and_phonetic_lexicon(an4_dir, tmp_path):
+    """LibriSpeech's resource-11 files: upper-case ARPA words, a phonetic lexicon (only the word is read)."""
+    from asr.lm import kneser_ney, write_arpa
+
+    sentences = [normalize_text(u.text).upper().split() for u in read_manifest(an4_dir / "train.jsonl")]
+    write_arpa(kneser_ney(sentences, order=2), tmp_path / "lm.arpa")
+    words = sorted({w for s in sentences for w in s})
+    (tmp_path / "lexicon.txt").write_text("".join(f"{w} HH AH0 L OW1\n{w} HH EH0 L OW1\n" for w in words))
+    tok = CharTokenizer()
+    log_probs, lengths = emissions_for(["rubout thrie nine"], tok, peak=0.6)
+    lexicon, lm = str(tmp_path / "lexicon.txt"), str(tmp_path / "lm.arpa")
+    dec = BeamSearchDecoder(tok, beam_size=20, lexicon=lexicon, lm=lm)
+    assert dec.decode(log_probs, lengths) == ["rubout three nine"]
