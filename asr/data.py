@@ -126,15 +126,25 @@ class Batch(NamedTuple):
 class AudioDataset(Dataset):
     """Utterances -> (waveform, token ids, id); decoding happens here, features on the model's device.
 
-    With ``tokenizer=None`` the token ids are empty (decoding only needs audio).
+    With ``tokenizer=None`` the token ids are empty (decoding only needs audio). With ``speed_perturb``
+    (e.g. ``[0.9, 1.0, 1.1]``) each read picks one factor at random and resamples the waveform so it
+    plays that much faster (tempo and pitch, as Kaldi's ``sox speed``).
     """
 
     def __init__(
-        self, utterances: Sequence[Utterance], tokenizer: CharTokenizer | None, sample_rate: int = 16000
+        self,
+        utterances: Sequence[Utterance],
+        tokenizer: CharTokenizer | None,
+        sample_rate: int = 16000,
+        speed_perturb: Sequence[float] | None = None,
     ) -> None:
         self.utterances = list(utterances)
         self.tokenizer = tokenizer
         self.sample_rate = sample_rate
+        self.speed_perturb = [float(f) for f in speed_perturb or []]
+        for f in self.speed_perturb:
+            if not 0.5 <= f <= 2.0:
+                raise ValueError(f"data.speed_perturb factors must lie in [0.5, 2], got {f}")
 
     def __len__(self) -> int:
         return len(self.utterances)
@@ -142,6 +152,11 @@ class AudioDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str]:
         u = self.utterances[index]
         wav = load_audio(u.audio_filepath, self.sample_rate)
+        if self.speed_perturb:
+            factor = random.choice(self.speed_perturb)
+            if factor != 1.0:
+                # read as if recorded at sample_rate * factor, bring back to sample_rate: 1/factor as long
+                wav = AF.resample(wav, int(round(self.sample_rate * factor)), self.sample_rate)
         ids = self.tokenizer.encode(normalize_text(u.text)) if self.tokenizer is not None else []
         tokens = torch.tensor(ids, dtype=torch.long)
         return wav, tokens, u.id
@@ -274,6 +289,7 @@ class ASRDataModule(L.LightningDataModule):
         num_buckets: duration buckets of the sampler.
         min_duration, max_duration: training utterances outside this range (seconds) are dropped.
         num_workers: loader processes (0 = decode in the main process).
+        speed_perturb: speed factors drawn per training utterance and read (e.g. ``[0.9, 1.0, 1.1]``).
         seed: seed of the per-epoch shuffle.
     """
 
@@ -290,9 +306,11 @@ class ASRDataModule(L.LightningDataModule):
         min_duration: float = 0.1,
         max_duration: float = 30.0,
         num_workers: int = 1,
+        speed_perturb: Sequence[float] | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
+        self.speed_perturb = list(speed_perturb or [])
         self.tokenizer = tokenizer
         self.train_manifest = train_manifest
         self.val_manifest = val_manifest
@@ -307,7 +325,7 @@ class ASRDataModule(L.LightningDataModule):
         self.seed = seed
         self.datasets: dict[str, AudioDataset] = {}
 
-    def _load(self, manifest: str, split: str, filter_duration: bool) -> AudioDataset:
+    def _load(self, manifest: str, split: str, filter_duration: bool, train: bool = False) -> AudioDataset:
         utts = read_manifest(manifest)
         kept, bad_chars, bad_len = [], 0, 0
         for u in utts:
@@ -322,15 +340,22 @@ class ASRDataModule(L.LightningDataModule):
             log.warning(
                 "%s (%s): dropped %d utterances with empty text or characters outside the tokenizer, "
                 "%d outside data.min_duration..data.max_duration (%.1f..%.1f s)",
-                manifest, split, bad_chars, bad_len, self.min_duration, self.max_duration,
+                manifest,
+                split,
+                bad_chars,
+                bad_len,
+                self.min_duration,
+                self.max_duration,
             )
         if not kept:
             raise ValueError(f"{split} manifest {manifest} has no usable utterances (of {len(utts)})")
-        return AudioDataset(kept, self.tokenizer, self.sample_rate)
+        return AudioDataset(kept, self.tokenizer, self.sample_rate, self.speed_perturb if train else None)
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit"):
-            self.datasets["train"] = self._load(self.train_manifest, "train", filter_duration=True)
+            self.datasets["train"] = self._load(
+                self.train_manifest, "train", filter_duration=True, train=True
+            )
         if stage in (None, "fit", "validate"):
             self.datasets["val"] = self._load(self.val_manifest, "val", filter_duration=False)
         if stage in (None, "test") and self.test_manifest:
