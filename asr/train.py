@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
+from asr.callbacks import ThroughputMonitor
 from asr.evaluate import evaluate, format_table
 from asr.module import ASRModule
 
@@ -69,8 +70,11 @@ def train(cfg: DictConfig) -> dict:
         dirpath=ckpt_dir, filename="best", monitor="val/wer", mode="min", save_top_k=1, save_last=True,
         enable_version_counter=False,
     )
+    throughput = ThroughputMonitor(cfg.features.sample_rate, every_n_steps=cfg.trainer.log_every_n_steps)
     trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=[checkpoint], logger=[CSVLogger(save_dir=out_dir, name="logs", version="")]
+        cfg.trainer,
+        callbacks=[checkpoint, throughput],
+        logger=[CSVLogger(save_dir=out_dir, name="logs", version="")],
     )
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(cfg.resume, ckpt_dir))
