@@ -18,7 +18,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
-from asr.data_check import check_manifests, format_check
+from asr.data_check import check_manifests
 from asr.features import LogMelFeatures
 from asr.model import BiLSTMCTC
 
@@ -72,8 +72,6 @@ def main(cfg: DictConfig) -> None:
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    for name, report in result.get("check", {}).items():
-        print(format_check(name, report))
     for name, path in (result.get("manifests") or {}).items():
         print(f"{name}: {path}")
 
