@@ -2,6 +2,7 @@
 
     python -m asr.evaluate checkpoint=exp/an4/<run>/checkpoints/best.ckpt
     python -m asr.evaluate checkpoint=... manifests='{test: data/an4/test.jsonl}'
+    python -m asr.evaluate checkpoint=... data=librispeech    # dev-clean dev-other test-clean test-other
 """
 
 from __future__ import annotations
@@ -109,6 +110,11 @@ def evaluate(
     return reports
 
 
+def subset_manifests(manifest_dir: str | os.PathLike, subsets: list[str]) -> dict[str, str]:
+    """``{subset: <manifest_dir>/<subset>.jsonl}``: the ``data=librispeech`` choice of ``asr.evaluate``."""
+    return {s: str(Path(manifest_dir) / f"{s}.jsonl") for s in subsets}
+
+
 def format_table(reports: dict[str, dict]) -> str:
     """One WER table for all splits."""
     head = f"{'split':<12} {'utts':>5} {'words':>6} {'WER %':>7} {'CER %':>7} {'sub':>5} {'del':>5} {'ins':>5}"
@@ -127,9 +133,12 @@ OmegaConf.register_new_resolver("run_dir_of", lambda ckpt: str(run_dir_of(ckpt))
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     try:
+        manifests = OmegaConf.to_container(cfg.manifests) if cfg.manifests else {}
+        if cfg.get("data"):
+            manifests.update(subset_manifests(cfg.data.manifest_dir, list(cfg.data.subsets)))
         reports = evaluate(
             checkpoint=cfg.checkpoint,
-            manifests=OmegaConf.to_container(cfg.manifests) if cfg.manifests else None,
+            manifests=manifests or None,
             out_dir=cfg.out_dir,
             device=cfg.device,
             batch_seconds=cfg.batch_seconds,
