@@ -38,10 +38,11 @@ class ThroughputMonitor(L.Callback):
         self._reset()
         self._last_end = time.perf_counter()
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
-        now = time.perf_counter()
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if self._last_end is not None:
-            self._wait += now - self._last_end
+            self._wait += time.perf_counter() - self._last_end
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
