@@ -7,7 +7,7 @@ ARGS        ?=
 CKPT        ?=
 CONSTRAINTS ?= constraints.txt
 
-.PHONY: install train evaluate test test-slow lint clean
+.PHONY: install train evaluate test test-slow lint bench clean
 
 $(BIN)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ test-slow: install  ## tests marked slow
 
 lint: install
 	$(BIN)/ruff check asr tests hydra_plugins
+
+bench: install  ## LibriSpeech prepare speed on a synthetic 20,000-file tree (files/s)
+	$(BIN)/python benchmarks/prepare_librispeech.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

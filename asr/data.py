@@ -14,7 +14,7 @@ import logging
 import math
 import os
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -26,7 +26,7 @@ import torch
 import torchaudio.functional as AF
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from asr.text import CharTokenizer, normalize_text
+from asr.text import Tokenizer, normalize_text
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,11 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000) -> torch.Tenso
     return wav
 
 
+def ctc_min_frames(ids: Sequence[int]) -> int:
+    """Fewest output frames CTC needs for a label: one per token, plus a blank between each repeated pair."""
+    return len(ids) + sum(a == b for a, b in zip(ids[:-1], ids[1:], strict=True))
+
+
 class Batch(NamedTuple):
     """A padded batch of utterances.
 
@@ -126,15 +131,25 @@ class Batch(NamedTuple):
 class AudioDataset(Dataset):
     """Utterances -> (waveform, token ids, id); decoding happens here, features on the model's device.
 
-    With ``tokenizer=None`` the token ids are empty (decoding only needs audio).
+    With ``tokenizer=None`` the token ids are empty (decoding only needs audio). With ``speed_perturb``
+    (e.g. ``[0.9, 1.0, 1.1]``) each read picks one factor at random and resamples the waveform so it
+    plays that much faster (tempo and pitch, as Kaldi's ``sox speed``).
     """
 
     def __init__(
-        self, utterances: Sequence[Utterance], tokenizer: CharTokenizer | None, sample_rate: int = 16000
+        self,
+        utterances: Sequence[Utterance],
+        tokenizer: Tokenizer | None,
+        sample_rate: int = 16000,
+        speed_perturb: Sequence[float] | None = None,
     ) -> None:
         self.utterances = list(utterances)
         self.tokenizer = tokenizer
         self.sample_rate = sample_rate
+        self.speed_perturb = [float(f) for f in speed_perturb or []]
+        for f in self.speed_perturb:
+            if not 0.5 <= f <= 2.0:
+                raise ValueError(f"data.speed_perturb factors must lie in [0.5, 2], got {f}")
 
     def __len__(self) -> int:
         return len(self.utterances)
@@ -142,6 +157,11 @@ class AudioDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str]:
         u = self.utterances[index]
         wav = load_audio(u.audio_filepath, self.sample_rate)
+        if self.speed_perturb:
+            factor = random.choice(self.speed_perturb)
+            if factor != 1.0:
+                # read as if recorded at sample_rate * factor, bring back to sample_rate: 1/factor as long
+                wav = AF.resample(wav, int(round(self.sample_rate * factor)), self.sample_rate)
         ids = self.tokenizer.encode(normalize_text(u.text)) if self.tokenizer is not None else []
         tokens = torch.tensor(ids, dtype=torch.long)
         return wav, tokens, u.id
@@ -274,12 +294,16 @@ class ASRDataModule(L.LightningDataModule):
         num_buckets: duration buckets of the sampler.
         min_duration, max_duration: training utterances outside this range (seconds) are dropped.
         num_workers: loader processes (0 = decode in the main process).
+        speed_perturb: speed factors drawn per training utterance and read (e.g. ``[0.9, 1.0, 1.1]``).
         seed: seed of the per-epoch shuffle.
+        output_frames: samples -> model output frames ((N,) tensors); when given, training utterances too
+            short for their label under CTC (frames < :func:`ctc_min_frames`) are dropped and counted,
+            as they would give an infinite loss.
     """
 
     def __init__(
         self,
-        tokenizer: CharTokenizer,
+        tokenizer: Tokenizer,
         train_manifest: str,
         val_manifest: str,
         test_manifest: str | None = None,
@@ -290,10 +314,14 @@ class ASRDataModule(L.LightningDataModule):
         min_duration: float = 0.1,
         max_duration: float = 30.0,
         num_workers: int = 1,
+        speed_perturb: Sequence[float] | None = None,
         seed: int = 0,
+        output_frames: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         super().__init__()
+        self.speed_perturb = list(speed_perturb or [])
         self.tokenizer = tokenizer
+        self.output_frames = output_frames
         self.train_manifest = train_manifest
         self.val_manifest = val_manifest
         self.test_manifest = test_manifest
@@ -307,30 +335,49 @@ class ASRDataModule(L.LightningDataModule):
         self.seed = seed
         self.datasets: dict[str, AudioDataset] = {}
 
-    def _load(self, manifest: str, split: str, filter_duration: bool) -> AudioDataset:
+    def _load(self, manifest: str, split: str, filter_duration: bool, train: bool = False) -> AudioDataset:
         utts = read_manifest(manifest)
-        kept, bad_chars, bad_len = [], 0, 0
-        for u in utts:
+        kept, bad_chars, bad_len, too_short = [], 0, 0, []
+        frames = None
+        if filter_duration and self.output_frames is not None:
+            samples = torch.tensor([round(u.duration * self.sample_rate) for u in utts], dtype=torch.long)
+            frames = self.output_frames(samples).tolist()
+        for i, u in enumerate(utts):
             text = normalize_text(u.text)
             if not text or self.tokenizer.unknown_chars(text):
                 bad_chars += 1
             elif filter_duration and not (self.min_duration <= u.duration <= self.max_duration):
                 bad_len += 1
+            elif frames is not None and frames[i] < ctc_min_frames(self.tokenizer.encode(text)):
+                too_short.append(u.id)
             else:
                 kept.append(u)
+        if too_short:
+            log.warning(
+                "%s (%s): dropped %d utterances too short for their label under CTC after subsampling "
+                "(they would give an infinite loss): %s%s", manifest, split, len(too_short),
+                ", ".join(too_short[:20]), " ..." if len(too_short) > 20 else "",
+            )
         if bad_chars or bad_len:
             log.warning(
                 "%s (%s): dropped %d utterances with empty text or characters outside the tokenizer, "
                 "%d outside data.min_duration..data.max_duration (%.1f..%.1f s)",
-                manifest, split, bad_chars, bad_len, self.min_duration, self.max_duration,
+                manifest,
+                split,
+                bad_chars,
+                bad_len,
+                self.min_duration,
+                self.max_duration,
             )
         if not kept:
             raise ValueError(f"{split} manifest {manifest} has no usable utterances (of {len(utts)})")
-        return AudioDataset(kept, self.tokenizer, self.sample_rate)
+        return AudioDataset(kept, self.tokenizer, self.sample_rate, self.speed_perturb if train else None)
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit"):
-            self.datasets["train"] = self._load(self.train_manifest, "train", filter_duration=True)
+            self.datasets["train"] = self._load(
+                self.train_manifest, "train", filter_duration=True, train=True
+            )
         if stage in (None, "fit", "validate"):
             self.datasets["val"] = self._load(self.val_manifest, "val", filter_duration=False)
         if stage in (None, "test") and self.test_manifest:

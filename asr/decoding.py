@@ -16,7 +16,7 @@ from typing import Protocol
 
 import torch
 
-from asr.text import CharTokenizer, ctc_collapse, normalize_text
+from asr.text import CharTokenizer, Tokenizer, ctc_collapse, normalize_text
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class Decoder(Protocol):
 class GreedyDecoder:
     """Best path: argmax per frame, merge repeats, drop blanks."""
 
-    def __init__(self, tokenizer: CharTokenizer) -> None:
+    def __init__(self, tokenizer: Tokenizer) -> None:
         self.tokenizer = tokenizer
 
     def decode(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[str]:
@@ -45,8 +45,13 @@ class GreedyDecoder:
         ]
 
 
-def decoder_tokens(tokenizer: CharTokenizer) -> list[str]:
+def decoder_tokens(tokenizer: Tokenizer) -> list[str]:
     """The model's classes as flashlight tokens, in id order: blank first, space renamed ``|``."""
+    if not isinstance(tokenizer, CharTokenizer):
+        raise ValueError(
+            f"beam search supports character tokenizers; this checkpoint's is {type(tokenizer).__name__}: "
+            f"use decoder=greedy"
+        )
     for reserved in (BLANK_TOKEN, WORD_BOUNDARY):
         if reserved in tokenizer.vocab:
             raise ValueError(
@@ -124,7 +129,7 @@ class BeamSearchDecoder:
 
     def __init__(
         self,
-        tokenizer: CharTokenizer,
+        tokenizer: Tokenizer,
         beam_size: int = 50,
         beam_size_token: int | None = None,
         beam_threshold: float = 50.0,

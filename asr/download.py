@@ -6,6 +6,7 @@ Shared by every corpus. Works with http(s):// and file:// URLs (tests serve arch
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import os
 import tarfile
@@ -23,12 +24,18 @@ class DownloadError(RuntimeError):
     """A download failed for good (after retries, or on a checksum mismatch)."""
 
 
-def md5sum(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
-    h = hashlib.md5()
+def file_hash(path: str | os.PathLike, algorithm: str = "md5", chunk_size: int = 1 << 20) -> str:
+    """Hex digest of a file with ``algorithm`` (any name :func:`hashlib.new` knows)."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(chunk_size), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def md5sum(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    """MD5 hex digest of a file."""
+    return file_hash(path, "md5", chunk_size)
 
 
 def _fetch_once(url: str, part: Path, timeout: float, progress: bool) -> None:
@@ -70,22 +77,37 @@ def download(
     backoff: float = 1.0,
     timeout: float = 60.0,
     progress: bool = True,
+    sha256: str | None = None,
 ) -> Path:
     """Download ``url`` to ``dest`` unless a verified copy is already there.
 
     Bytes go to ``dest + ".part"`` first; an interrupted transfer resumes from there with an HTTP Range
-    request. The file is renamed to ``dest`` only after its MD5 matches ``md5`` (when given), so a file at
-    ``dest`` is always complete.
+    request, after a wait that doubles with each attempt. The file is renamed to ``dest`` only after its
+    checksum matches (``sha256`` if given, else ``md5`` if given), so a file at ``dest`` is always complete.
+
+    Args:
+        url: http(s):// or file:// address.
+        dest: final path of the file.
+        md5, sha256: published checksum (hex); None = unchecked.
+        retries: attempts before giving up.
+        backoff: seconds before the first retry (doubled each time).
+        timeout: socket timeout in seconds.
+        progress: show a progress bar.
 
     Raises:
         DownloadError: the checksum does not match (the partial file is removed), or every retry failed.
     """
     dest = Path(dest)
+    algorithm, expected = ("sha256", sha256) if sha256 else ("md5", md5)
     if dest.exists():
-        if md5 is None or md5sum(dest) == md5:
+        if expected is None:
+            return dest
+        got = file_hash(dest, algorithm)
+        if got == expected:
             return dest
         raise DownloadError(
-            f"{dest} exists but its MD5 {md5sum(dest)} is not the published {md5}; delete it to download again"
+            f"{dest} exists but its {algorithm.upper()} {got} is not the published {expected}; "
+            f"delete it to download again"
         )
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
@@ -93,7 +115,8 @@ def download(
         try:
             _fetch_once(url, part, timeout, progress)
             break
-        except (urllib.error.URLError, OSError, DownloadError) as err:
+        # http.client.IncompleteRead (e.g. a chunked transfer cut mid-way) is an HTTPException, not an OSError
+        except (urllib.error.URLError, OSError, http.client.HTTPException, DownloadError) as err:
             if isinstance(err, urllib.error.HTTPError) and 400 <= err.code < 500 and err.code != 416:
                 raise DownloadError(f"cannot download {url}: HTTP {err.code} {err.reason}") from None
             if attempt == retries:
@@ -104,11 +127,14 @@ def download(
             wait = backoff * 2 ** (attempt - 1)
             log.warning("download of %s failed (%s); retry %d/%d in %.0f s", url, err, attempt, retries, wait)
             time.sleep(wait)
-    if md5 is not None:
-        got = md5sum(part)
-        if got != md5:
+    if expected is not None:
+        got = file_hash(part, algorithm)
+        if got != expected:
             part.unlink()
-            raise DownloadError(f"{url}: MD5 {got} does not match the published {md5}; the download was removed")
+            raise DownloadError(
+                f"{url}: {algorithm.upper()} {got} does not match the published {expected}; the download was "
+                f"removed (a wrong mirror/base URL setting, or a corrupt copy on the server)"
+            )
     os.replace(part, dest)
     return dest
 

@@ -2,6 +2,7 @@
 
     python -m asr.evaluate checkpoint=exp/an4/<run>/checkpoints/best.ckpt
     python -m asr.evaluate checkpoint=... manifests='{test: data/an4/test.jsonl}'
+    python -m asr.evaluate checkpoint=... data=librispeech    # dev-clean dev-other test-clean test-other
     python -m asr.evaluate checkpoint=... decoder=beam decoder.beam_size=50
     python -m asr.evaluate -m checkpoint=... decoder=beam_lm decoder.lexicon=... decoder.lm=... \
         decoder.lm_weight=0.5,1,1.5,2 decoder.word_score=-1,0,1
@@ -35,7 +36,7 @@ from asr.data import AudioDataset, BucketBatchSampler, collate, read_manifest
 from asr.decoding import Decoder
 from asr.metrics import error_report
 from asr.module import ASRModule
-from asr.text import CharTokenizer, normalize_text
+from asr.text import Tokenizer, normalize_text
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +168,7 @@ def evaluate(
     device: str = "auto",
     batch_seconds: float = 200.0,
     progress: bool = True,
-    decoder: Callable[[CharTokenizer], Decoder] | None = None,
+    decoder: Callable[[Tokenizer], Decoder] | None = None,
     decoder_settings: dict | None = None,
     cache_dir: str | None = None,
 ) -> dict[str, dict]:
@@ -227,6 +228,11 @@ def evaluate(
         (split_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         reports[name] = report
     return reports
+
+
+def subset_manifests(manifest_dir: str | os.PathLike, subsets: list[str]) -> dict[str, str]:
+    """``{subset: <manifest_dir>/<subset>.jsonl}``: the ``data=librispeech`` choice of ``asr.evaluate``."""
+    return {s: str(Path(manifest_dir) / f"{s}.jsonl") for s in subsets}
 
 
 def format_table(reports: dict[str, dict]) -> str:
@@ -302,9 +308,12 @@ def main(cfg: DictConfig) -> dict[str, dict]:
         choice = hydra_cfg.runtime.choices.get("decoder", "greedy")
         out_dir = str(run_dir_of(cfg.checkpoint) / "decode" / ("" if choice == "greedy" else choice))
     try:
+        manifests = OmegaConf.to_container(cfg.manifests) if cfg.manifests else {}
+        if cfg.get("data"):
+            manifests.update(subset_manifests(cfg.data.manifest_dir, list(cfg.data.subsets)))
         reports = evaluate(
             checkpoint=cfg.checkpoint,
-            manifests=OmegaConf.to_container(cfg.manifests) if cfg.manifests else None,
+            manifests=manifests or None,
             out_dir=out_dir,
             device=cfg.device,
             batch_seconds=cfg.batch_seconds,

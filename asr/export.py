@@ -5,7 +5,7 @@
 
 ONNX inputs ``audio`` (B, S) float32 and ``audio_lengths`` (B,) int64; outputs ``log_probs`` (B, T, C) and
 ``lengths`` (B,). Class 0 is the blank; the tokenizer's characters follow in order (written beside the model
-as ``<output>.tokens.txt``, one a line, ``<blank>`` first and the space as ``|``).
+as ``<output>.tokens.txt``, one a line, ``<blank>`` first; a character model's space is written ``|``).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from torch import nn
 from asr.decoding import decoder_tokens
 from asr.features import LogMelFeatures
 from asr.module import ASRModule
+from asr.text import CharTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,11 @@ def export(checkpoint: str, fmt: str = "onnx", output: str | None = None, opset:
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {sorted(FORMATS)}, got {fmt!r}")
     module = ASRModule.load_for_inference(checkpoint)
-    tokens = decoder_tokens(module.tokenizer)
+    tok = module.tokenizer
+    if isinstance(tok, CharTokenizer):
+        tokens = decoder_tokens(tok)
+    else:  # SentencePiece: its pieces, in id order
+        tokens = ["<blank>"] + [tok.sp.id_to_piece(i) for i in range(tok.vocab_size)]
     model = ExportableASR(module).eval()
     out = Path(output) if output else Path(checkpoint).with_suffix(FORMATS[fmt])
     out.parent.mkdir(parents=True, exist_ok=True)

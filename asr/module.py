@@ -15,7 +15,7 @@ from asr.data import Batch
 from asr.decoding import GreedyDecoder
 from asr.features import LogMelFeatures, SpecAugment
 from asr.model import BiLSTMCTC
-from asr.text import CharTokenizer, normalize_text
+from asr.text import Tokenizer, normalize_text, tokenizer_from_state_dict
 
 CHECKPOINT_KEY = "asr"  # plain-data description of the model stored in every checkpoint
 
@@ -34,7 +34,7 @@ class ASRModule(L.LightningModule):
 
     def __init__(
         self,
-        tokenizer: CharTokenizer,
+        tokenizer: Tokenizer,
         features: LogMelFeatures,
         model: BiLSTMCTC | Callable[..., BiLSTMCTC],
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
@@ -68,6 +68,10 @@ class ASRModule(L.LightningModule):
         if self.augment is not None and self.training:
             feats = self.augment(feats, frame_lengths)
         return self.model(feats, frame_lengths)
+
+    def output_frames(self, samples: torch.Tensor) -> torch.Tensor:
+        """(N,) waveform sample counts -> (N,) output frames of the model (after subsampling)."""
+        return self.model.output_lengths(self.features.output_lengths(samples))
 
     def ctc_loss(self, log_probs: torch.Tensor, lengths: torch.Tensor, batch: Batch) -> torch.Tensor:
         """CTC summed over each utterance, averaged over the batch.
@@ -181,7 +185,7 @@ class ASRModule(L.LightningModule):
         if CHECKPOINT_KEY not in ckpt or "state_dict" not in ckpt:
             raise ValueError(f"{path} is not an asr checkpoint (no '{CHECKPOINT_KEY}' entry)")
         meta = ckpt[CHECKPOINT_KEY]
-        tokenizer = CharTokenizer.from_state_dict(meta["tokenizer"])
+        tokenizer = tokenizer_from_state_dict(meta["tokenizer"])
         module = cls(
             tokenizer=tokenizer,
             features=LogMelFeatures(**meta["features"]),

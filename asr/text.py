@@ -5,8 +5,15 @@ Index 0 is always the CTC blank; tokens start at 1.
 
 from __future__ import annotations
 
+import base64
+import json
+import logging
+import os
 import re
 from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 _SPACES = re.compile(r"\s+")
 
@@ -63,6 +70,138 @@ class CharTokenizer:
         if state.get("type") != "char":
             raise ValueError(f"unknown tokenizer type {state.get('type')!r} in checkpoint")
         return cls(vocab=str(state["vocab"]))
+
+
+class SentencePieceTokenizer:
+    """SentencePiece (BPE by default) sub-words to ids and back; blank is 0, piece ``i`` is id ``i + 1``.
+
+    The model is trained on the transcripts of ``train_manifest`` the first time (a prepare stage: the
+    file at ``model_path`` is reused afterwards), and travels inside every checkpoint as plain data.
+
+    Args:
+        model_path: the ``.model`` file, trained here when it does not exist; None = beside the training
+            manifest, ``<manifest stem>.<model_type><vocab_size>.model``.
+        train_manifest: JSONL manifest whose (normalised) texts train the model, when it must be trained.
+        vocab_size: number of pieces (the model's output layer has one more, for the blank).
+        model_type: ``bpe`` or ``unigram``.
+    """
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike | None = None,
+        train_manifest: str | os.PathLike | None = None,
+        vocab_size: int = 256,
+        model_type: str = "bpe",
+        _model_proto: bytes | None = None,
+    ) -> None:
+        import sentencepiece as spm
+
+        if _model_proto is None:
+            if model_path is None:
+                if train_manifest is None:
+                    raise ValueError("set tokenizer.model_path or tokenizer.train_manifest ")
+                manifest = Path(train_manifest)
+                model_path = manifest.with_name(f"{manifest.stem}.{model_type}{vocab_size}.model")
+            model_path = Path(model_path)
+            if not model_path.is_file():
+                if train_manifest is None or not Path(train_manifest).is_file():
+                    raise FileNotFoundError(
+                        f"no SentencePiece model at {model_path} and no training manifest to train one "
+                        f"(tokenizer.train_manifest={train_manifest}); run the recipe's prepare stage first"
+                    )
+                train_sentencepiece(train_manifest, model_path, vocab_size, model_type)
+            _model_proto = model_path.read_bytes()
+        self._proto = _model_proto
+        self.sp = spm.SentencePieceProcessor(model_proto=_model_proto)
+        n = self.sp.get_piece_size()
+        self._known = {p for i in range(n) for p in self.sp.id_to_piece(i) if not self.sp.is_unknown(i)}
+        self.vocab_size = n
+
+    @property
+    def num_classes(self) -> int:
+        """Output size of the model: the pieces plus the blank."""
+        return self.vocab_size + 1
+
+    def unknown_chars(self, text: str) -> set[str]:
+        """Characters of ``text`` that no piece covers (they would become ``<unk>``)."""
+        return {c for c in text if c != " " and c not in self._known}
+
+    def encode(self, text: str) -> list[int]:
+        """Ids of a normalised text. Raises ValueError naming any character no piece covers."""
+        bad = self.unknown_chars(text)
+        if bad:
+            raise ValueError(f"characters {sorted(bad)} in {text!r} are not covered by the SentencePiece "
+                             f"model (train it on text that has them, or normalise them away)")
+        return [i + 1 for i in self.sp.encode(text)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of a sequence of ids (blank and out-of-range ids are skipped)."""
+        return self.sp.decode([i - 1 for i in ids if 0 < i <= self.vocab_size])
+
+    def state_dict(self) -> dict:
+        """Plain data that rebuilds this tokenizer (stored in checkpoints): the model as base64 text."""
+        return {"type": "sentencepiece", "model": base64.b64encode(self._proto).decode("ascii")}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> SentencePieceTokenizer:
+        if state.get("type") != "sentencepiece":
+            raise ValueError(f"unknown tokenizer type {state.get('type')!r} in checkpoint")
+        return cls(_model_proto=base64.b64decode(state["model"]))
+
+
+def train_sentencepiece(
+    manifest: str | os.PathLike, model_path: str | os.PathLike, vocab_size: int = 256, model_type: str = "bpe"
+) -> Path:
+    """Train a SentencePiece model on a manifest's normalised transcripts and write ``model_path``.
+
+    Args:
+        manifest: JSONL manifest (``text`` key).
+        model_path: where the ``.model`` file goes (written atomically).
+        vocab_size: pieces wanted; fewer are made if the text is too small to support them.
+        model_type: ``bpe`` or ``unigram``.
+    """
+    import sentencepiece as spm
+
+    model_path = Path(model_path)
+    with open(manifest, encoding="utf-8") as f:
+        texts = [normalize_text(json.loads(line)["text"]) for line in f if line.strip()]
+    if not texts:
+        raise ValueError(f"{manifest} has no transcripts to train the SentencePiece model on")
+    proto = _BytesSink()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts), model_writer=proto, vocab_size=vocab_size, model_type=model_type,
+        character_coverage=1.0, bos_id=-1, eos_id=-1, unk_id=0, hard_vocab_limit=False, num_threads=1,
+        input_sentence_size=2_000_000, shuffle_input_sentence=True, minloglevel=2,
+    )
+    model_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = model_path.with_name(model_path.name + ".tmp")
+    tmp.write_bytes(proto.data)
+    os.replace(tmp, model_path)
+    log.info("trained a %s SentencePiece model (%d pieces) on %d transcripts -> %s", model_type, vocab_size,
+             len(texts), model_path)
+    return model_path
+
+
+class _BytesSink:
+    """Receives the trained model from SentencePieceTrainer (its ``model_writer`` protocol)."""
+
+    def __init__(self) -> None:
+        self.data = b""
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+
+Tokenizer = CharTokenizer | SentencePieceTokenizer
+
+
+def tokenizer_from_state_dict(state: dict) -> Tokenizer:
+    """Rebuild a tokenizer from the plain data a checkpoint stores (``state_dict()`` of either kind)."""
+    kinds = {"char": CharTokenizer, "sentencepiece": SentencePieceTokenizer}
+    kind = state.get("type")
+    if kind not in kinds:
+        raise ValueError(f"unknown tokenizer type {kind!r} in checkpoint; expected one of {sorted(kinds)}")
+    return kinds[kind].from_state_dict(state)
 
 
 def ctc_collapse(ids: Sequence[int]) -> list[int]:

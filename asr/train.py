@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -19,6 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
+from asr.callbacks import ThroughputMonitor
+from asr.data_check import check_manifests
 from asr.evaluate import evaluate, format_table
 from asr.module import ASRModule
 
@@ -61,16 +64,24 @@ def train(cfg: DictConfig) -> dict:
     if cfg.get("prepare"):
         instantiate(cfg.prepare)
     tokenizer = instantiate(cfg.tokenizer)
-    datamodule = instantiate(cfg.data, tokenizer=tokenizer)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "tokenizer.json").write_text(json.dumps(tokenizer.state_dict()) + "\n")
     module = build_module(cfg, tokenizer)
+    if cfg.get("data_check", True):
+        check_manifests({"train": cfg.data.train_manifest, "val": cfg.data.val_manifest}, tokenizer,
+                        module.output_frames, out_dir, sample_rate=cfg.features.sample_rate)
+    datamodule = instantiate(cfg.data, tokenizer=tokenizer, output_frames=module.output_frames)
     module.eval_manifests = {k: str(Path(v).resolve()) for k, v in (cfg.eval_manifests or {}).items()}
 
     checkpoint = ModelCheckpoint(
         dirpath=ckpt_dir, filename="best", monitor="val/wer", mode="min", save_top_k=1, save_last=True,
         enable_version_counter=False,
     )
+    throughput = ThroughputMonitor(cfg.features.sample_rate, every_n_steps=cfg.trainer.log_every_n_steps)
     trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=[checkpoint], logger=[CSVLogger(save_dir=out_dir, name="logs", version="")]
+        cfg.trainer,
+        callbacks=[checkpoint, throughput],
+        logger=[CSVLogger(save_dir=out_dir, name="logs", version="")],
     )
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(cfg.resume, ckpt_dir))

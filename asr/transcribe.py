@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from asr.data import load_audio
 from asr.decoding import Decoder
 from asr.module import ASRModule
-from asr.text import CharTokenizer
+from asr.text import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def long_log_probs(
 def transcribe(
     checkpoint: str,
     audio: Sequence[str],
-    decoder: Callable[[CharTokenizer], Decoder] | None = None,
+    decoder: Callable[[Tokenizer], Decoder] | None = None,
     device: str = "auto",
     chunk_seconds: float = 30.0,
     overlap_seconds: float = 1.0,

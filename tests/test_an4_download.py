@@ -35,7 +35,11 @@ def http_dir(tmp_path):
 def test_parse_both_transcript_styles(tmp_path):
     f = tmp_path / "t.transcription"
     f.write_text("<s> YES </s> (an251-fash-b)\nRUBOUT G M E F THREE NINE (an406-fcaw-b)\n<s>  ENTER SIX </s>  (x-1)\n")
-    assert parse_transcription(f) == {"an251-fash-b": "YES", "an406-fcaw-b": "RUBOUT G M E F THREE NINE", "x-1": "ENTER SIX"}
+    assert parse_transcription(f) == {
+        "an251-fash-b": "YES",
+        "an406-fcaw-b": "RUBOUT G M E F THREE NINE",
+        "x-1": "ENTER SIX",
+    }
     f.write_text("no id here\n")
     with pytest.raises(ValueError, match=r"t.transcription:1"):
         parse_transcription(f)

@@ -20,12 +20,18 @@ from asr.text import CharTokenizer
 
 
 def test_manifest_roundtrip_resolves_relative_paths(tmp_path):
-    utts = [Utterance("wav/a.flac", 1.25, "hello world", "a", "s1"), Utterance("/abs/b.wav", 2.0, "x", "b", "s2")]
+    utts = [
+        Utterance("wav/a.flac", 1.25, "hello world", "a", "s1"),
+        Utterance("/abs/b.wav", 2.0, "x", "b", "s2"),
+    ]
     write_manifest(tmp_path / "m.jsonl", utts)
     got = read_manifest(tmp_path / "m.jsonl")
     assert got[0].audio_filepath == str(tmp_path / "wav" / "a.flac")
     assert got[1].audio_filepath == "/abs/b.wav"
-    assert [(u.duration, u.text, u.id, u.speaker) for u in got] == [(1.25, "hello world", "a", "s1"), (2.0, "x", "b", "s2")]
+    assert [(u.duration, u.text, u.id, u.speaker) for u in got] == [
+        (1.25, "hello world", "a", "s1"),
+        (2.0, "x", "b", "s2"),
+    ]
     line = json.loads((tmp_path / "m.jsonl").read_text().splitlines()[0])
     assert set(line) == {"audio_filepath", "duration", "text", "id", "speaker"}
 
@@ -108,12 +114,19 @@ def test_bucketing_reduces_padding():
 def test_bucket_sampler_ddp_ranks_disjoint_equal_steps():
     durations = [1.0 + (i % 17) * 0.5 for i in range(301)]
     for world in (2, 3):
-        per_rank = [list(BucketBatchSampler(durations, 20.0, seed=3, num_replicas=world, rank=r)) for r in range(world)]
+        per_rank = [
+            list(BucketBatchSampler(durations, 20.0, seed=3, num_replicas=world, rank=r))
+            for r in range(world)
+        ]
         assert len({len(p) for p in per_rank}) == 1
         seen = [i for p in per_rank for b in p for i in b]
         assert len(seen) == len(set(seen))  # no utterance on two ranks
         evals = [
-            list(BucketBatchSampler(durations, 20.0, shuffle=False, drop_last=False, num_replicas=world, rank=r))
+            list(
+                BucketBatchSampler(
+                    durations, 20.0, shuffle=False, drop_last=False, num_replicas=world, rank=r
+                )
+            )
             for r in range(world)
         ]
         assert len({len(p) for p in evals}) == 1
@@ -122,7 +135,10 @@ def test_bucket_sampler_ddp_ranks_disjoint_equal_steps():
 
 def test_datamodule_drops_unencodable_text(an4_dir, tmp_path):
     utts = read_manifest(an4_dir / "dev.jsonl")[:6]
-    bad = [Utterance(u.audio_filepath, u.duration, t, u.id, u.speaker) for u, t in zip(utts[:2], ["", "caf\u00e9"])]
+    bad = [
+        Utterance(u.audio_filepath, u.duration, t, u.id, u.speaker)
+        for u, t in zip(utts[:2], ["", "caf\u00e9"], strict=True)
+    ]
     write_manifest(tmp_path / "m.jsonl", bad + utts[2:])
     dm = ASRDataModule(CharTokenizer(), str(tmp_path / "m.jsonl"), str(tmp_path / "m.jsonl"), num_workers=0)
     dm.setup("fit")
@@ -136,3 +152,14 @@ def test_dataset_reads_real_an4(an4_dir):
     ds = AudioDataset(utts, CharTokenizer())
     wav, tokens, uid = ds[0]
     assert uid == utts[0].id and CharTokenizer().decode(tokens.tolist()) == utts[0].text
+
+
+def test_speed_perturbation_changes_length_by_factor(an4_dir):
+    utt = read_manifest(an4_dir / "test.jsonl")[:1]
+    n = AudioDataset(utt, CharTokenizer())[0][0].numel()
+    for factor in (0.9, 1.1):
+        wav, tokens, _ = AudioDataset(utt, CharTokenizer(), speed_perturb=[factor])[0]
+        assert abs(wav.numel() - n / factor) <= 2
+        assert CharTokenizer().decode(tokens.tolist()) == utt[0].text  # labels untouched
+    with pytest.raises(ValueError, match="speed_perturb"):
+        AudioDataset(utt, CharTokenizer(), speed_perturb=[3.0])

@@ -56,7 +56,9 @@ def test_specaugment_masks_in_training_only():
         assert not time_masked[i, n:].any()
 
 
-@pytest.mark.parametrize("subsampling,factor", [("stack", 2), ("stack", 3), ("stack", 4), ("conv", 2), ("conv", 4), ("none", 1)])
+@pytest.mark.parametrize(
+    "subsampling,factor", [("stack", 2), ("stack", 3), ("stack", 4), ("conv", 2), ("conv", 4), ("none", 1)]
+)
 def test_model_output_lengths_over_many_lengths(subsampling, factor):
     model = BiLSTMCTC(80, 29, hidden_size=16, num_layers=2, subsampling=subsampling, subsampling_factor=factor).eval()
     for t in range(1, 40):

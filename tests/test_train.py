@@ -101,7 +101,9 @@ def test_cli_multirun_sweep_then_evaluate(an4_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     ckpts = sorted(Path(tmp_path).glob("an4/multirun_*/*/checkpoints/best.ckpt"))
     assert len(ckpts) == 2
-    lrs = sorted(json.loads(json.dumps(torch.load(c, weights_only=True)["optimizer_states"][0]["param_groups"][0]["initial_lr"])) for c in ckpts)
+    lrs = sorted(
+        torch.load(c, weights_only=True)["optimizer_states"][0]["param_groups"][0]["initial_lr"] for c in ckpts
+    )
     assert lrs == [1e-3, 3e-3]
     assert proc.stdout.count("WER %") == 2
     ev = _run(["-m", "asr.evaluate", f"checkpoint={ckpts[0]}", f"out_dir={tmp_path / 'ev'}"], cwd=ROOT)

@@ -1,0 +1,242 @@
+"""LibriSpeech: archives in the official layout, built from the 7 genuine sample utterances, are served by a
+real HTTP server on 127.0.0.1 (one that honours Range and can cut a transfer mid-way), then downloaded,
+verified, extracted and prepared."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import io
+import json
+import shutil
+import tarfile
+import threading
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+import torch
+
+from asr.corpora import librispeech
+from asr.data import ASRDataModule, Utterance, ctc_min_frames, read_manifest, write_manifest
+from asr.data_check import check_manifest
+from asr.download import DownloadError
+from asr.text import CharTokenizer, SentencePieceTokenizer, tokenizer_from_state_dict
+from tests.conftest import LIBRI
+
+pytestmark = pytest.mark.skipif(
+    not LIBRI.is_dir(), reason=f"LibriSpeech samples not found at {LIBRI} (set ASR_SHARED_DATA)"
+)
+SAMPLE_SUBSETS = ("dev-clean", "test-clean")
+
+
+def sample_transcripts() -> dict[str, str]:
+    out = {}
+    for trans in LIBRI.glob("*/*/*/*.trans.txt"):
+        for line in trans.read_text().splitlines():
+            uid, text = line.split(" ", 1)
+            out[uid] = text
+    return out
+
+
+def build_archive(dest: Path, subset: str, extra: tuple[str, bytes] | None = None) -> Path:
+    """``<subset>.tar.gz`` laid out as the official one: ``LibriSpeech/<subset>/<spk>/<chapter>/...``."""
+    with tarfile.open(dest, "w:gz") as tf:
+        tf.add(LIBRI / "SPEAKERS.TXT", arcname="LibriSpeech/SPEAKERS.TXT")
+        tf.add(LIBRI / subset, arcname=f"LibriSpeech/{subset}")
+        if extra:
+            info = tarfile.TarInfo(extra[0])
+            info.size = len(extra[1])
+            tf.addfile(info, io.BytesIO(extra[1]))
+    return dest
+
+
+class RangeServer:
+    """A real HTTP server for a folder: honours ``Range: bytes=N-`` (206) and cuts the first transfer of any
+    file named in ``cut`` after half its bytes (the connection closes, as a flaky network does)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.cut, self.requests = root, set(), []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                name = self.path.lstrip("/")
+                rng = self.headers.get("Range")
+                server.requests.append((name, rng))
+                path = server.root / name
+                if not path.is_file():
+                    self.send_error(404)
+                    return
+                data = path.read_bytes()
+                start = int(rng.split("=")[1].split("-")[0]) if rng else 0
+                if start >= len(data) and rng:
+                    self.send_error(416)
+                    return
+                self.send_response(206 if rng else 200)
+                if rng:
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                self.send_header("Content-Length", str(len(data) - start))
+                self.end_headers()
+                body = data[start:]
+                if name in server.cut:
+                    server.cut.discard(name)
+                    body = body[: len(body) // 2]
+                    self.close_connection = True
+                self.wfile.write(body)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server(tmp_path):
+    srv = tmp_path / "srv"
+    srv.mkdir()
+    s = RangeServer(srv)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def served(server, monkeypatch):
+    """Sample archives on the server, with their checksums standing in for the published ones."""
+    for subset in SAMPLE_SUBSETS:
+        archive = build_archive(server.root / f"{subset}.tar.gz", subset)
+        monkeypatch.setitem(librispeech.SHA256, subset, hashlib.sha256(archive.read_bytes()).hexdigest())
+    return server
+
+
+def _prepare(tmp_path: Path, base_url: str, **kw) -> dict[str, str]:
+    return librispeech.prepare(
+        str(tmp_path / "libri"), str(tmp_path / "downloads"), subsets=SAMPLE_SUBSETS,
+        train_subsets=["dev-clean"], train_name="train",
+        base_url=base_url, workers=2, retries=3, progress=False, **kw,
+    )
+
+
+def test_download_resume_extract_prepare(served, tmp_path):
+    served.cut.add("dev-clean.tar.gz")
+    manifests = _prepare(tmp_path, served.url)
+    # the cut transfer was resumed with a Range request, not restarted
+    ranges = [r for n, r in served.requests if n == "dev-clean.tar.gz"]
+    assert ranges[0] is None and ranges[1].startswith("bytes=") and int(ranges[1][6:-1]) > 0
+    assert not list((tmp_path / "downloads").glob("*.part"))
+
+    truth = sample_transcripts()
+    utts = read_manifest(manifests["dev-clean"]) + read_manifest(manifests["test-clean"])
+    assert sorted(u.id for u in utts) == sorted(truth) and len(utts) == 7
+    for u in utts:
+        info = sf.info(u.audio_filepath)
+        assert abs(u.duration - info.frames / info.samplerate) < 1e-3
+        assert u.text == truth[u.id]
+        assert u.speaker == u.id.split("-")[0]
+        assert Path(u.audio_filepath).is_relative_to((tmp_path / "libri").resolve())
+    line = json.loads(Path(manifests["test-clean"]).read_text().splitlines()[0])
+    assert set(line) == {"audio_filepath", "duration", "text", "id", "speaker"}
+    assert not Path(line["audio_filepath"]).is_absolute()  # the data folder can move
+    assert Path(manifests["train"]).read_text() == Path(manifests["dev-clean"]).read_text()
+    assert (tmp_path / "libri" / "rejected.jsonl").read_text() == ""
+
+    # rerun: every stage is marked done, nothing is fetched (the server is not even asked)
+    served.requests.clear()
+    again = _prepare(tmp_path, "http://127.0.0.1:9/unreachable")
+    assert again == manifests and served.requests == []
+
+
+def test_wrong_checksum_fails_and_leaves_nothing(server, tmp_path):
+    build_archive(server.root / "dev-clean.tar.gz", "dev-clean")  # not the official archive: SHA256 differs
+    with pytest.raises(DownloadError, match=r"SHA256 [0-9a-f]{64} does not match the published 76f87d09"):
+        librispeech.prepare(str(tmp_path / "libri"), str(tmp_path / "dl"), subsets=["dev-clean"],
+                            train_subsets=["dev-clean"], base_url=server.url, retries=1, progress=False)
+    assert not list((tmp_path / "dl").iterdir())  # neither the archive nor a .part file
+    assert not (tmp_path / "libri" / ".done" / "dev-clean.extracted").exists()
+
+
+def test_archive_with_parent_member_is_refused(server, tmp_path, monkeypatch):
+    archive = build_archive(server.root / "dev-clean.tar.gz", "dev-clean", extra=("../escaped.txt", b"x"))
+    monkeypatch.setitem(librispeech.SHA256, "dev-clean", hashlib.sha256(archive.read_bytes()).hexdigest())
+    with pytest.raises(ValueError, match="refusing"):
+        librispeech.prepare(str(tmp_path / "libri"), str(tmp_path / "dl"), subsets=["dev-clean"],
+                            train_subsets=["dev-clean"], base_url=server.url, progress=False)
+    assert not (tmp_path / "escaped.txt").exists() and not (tmp_path / "libri" / "LibriSpeech").exists()
+    assert not (tmp_path / "libri" / ".done" / "dev-clean.extracted").exists()
+
+
+def test_existing_copy_with_bad_files_is_prepared_with_rejections(tmp_path):
+    root = tmp_path / "LibriSpeech"
+    shutil.copytree(LIBRI, root)
+    chapter = root / "test-clean" / "1089" / "134686"
+    (chapter / "1089-134686-0001.flac").write_bytes(b"not a flac")  # unreadable
+    (root / "test-clean" / "1089" / "134691" / "1089-134691-0000.flac").unlink()  # transcript, no audio
+    shutil.copy(chapter / "1089-134686-0000.flac", chapter / "1089-134686-0099.flac")  # audio, no transcript
+    manifests = librispeech.prepare(str(tmp_path / "m"), str(tmp_path / "dl"), subsets=SAMPLE_SUBSETS,
+                                    train_subsets=["dev-clean"], root=str(root), workers=1, progress=False)
+    assert len(read_manifest(manifests["test-clean"])) == 3
+    rejected = {r["id"]: r["reason"] for r in map(json.loads, (tmp_path / "m" / "rejected.jsonl").open())}
+    assert "unreadable audio" in rejected["1089-134686-0001"]
+    assert "1089-134691-0000.flac is missing" in rejected["1089-134691-0000"]
+    assert "no transcript line" in rejected["1089-134686-0099"]
+    assert Path(read_manifest(manifests["dev-clean"])[0].audio_filepath).is_relative_to(root)
+    assert not (tmp_path / "dl").exists()  # an existing copy: nothing downloaded
+
+    with pytest.raises(FileNotFoundError, match="data.root=.* lacks the subset"):
+        librispeech.prepare(str(tmp_path / "m"), str(tmp_path / "dl"), subsets=["test-other"],
+                            train_subsets=["test-other"], root=str(root), progress=False)
+
+
+def test_data_check_and_datamodule_drop_utterances_too_short_for_ctc(tmp_path):
+    audio = next(LIBRI.glob("test-clean/*/*/*.flac"))
+    manifest = tmp_path / "m.jsonl"
+    write_manifest(manifest, [
+        Utterance(str(audio), 2.0, "hello world", "ok"),
+        Utterance(str(audio), 0.2, "a much too long label for a fifth of a second", "short"),
+        Utterance(str(audio), 2.0, "numbers 42", "digits"),
+    ])
+    tok = CharTokenizer()
+
+    def frames(samples):
+        return samples // 160 // 4  # 10 ms hop, 4x subsampling: 5 frames in 0.2 s
+
+    report = check_manifest(manifest, tok, frames)
+    assert report["utterances"] == 3 and abs(report["hours"] - 4.2 / 3600) < 1e-4
+    assert report["unknown_chars"] == {"2": 1, "4": 1} and report["unusable_text"] == 1
+    assert report["too_short"] == 1 and report["too_short_utts"][0]["id"] == "short"
+    assert report["histogram"]["<1s"] == 1 and report["histogram"]["<5s"] == 2
+    dm = ASRDataModule(tok, str(manifest), str(manifest), output_frames=frames, num_workers=0)
+    dm.setup("fit")
+    assert [u.id for u in dm.datasets["train"].utterances] == ["ok"]
+    assert len(dm.datasets["val"].utterances) == 2  # evaluation keeps them: they still count in the WER
+
+
+@pytest.mark.parametrize("ids,need", [([], 0), ([1], 1), ([1, 1], 3), ([1, 2, 2, 2], 6), ([1, 2, 1], 3)])
+def test_ctc_min_frames(ids, need):
+    assert ctc_min_frames(ids) == need
+
+
+def test_sentencepiece_tokenizer_trains_roundtrips_and_survives_weights_only_load(tmp_path):
+    manifest = tmp_path / "train.jsonl"
+    write_manifest(manifest, [Utterance("x.flac", 1.0, t, i) for i, t in sample_transcripts().items()])
+    tok = SentencePieceTokenizer(train_manifest=str(manifest), vocab_size=60)
+    assert (tmp_path / "train.bpe60.model").is_file()  # saved beside the manifest, reused next time
+    text = "he hoped there would be stew for dinner"
+    ids = tok.encode(text)
+    assert 0 not in ids and max(ids) < tok.num_classes and tok.decode(ids) == text
+    assert tok.unknown_chars("zebra 7") == {"z", "7"}
+    with pytest.raises(ValueError, match="not covered"):
+        tok.encode("zebra")
+    torch.save({"tok": tok.state_dict()}, tmp_path / "t.pt")
+    state = torch.load(tmp_path / "t.pt", weights_only=True)["tok"]
+    again = tokenizer_from_state_dict(state)
+    assert again.encode(text) == ids and again.num_classes == tok.num_classes
+    assert SentencePieceTokenizer(str(tmp_path / "train.bpe60.model")).encode(text) == ids
+    with pytest.raises(ValueError, match="unknown tokenizer type"):
+        tokenizer_from_state_dict({"type": "wordpiece"})
