@@ -109,7 +109,8 @@ def test_cli_multirun_sweep_then_evaluate(an4_dir, tmp_path):
     ev = _run(["-m", "asr.evaluate", f"checkpoint={ckpts[0]}", f"out_dir={tmp_path / 'ev'}"], cwd=ROOT)
     assert ev.returncode == 0, ev.stderr[-3000:]
     report = json.loads((ckpts[0].parent.parent / "decode" / "test" / "report.json").read_text())
-    assert f"{100 * report['wer']:.2f}" in ev.stdout.split("test")[-1]
+    test_row = next(line for line in ev.stdout.splitlines() if line.startswith("test "))  # not the tmp path
+    assert f"{100 * report['wer']:.2f}" in test_row
 
 
 def test_cli_errors_are_one_line(tmp_path):
