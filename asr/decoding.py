@@ -46,12 +46,10 @@ class GreedyDecoder:
 
 
 def decoder_tokens(tokenizer: Tokenizer) -> list[str]:
-    """The model's classes as flashlight tokens, in id order: blank first, space renamed ``|``."""
-    if not isinstance(tokenizer, CharTokenizer):
-        raise ValueError(
-            f"beam search supports character tokenizers; this checkpoint's is {type(tokenizer).__name__}: "
-            f"use decoder=greedy"
-        )
+    """The model's classes as flashlight tokens, in id order: blank first, then characters (space renamed
+    ``|``) or SentencePiece pieces."""
+    if not isinstance(tokenizer, CharTokenizer):  # SentencePiece: its pieces; "▁" marks a word's start
+        return [BLANK_TOKEN] + [tokenizer.sp.id_to_piece(i) for i in range(tokenizer.vocab_size)]
     for reserved in (BLANK_TOKEN, WORD_BOUNDARY):
         if reserved in tokenizer.vocab:
             raise ValueError(
@@ -90,18 +88,19 @@ def read_lexicon_words(path: str | os.PathLike) -> list[str]:
 def write_spelling_lexicon(words: list[str], tokenizer: CharTokenizer, path: str | os.PathLike) -> int:
     """Write a flashlight lexicon spelling each word with the model's characters; return the words kept.
 
-    A word is spelled as its normalised (lower-cased) text, so ``HELLO`` in an upper-case LM is spelled
+    A word is spelled from its normalised (lower-cased) text, so ``HELLO`` in an upper-case LM is spelled
     ``h e l l o |`` and still scored by the LM as ``HELLO``. Words with characters the model cannot emit are
     left out.
     """
     kept = 0
     with open(path, "w", encoding="utf-8") as f:
         for word in words:
-            spelling = normalize_text(word)
-            if not spelling or " " in spelling or tokenizer.unknown_chars(spelling) or word == UNK_WORD:
+            text = normalize_text(word)
+            if not text or " " in text or tokenizer.unknown_chars(text) or word == UNK_WORD:
                 continue
             # The trailing boundary makes the space part of the word, as the model emits it between words.
-            f.write(f"{word}\t{' '.join(spelling)} {WORD_BOUNDARY}\n")
+            spelling = [*text, WORD_BOUNDARY]
+            f.write(f"{word}\t{' '.join(spelling)}\n")
             kept += 1
     return kept
 
@@ -149,6 +148,12 @@ class BeamSearchDecoder:
             ) from None
         if beam_size < 1:
             raise ValueError(f"decoder.beam_size must be >= 1, got {beam_size}")
+        if lexicon and not isinstance(tokenizer, CharTokenizer):
+            raise ValueError(
+                f"decoder.lexicon needs a character model; this checkpoint's tokenizer is "
+                f"{type(tokenizer).__name__} (lexicon + LM search over SentencePiece pieces is not supported "
+                f"yet): use decoder=beam (lexicon-free) or decoder=greedy"
+            )
         if lm and not lexicon:
             raise ValueError(
                 f"decoder.lm={lm} is a word LM and needs decoder.lexicon (a word list); use decoder=beam_lm "
@@ -168,10 +173,15 @@ class BeamSearchDecoder:
             unk_score=unk_score,
         )
         self.uses_lexicon = bool(lexicon)
+        self.chars = isinstance(tokenizer, CharTokenizer)
+        # flashlight needs a silence token: a character model's space; for pieces (no space token, "▁" starts a
+        # word) SentencePiece's <unk> piece, which a trained model hardly ever emits (lexicon-free search only).
+        sil_token = WORD_BOUNDARY if self.chars else self.tokens[1 + tokenizer.sp.unk_id()]
+        self._skip = {0} if self.chars else {0, 1 + tokenizer.sp.unk_id()}
         options = dict(
             tokens=self.tokens, nbest=1, beam_size=beam_size, beam_size_token=beam_size_token,
             beam_threshold=beam_threshold, lm_weight=lm_weight, word_score=word_score, sil_score=sil_score,
-            unk_score=unk_score, log_add=log_add, blank_token=BLANK_TOKEN, sil_token=WORD_BOUNDARY,
+            unk_score=unk_score, log_add=log_add, blank_token=BLANK_TOKEN, sil_token=sil_token,
             unk_word=UNK_WORD,
         )
         if not lexicon:
@@ -183,8 +193,7 @@ class BeamSearchDecoder:
             kept = write_spelling_lexicon(words, tokenizer, spelled)
             if kept == 0:
                 raise ValueError(
-                    f"no word of decoder.lexicon={lexicon} can be spelled with the model's characters "
-                    f"{tokenizer.vocab!r}"
+                    f"no word of decoder.lexicon={lexicon} can be spelled with the model's tokens"
                 )
             if kept < len(words):
                 log.warning("%s: %d of %d words use characters the model cannot emit; left out",
@@ -197,7 +206,7 @@ class BeamSearchDecoder:
     def decode(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[str]:
         emissions = log_probs.detach().to("cpu", torch.float32)  # (B, T, C)
         lengths = lengths.detach().to("cpu", torch.int32)
-        if self.uses_lexicon:
+        if self.uses_lexicon and self.chars:
             # Lexicon spellings end with the word boundary, which the model emits only *between* words: one
             # closing boundary frame lets the search complete the last word instead of dropping it.
             b, _, c = emissions.shape
@@ -213,7 +222,10 @@ class BeamSearchDecoder:
                 texts.append("")
             elif self.uses_lexicon:
                 texts.append(normalize_text(" ".join(hyps[0].words)))
-            else:
+            elif self.chars:
                 chars = self._decoder.idxs_to_tokens(hyps[0].tokens)
                 texts.append(normalize_text("".join(" " if c == WORD_BOUNDARY else c for c in chars)))
+            else:  # flashlight's token indices are our ids (same order)
+                ids = [i for i in hyps[0].tokens.tolist() if i not in self._skip]
+                texts.append(normalize_text(self.tokenizer.decode(ids)))
         return texts

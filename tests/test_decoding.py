@@ -21,7 +21,7 @@ from tests.conftest import ROOT
 def emissions_for(
     texts: list[str], tokenizer: CharTokenizer, peak: float = 0.9
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T, C) log-probs whose best path spells each text: each character for 2 frames, then a blank."""
+    """(B, T, C) log-probs whose best path spells each text: each token for 2 frames, then a blank."""
     paths = []
     for text in texts:
         path = []
@@ -195,3 +195,15 @@ def test_librispeech_style_files_upper_case_lm_and_phonetic_lexicon(an4_dir, tmp
     lexicon, lm = str(tmp_path / "lexicon.txt"), str(tmp_path / "lm.arpa")
     dec = BeamSearchDecoder(tok, beam_size=20, lexicon=lexicon, lm=lm)
     assert dec.decode(log_probs, lengths) == ["rubout three nine"]
+
+
+def test_lexicon_free_beam_search_with_sentencepiece_pieces(an4_dir, an4_lm, tmp_path):
+    from asr.text import SentencePieceTokenizer
+
+    tok = SentencePieceTokenizer(tmp_path / "bpe.model", an4_dir / "train.jsonl", vocab_size=64)
+    texts = [normalize_text(u.text) for u in read_manifest(an4_dir / "test.jsonl")[:8]]
+    log_probs, lengths = emissions_for(texts, tok)
+    assert GreedyDecoder(tok).decode(log_probs, lengths) == texts
+    assert BeamSearchDecoder(tok, beam_size=10).decode(log_probs, lengths) == texts
+    with pytest.raises(ValueError, match="decoder.lexicon needs a character model"):
+        BeamSearchDecoder(tok, lexicon=an4_lm["lexicon"], lm=an4_lm["lm"])
