@@ -32,6 +32,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from asr.alignment import save_sample_alignment
+from asr.analysis import write_error_analysis
 from asr.data import AudioDataset, BucketBatchSampler, collate, read_manifest
 from asr.decoding import Decoder
 from asr.metrics import error_report
@@ -172,7 +174,8 @@ def evaluate(
     decoder_settings: dict | None = None,
     cache_dir: str | None = None,
 ) -> dict[str, dict]:
-    """Decode each manifest with ``checkpoint`` and write ``<out_dir>/<name>/{hyps.txt,refs.txt,report.json}``.
+    """Decode each manifest with ``checkpoint`` and write ``<out_dir>/<name>/{hyps.txt,refs.txt,report.json}``,
+    the error analysis ``errors.{md,json}`` (:mod:`asr.analysis`) and ``alignment.png`` (:mod:`asr.alignment`).
 
     Args:
         checkpoint: a ``.ckpt`` written by ``asr.train``.
@@ -197,6 +200,8 @@ def evaluate(
             f"no manifests to evaluate: {checkpoint} stores none; pass manifests='{{test: path/to/test.jsonl}}'"
         )
     out = Path(out_dir) if out_dir else run_dir_of(checkpoint) / "decode"
+    sample_rate = module.features.config["sample_rate"]
+    frame_seconds = 1.0 / float(module.output_frames(torch.tensor([sample_rate]))[0])  # for alignment plots
     reports = {}
     for name, manifest in manifests.items():
         if not Path(manifest).is_file():
@@ -226,6 +231,11 @@ def evaluate(
         (split_dir / "hyps.txt").write_text("".join(f"{h} ({i})\n" for i, h in zip(ids, hyps, strict=True)))
         (split_dir / "refs.txt").write_text("".join(f"{r} ({i})\n" for i, r in zip(ids, refs, strict=True)))
         (split_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        write_error_analysis(split_dir, ids, refs, hyps)  # errors.md/json: worst utterances, top confusions
+        try:
+            save_sample_alignment(split_dir, ids, refs, data["log_probs"], module.tokenizer, frame_seconds)
+        except ValueError as err:  # a picture is not worth failing an evaluation for
+            log.warning("no alignment.png for %s: %s", name, err)
         reports[name] = report
     return reports
 
