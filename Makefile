@@ -3,11 +3,13 @@ PYTHON      ?= python3
 VENV        ?= .venv
 BIN         := $(VENV)/bin
 RECIPE      ?= an4
+SEEDS       ?= 1,2,3
+RUN         ?=
 ARGS        ?=
 CKPT        ?=
 CONSTRAINTS ?= constraints.txt
 
-.PHONY: install train evaluate test test-slow lint bench clean
+.PHONY: install train evaluate report seeds test test-slow lint bench clean
 
 $(BIN)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +25,13 @@ train: install  ## download + prepare the recipe's data, train, print the WER ta
 evaluate: install  ## make evaluate CKPT=exp/an4/<run>/checkpoints/best.ckpt
 	@test -n "$(CKPT)" || { echo "usage: make evaluate CKPT=exp/<recipe>/<run>/checkpoints/best.ckpt"; exit 2; }
 	$(BIN)/python -m asr.evaluate checkpoint=$(CKPT) $(ARGS)
+
+report: install  ## make report RUN=exp/an4/<run>: rebuild <run>/report.md and its plots
+	@test -n "$(RUN)" || { echo "usage: make report RUN=exp/<recipe>/<run>"; exit 2; }
+	$(BIN)/python -m asr.report $(RUN)
+
+seeds: install  ## train the recipe once per seed (SEEDS=1,2,3), then print WER mean ± std
+	$(BIN)/python -m asr.train -m recipe=$(RECIPE) seed=$(SEEDS) progress=quiet $(ARGS)
 
 test: install  ## the default (fast) suite
 	$(BIN)/python -m pytest -q $(ARGS)

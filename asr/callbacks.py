@@ -1,12 +1,44 @@
-"""Lightning callbacks: training throughput and where the time goes."""
+"""Lightning callbacks and loggers: training throughput, where the time goes, the progress bar."""
 
 from __future__ import annotations
 
+import importlib.util
+import math
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as L
 import torch
+from pytorch_lightning.callbacks import ProgressBar, RichProgressBar, TQDMProgressBar
+from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
+
+PROGRESS_CHOICES = ("rich", "tqdm", "quiet")
+
+
+def progress_bar(kind: str) -> ProgressBar | None:
+    """The training progress bar for the ``progress`` setting: ``rich``, ``tqdm`` or ``quiet`` (None: no bar)."""
+    if kind not in PROGRESS_CHOICES:
+        raise ValueError(f"progress={kind!r} is not one of {', '.join(PROGRESS_CHOICES)}; "
+                         "use progress=quiet in CI and logs")
+    if kind == "quiet":
+        return None
+    return RichProgressBar(leave=True) if kind == "rich" else TQDMProgressBar()
+
+
+def tensorboard_available() -> bool:
+    """TensorBoard logs need the ``tensorboard`` (or ``tensorboardX``) package: ``pip install -e '.[tensorboard]'``."""
+    return any(importlib.util.find_spec(m) is not None for m in ("tensorboard", "tensorboardX"))
+
+
+def loggers(out_dir: str | os.PathLike) -> list[Logger]:
+    """CSV to ``<out_dir>/logs/metrics.csv`` always; TensorBoard to ``<out_dir>/logs/tensorboard`` when installed."""
+    out = [CSVLogger(save_dir=out_dir, name="logs", version="")]
+    if tensorboard_available():
+        out.append(TensorBoardLogger(save_dir=Path(out_dir) / "logs", name="tensorboard", version="",
+                                     default_hp_metric=False))
+    return out
 
 
 class ThroughputMonitor(L.Callback):
@@ -15,7 +47,10 @@ class ThroughputMonitor(L.Callback):
     - ``perf/audio_sec_per_sec``: seconds of (unpadded) audio trained on per wall-clock second,
     - ``perf/padding``: fraction of the batch's audio samples that are padding,
     - ``perf/data_wait``: fraction of wall time spent waiting for the next batch,
-    - ``perf/gpu_mem_gb``: peak GPU memory allocated (on CUDA only).
+    - ``perf/gpu_mem_gb``: peak GPU memory allocated (on CUDA only),
+
+    and shows in the progress bar (not the logs) ``audio_s/s`` and ``eta_min``, the minutes left in the whole fit
+    at the pace so far (validation included).
 
     Args:
         sample_rate: of the batch waveforms (to turn samples into seconds).
@@ -27,6 +62,12 @@ class ThroughputMonitor(L.Callback):
         self.every_n_steps = max(1, every_n_steps)
         self._reset()
         self._last_end: float | None = None
+        self._fit_start: float | None = None
+        self._fit_start_step = 0
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._fit_start = time.perf_counter()
+        self._fit_start_step = trainer.global_step  # a resumed fit times only its own steps
 
     def _reset(self) -> None:
         self._audio = 0.0
@@ -61,5 +102,12 @@ class ThroughputMonitor(L.Callback):
         }
         if torch.cuda.is_available() and pl_module.device.type == "cuda":
             metrics["perf/gpu_mem_gb"] = torch.cuda.max_memory_allocated(pl_module.device) / 2**30
-        pl_module.log_dict(metrics, on_step=True, on_epoch=False, batch_size=batch.audio.shape[0])
+        bsz = batch.audio.shape[0]
+        pl_module.log_dict(metrics, on_step=True, on_epoch=False, batch_size=bsz)
+        bar = {"audio_s/s": metrics["perf/audio_sec_per_sec"]}
+        done = trainer.global_step - self._fit_start_step
+        total = trainer.estimated_stepping_batches  # inf when the fit has no step or epoch limit
+        if self._fit_start is not None and done > 0 and math.isfinite(total):
+            bar["eta_min"] = (now - self._fit_start) / done * max(total - trainer.global_step, 0) / 60
+        pl_module.log_dict(bar, on_step=True, on_epoch=False, prog_bar=True, logger=False, batch_size=bsz)
         self._reset()

@@ -207,20 +207,22 @@ def build_report(run_dir: str | os.PathLike, worst: int = 5) -> Path:
     config = OmegaConf.load(config_file) if config_file else OmegaConf.create()
     reports = {p.parent.name: json.loads(p.read_text()) for p in sorted((run / "decode").glob("*/report.json"))}
 
-    steps = max((s for v in series.values() for s, _ in v), default=0)
+    steps = info.get("steps", max((s + 1 for v in series.values() for s, _ in v), default=0))
     epochs = info.get("epochs", int(max((e for _, e in series.get("epoch", [])), default=-1)) + 1)
     hours = _audio_hours(run, config)
     wall = info.get("train_seconds")
+    # hours x epochs is what the fit read only when it read whole epochs
+    whole_epochs = OmegaConf.select(config, "trainer.limit_train_batches", default=None) in (None, 1.0)
     measured = [v for _, v in series.get("perf/audio_sec_per_sec", [])]
     facts = [
         ("run dir", str(run)),
         ("training audio", f"{hours:.2f} h" if hours is not None else "unknown"),
         ("epochs / steps", f"{epochs} / {steps}"),
-        ("training wall time", f"{wall / 60:.1f} min" if wall else "unknown (no run.json)"),
+        ("training wall time", f"{wall / 60:.1f} min ({wall:.0f} s)" if wall else "unknown (no run.json)"),
         ("throughput (training steps)", f"{sorted(measured)[len(measured) // 2]:.0f} audio s/s (median)"
          if measured else "not logged"),
         ("throughput (whole fit, incl. validation)", f"{hours * 3600 * epochs / wall:.0f} audio s/s"
-         if hours and wall else "unknown"),
+         if hours and wall and whole_epochs else "unknown"),
         ("device", info.get("device") or next((r.get("device") for r in reports.values()), "unknown")),
         ("seed", str(info.get("seed", OmegaConf.select(config, "seed", default="unknown")))),
         ("git commit", f"{info['git']['commit']}{' (dirty)' if info['git'].get('dirty') else ''}"

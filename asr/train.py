@@ -18,12 +18,13 @@ import pytorch_lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.utilities import rank_zero_only
 
-from asr.callbacks import ThroughputMonitor
+from asr.callbacks import ThroughputMonitor, loggers, progress_bar
 from asr.data_check import check_manifests
 from asr.evaluate import evaluate, format_table
 from asr.module import ASRModule
+from asr.report import build_report, update_run_info, write_run_info
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,8 @@ def train(cfg: DictConfig) -> dict:
         instantiate(cfg.prepare)
     tokenizer = instantiate(cfg.tokenizer)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if rank_zero_only.rank == 0:
+        write_run_info(out_dir, cfg)  # config.yaml (resolved) and run.json: seed, git commit, package versions
     (out_dir / "tokenizer.json").write_text(json.dumps(tokenizer.state_dict()) + "\n")
     module = build_module(cfg, tokenizer)
     if cfg.get("data_check", True):
@@ -78,10 +81,12 @@ def train(cfg: DictConfig) -> dict:
         enable_version_counter=False,
     )
     throughput = ThroughputMonitor(cfg.features.sample_rate, every_n_steps=cfg.trainer.log_every_n_steps)
+    bar = progress_bar(cfg.progress) if cfg.trainer.get("enable_progress_bar", True) else None
     trainer: L.Trainer = instantiate(
         cfg.trainer,
-        callbacks=[checkpoint, throughput],
-        logger=[CSVLogger(save_dir=out_dir, name="logs", version="")],
+        callbacks=[checkpoint, throughput, *([bar] if bar else [])],
+        logger=loggers(out_dir),
+        enable_progress_bar=bar is not None,
     )
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(cfg.resume, ckpt_dir))
@@ -98,11 +103,16 @@ def train(cfg: DictConfig) -> dict:
         result["reports"] = evaluate(
             checkpoint.best_model_path, out_dir=str(out_dir / "decode"),
             device="cuda" if trainer.strategy.root_device.type == "cuda" else "cpu",
-            progress=bool(cfg.trainer.get("enable_progress_bar", True)),
+            progress=bar is not None,
         )
         print(f"\nbest.ckpt (val/wer {result['best_val_wer']:.4f}) after {result['epochs']} epochs, "
               f"{train_seconds / 60:.1f} min of training:\n{format_table(result['reports'])}\n"
               f"run dir: {out_dir}")
+    if trainer.is_global_zero:
+        update_run_info(out_dir, train_seconds=result["train_seconds"], epochs=result["epochs"],
+                        steps=trainer.global_step, device=str(trainer.strategy.root_device),
+                        num_devices=trainer.world_size, best_val_wer=result["best_val_wer"])
+        print(f"report: {build_report(out_dir)}")
     return result
 
 
