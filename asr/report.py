@@ -26,6 +26,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from asr.analysis import analyse_decode_dir, format_errors  # noqa: E402
@@ -63,7 +64,7 @@ def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]
 
 def write_run_info(out_dir: str | os.PathLike, cfg: DictConfig) -> Path:
     """Write ``<out_dir>/config.yaml`` (the config, interpolations resolved) and ``<out_dir>/run.json``
-    (seed, git commit, package versions, command line, host, start time).
+    (seed, git commit, package versions, torch build and CUDA, command line, host, start time).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -72,6 +73,8 @@ def write_run_info(out_dir: str | os.PathLike, cfg: DictConfig) -> Path:
         "seed": cfg.get("seed"),
         "git": git_state(),
         "packages": package_versions(),
+        "torch_build": torch.__version__,  # the local tag says which wheel: +cpu, +cu130, ...
+        "cuda": torch.version.cuda,
         "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
         "host": platform.node(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -68,6 +68,8 @@ def _pm(values: list[float]) -> str:
 def summarize(root: str | os.PathLike) -> str:
     """Markdown table: per settings and split, seeds, WER % and CER % as mean ± std, and WER % per seed.
 
+    The settings column shows the overrides that differ between groups (``-`` when there is one group).
+
     Raises:
         FileNotFoundError: no run under ``root`` has a ``decode/<split>/report.json``.
     """
@@ -77,8 +79,11 @@ def summarize(root: str | os.PathLike) -> str:
             f"no run with decode/<split>/report.json under {root}: pass the multirun folder of asr.train "
             "(exp/<recipe>/multirun_<time>) once its runs have finished"
         )
+    # name each group by the overrides that tell it apart from the others
+    common = set.intersection(*(set(g.split()) for g in groups))
     lines = ["| settings | split | seeds | WER % | CER % | WER % per seed |", "|---|---|---|---:|---:|---|"]
-    for settings, runs in sorted(groups.items()):
+    for group, runs in sorted(groups.items()):
+        settings = " ".join(o for o in group.split() if o not in common)
         runs = sorted(runs, key=lambda r: (r["seed"] is None, r["seed"] or 0))
         for split in sorted({s for r in runs for s in r["reports"]}):
             have = [r for r in runs if split in r["reports"]]

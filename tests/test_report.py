@@ -1,0 +1,182 @@
+"""Seeing a run: report.md and its plots after training, error analysis and alignment after evaluation,
+the run facts in the run dir, the progress bar setting and the seeds summary, on real AN4 runs."""
+
+import json
+import re
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from pytorch_lightning.callbacks import RichProgressBar, TQDMProgressBar
+
+from asr.alignment import forced_align, token_segments
+from asr.analysis import align_words, error_analysis, read_trn
+from asr.callbacks import progress_bar, tensorboard_available
+from asr.report import main, read_metrics
+from asr.seeds import collect, summarize, write_summary
+from asr.text import ctc_collapse
+from asr.train import train
+from tests.conftest import ROOT, SHARED, tiny_train_cfg
+
+
+@pytest.fixture(scope="module")
+def run(an4_dir, tmp_path_factory) -> tuple[Path, dict]:
+    """A real 3-epoch tiny run (3 steps an epoch): curves with several points, val after each epoch."""
+    out = tmp_path_factory.mktemp("run")
+    return out, train(tiny_train_cfg(an4_dir, out, ["trainer.max_epochs=3"]))
+
+
+def assert_real_png(path: Path) -> None:
+    """The file decodes as an image, and is not blank: many distinct colours, not one flat fill."""
+    assert path.is_file(), f"{path} is missing"
+    pixels = mpimg.imread(path)  # (H, W, 3|4) floats in [0, 1]
+    assert pixels.ndim == 3 and pixels.shape[0] > 100 and pixels.shape[1] > 100
+    rgb = pixels[..., :3].reshape(-1, 3)
+    assert rgb.std() > 0.02
+    assert len(np.unique((rgb * 255).astype(np.uint8), axis=0)) > 20
+
+
+def report_links(report: Path) -> list[str]:
+    return re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report.read_text())
+
+
+def test_report_after_training_shows_this_runs_curves(run):
+    out, result = run
+    images = report_links(out / "report.md")
+    pngs = [out / link for link in images if link.startswith("plots/")]
+    assert {p.name for p in pngs} >= {"loss.png", "error_rates.png", "lr.png"}
+    for png in pngs:
+        assert_real_png(png)
+    # the curves are this run's: 9 training steps logged every step, one validation per epoch
+    series = read_metrics(out / "logs" / "metrics.csv")
+    assert len(series["train/loss"]) == 9 and len(series["val/wer"]) == 3 and len(series["lr"]) == 9
+    text = (out / "report.md").read_text()
+    assert "| epochs / steps | 3 / 9 |" in text
+    for split in ("dev", "test"):
+        assert f"| {split} | {result['reports'][split]['utterances']} |" in text
+        assert f"{100 * result['reports'][split]['wer']:.2f}" in text
+
+
+def test_run_dir_holds_resolved_config_commit_versions_and_seed(run):
+    out, _ = run
+    cfg = OmegaConf.load(out / "config.yaml")
+    assert "${" not in (out / "config.yaml").read_text()
+    assert cfg.seed == 1 and cfg.paths.output_dir == str(out)
+    info = json.loads((out / "run.json").read_text())
+    assert info["seed"] == 1
+    git_dir = ROOT / ".git"
+    if git_dir.exists():
+        assert re.fullmatch(r"[0-9a-f]{40}", info["git"]["commit"])
+    assert info["packages"]["torch"] == torch.__version__.split("+")[0] and info["torch_build"] == torch.__version__
+    assert info["packages"]["pytorch-lightning"] and info["packages"]["matplotlib"]
+    assert info["epochs"] == 3 and info["steps"] == 9 and info["device"] == "cpu" and info["train_seconds"] > 0
+    # TensorBoard only when installed (pip install -e '.[tensorboard]'); CSV always
+    assert (out / "logs" / "metrics.csv").is_file()
+    assert any((out / "logs" / "tensorboard").glob("events.*")) == tensorboard_available()
+
+
+def test_evaluation_lists_worst_utterances_confusions_and_alignment(run):
+    out, result = run
+    for split in ("dev", "test"):
+        split_dir = out / "decode" / split
+        errors = (split_dir / "errors.md").read_text()
+        assert "worst utterances" in errors and "top confusions" in errors and "REF:" in errors and "HYP:" in errors
+        analysis = json.loads((split_dir / "errors.json").read_text())
+        worst = analysis["worst"]
+        assert worst and [u["errors"] for u in worst] == sorted((u["errors"] for u in worst), reverse=True)
+        # the confusion counts, all of them, add up to the split's S/D/I
+        ids, refs = read_trn(split_dir / "refs.txt")
+        _, hyps = read_trn(split_dir / "hyps.txt")
+        full = error_analysis(ids, refs, hyps, top=10**6)
+        report = result["reports"][split]
+        assert sum(n for *_, n in full["substitutions"]) == report["substitutions"]
+        assert sum(n for _, n in full["deletions"]) == report["deletions"]
+        assert sum(n for _, n in full["insertions"]) == report["insertions"]
+        assert_real_png(split_dir / "alignment.png")
+    links = report_links(out / "report.md")
+    assert "decode/test/alignment.png" in links and "decode/test/errors.md" in (out / "report.md").read_text()
+
+
+def test_align_words_marks_errors_sclite_style():
+    ref, hyp = "a b c d", "a q c e d"
+    import jiwer
+
+    chunks = jiwer.process_words(ref, hyp).alignments[0]
+    ref_line, hyp_line, edits = align_words(ref.split(), hyp.split(), chunks)
+    assert ref_line == "a B c * d" and hyp_line == "a Q c E d"
+    assert edits == [("S", "b", "q"), ("I", "", "e")]
+
+
+def test_forced_align_path_spells_the_reference():
+    torch.manual_seed(0)
+    log_probs = torch.randn(40, 29).log_softmax(-1)
+    targets = [5, 12, 12, 1, 3]  # a repeat needs a blank between
+    path, scores = forced_align(log_probs, targets)
+    assert path.shape == scores.shape == (40,)
+    assert ctc_collapse(path.tolist()) == targets
+    assert [tok for tok, _, _ in token_segments(path)] == targets
+    with pytest.raises(ValueError, match="frames"):
+        forced_align(log_probs[:5], targets)
+
+
+def test_report_command_rebuilds_from_run_dir(run, tmp_path, capsys):
+    out, _ = run
+    (out / "report.md").unlink()
+    for png in (out / "plots").glob("*.png"):
+        png.unlink()
+    main([str(out)])
+    assert "report:" in capsys.readouterr().out
+    assert len([p for p in report_links(out / "report.md") if p.startswith("plots/")]) >= 3
+    for png in (out / "plots").glob("*.png"):
+        assert_real_png(png)
+    with pytest.raises(SystemExit) as err:
+        main([str(tmp_path)])
+    assert err.value.code == 2 and "metrics.csv" in capsys.readouterr().err
+    dry = subprocess.run(["make", "-n", "report", f"RUN={out}"], cwd=ROOT, capture_output=True, text=True)
+    assert f"-m asr.report {out}" in dry.stdout
+
+
+def test_progress_setting():
+    assert isinstance(progress_bar("rich"), RichProgressBar)
+    assert isinstance(progress_bar("tqdm"), TQDMProgressBar)
+    assert progress_bar("quiet") is None
+    with pytest.raises(ValueError, match="progress='fancy'"):
+        progress_bar("fancy")
+
+
+def test_seeds_summary_is_mean_and_std_over_real_runs(run, an4_dir, tmp_path, capsys):
+    first, first_result = run
+    second = tmp_path / "seed2"
+    second_result = train(tiny_train_cfg(an4_dir, second, ["seed=2"]))
+    (tmp_path / "seed1").symlink_to(first, target_is_directory=True)
+    groups = collect(tmp_path)
+    assert len(groups) == 1 and sorted(r["seed"] for r in next(iter(groups.values()))) == [1, 2]
+    table = summarize(tmp_path)
+    for split in ("dev", "test"):
+        wers = [100 * first_result["reports"][split]["wer"], 100 * second_result["reports"][split]["wer"]]
+        row = next(line for line in table.splitlines() if f"| {split} |" in line)
+        assert f"{statistics.fmean(wers):.2f} ± {statistics.stdev(wers):.2f}" in row and "| 1,2 |" in row
+    assert write_summary(tmp_path).read_text().count("±") >= 4
+    with pytest.raises(FileNotFoundError, match="multirun"):
+        summarize(tmp_path / "seed2" / "logs")
+
+
+@pytest.mark.slow
+def test_multirun_over_seeds_prints_summary(an4_dir, tmp_path):
+    """The real command: python -m asr.train -m seed=1,2 ... then the summary from the Hydra callback."""
+    cmd = [
+        sys.executable, "-m", "asr.train", "-m", "recipe=an4", f"paths.data_dir={an4_dir.parent}",
+        f"prepare.data_dir={an4_dir}", f"paths.download_dir={SHARED}", f"paths.exp_dir={tmp_path}",
+        "model.hidden_size=32", "model.num_layers=1", "trainer.max_epochs=1", "+trainer.limit_train_batches=3",
+        "+trainer.limit_val_batches=2", "data.num_workers=0", "progress=quiet", "seed=1,2",
+    ]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = next(tmp_path.glob("an4/multirun_*/seeds.md"))
+    assert "| - | test | 1,2 |" in summary.read_text() and "±" in done.stdout
