@@ -81,7 +81,8 @@ def summarize(root: str | os.PathLike) -> str:
         )
     # name each group by the overrides that tell it apart from the others
     common = set.intersection(*(set(g.split()) for g in groups))
-    lines = ["| settings | split | seeds | WER % | CER % | WER % per seed |", "|---|---|---|---:|---:|---|"]
+    lines = ["| settings | split | seeds | WER mean ± std (%) | CER mean ± std (%) | WER per seed (%) |",
+             "|---|---|---|---:|---:|---|"]
     for group, runs in sorted(groups.items()):
         settings = " ".join(o for o in group.split() if o not in common)
         runs = sorted(runs, key=lambda r: (r["seed"] is None, r["seed"] or 0))
