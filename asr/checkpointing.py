@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import inspect
+import io
 import logging
 import os
 import shutil
@@ -49,9 +50,13 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}{PARTIAL_SUFFIX}")
+    # serialise in memory first (as Lightning does): torch's zip writer reports a failed write as a bare
+    # RuntimeError, a plain file write keeps the errno (ENOSPC, EDQUOT, EFBIG) for the message
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            f.write(buffer.getbuffer())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

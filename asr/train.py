@@ -16,6 +16,7 @@ from pathlib import Path
 
 import hydra
 import pytorch_lightning as L
+import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -62,11 +63,22 @@ def check_manifests_exist(cfg: DictConfig) -> None:
 
 
 def build_module(cfg: DictConfig, tokenizer) -> ASRModule:
-    """ASRModule from the features/augment/model/optim groups."""
+    """ASRModule from the features/augment/model/optim groups.
+
+    Raises:
+        ValueError: a setting the model's constructor does not take (e.g. ``+model.hiden_size=3``).
+    """
+    model = instantiate(cfg.model)
+    if not isinstance(model, torch.nn.Module):
+        try:
+            model = model(input_dim=cfg.features.n_mels, num_classes=tokenizer.num_classes)
+        except TypeError as err:  # the partial was given a key its class does not take
+            raise ValueError(f"cannot build the model from the model.* settings: {err}; compare the keys "
+                             f"with the model's file in conf/model/") from None
     return ASRModule(
         tokenizer=tokenizer,
         features=instantiate(cfg.features),
-        model=instantiate(cfg.model),
+        model=model,
         optimizer=instantiate(cfg.optim.optimizer),
         scheduler=instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None,
         augment=instantiate(cfg.augment) if cfg.get("augment") else None,
