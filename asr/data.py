@@ -53,7 +53,8 @@ def read_manifest(path: str | os.PathLike) -> list[Utterance]:
     if not path.is_file():
         raise FileNotFoundError(
             f"manifest {path} does not exist; run the recipe's prepare stage first "
-            f"(e.g. `make prepare` for AN4) or point the data.*_manifest settings at your own JSONL files"
+            f"(`python -m asr.prepare recipe=<name> stage=all`, e.g. recipe=an4) or point the "
+            f"data.*_manifest settings at your own JSONL files"
         )
     base = path.parent
     utts = []
@@ -109,6 +110,36 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000) -> torch.Tenso
     return wav
 
 
+def probe_audio(path: str | os.PathLike) -> tuple[sf._SoundFileInfo | None, str | None]:
+    """Header check of an audio file, plus a read of its last samples: ``(info, None)`` or ``(None, reason)``.
+
+    Catches what ``soundfile.info`` alone lets through: a file with no samples, a SPHERE file shorter than
+    its header's ``sample_count``, a WAV whose chunk sizes disagree with the file, and a compressed file
+    (FLAC) whose end does not decode. Only the header and the last few hundred samples are read.
+    """
+    try:
+        info = sf.info(str(path))
+        if info.frames == 0:
+            return None, "audio has no samples"
+        if "should be" in info.extra_info:  # libsndfile's note on a WAV/AIFF chunk longer than the file
+            bad = next(ln for ln in info.extra_info.splitlines() if "should be" in ln)
+            return None, f"truncated audio: header and file size disagree ({bad.strip()})"
+        if info.format == "NIST":
+            with open(path, "rb") as f:
+                head = f.read(1024).decode("ascii", "replace")
+            declared = next((int(ln.split()[-1]) for ln in head.splitlines() if ln.startswith("sample_count")), None)
+            if declared is not None and declared > info.frames:
+                return None, f"truncated audio: header says {declared} samples, file holds {info.frames}"
+        with sf.SoundFile(str(path)) as f:
+            f.seek(max(0, f.frames - 256))
+            tail = f.read(256, dtype="float32")
+        if len(tail) != min(256, info.frames):
+            return None, f"truncated audio: {info.frames} samples in the header, the end does not decode"
+    except (sf.LibsndfileError, RuntimeError, OSError, ValueError, StopIteration) as err:
+        return None, f"unreadable audio: {err}"
+    return info, None
+
+
 def ctc_min_frames(ids: Sequence[int]) -> int:
     """Fewest output frames CTC needs for a label: one per token, plus a blank between each repeated pair."""
     return len(ids) + sum(a == b for a, b in zip(ids[:-1], ids[1:], strict=True))
@@ -118,7 +149,8 @@ class Batch(NamedTuple):
     """A padded batch of utterances.
 
     audio: (B, S) float waveforms, zero-padded; audio_lengths: (B,) samples;
-    targets: (B, L) token ids, zero-padded; target_lengths: (B,); ids: utterance ids.
+    targets: (B, L) token ids, zero-padded; target_lengths: (B,); ids: utterance ids;
+    dropped: ``(id, reason)`` of utterances whose audio failed to load (not in the batch).
     """
 
     audio: torch.Tensor
@@ -126,6 +158,14 @@ class Batch(NamedTuple):
     targets: torch.Tensor
     target_lengths: torch.Tensor
     ids: list[str]
+    dropped: tuple[tuple[str, str], ...] = ()
+
+
+class LoadFailure(NamedTuple):
+    """What :class:`AudioDataset` yields for an utterance whose audio cannot be used."""
+
+    id: str
+    reason: str
 
 
 class AudioDataset(Dataset):
@@ -154,9 +194,21 @@ class AudioDataset(Dataset):
     def __len__(self) -> int:
         return len(self.utterances)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str] | LoadFailure:
+        """(waveform, token ids, id), or a :class:`LoadFailure` when the audio cannot be used.
+
+        A file that went missing, is corrupt or truncated, or decodes to no or non-finite samples must not
+        kill a long run: ``collate`` drops it from its batch and lists it in ``Batch.dropped``.
+        """
         u = self.utterances[index]
-        wav = load_audio(u.audio_filepath, self.sample_rate)
+        try:
+            wav = load_audio(u.audio_filepath, self.sample_rate)
+        except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as err:
+            return LoadFailure(u.id, f"{u.audio_filepath}: {err.__class__.__name__}: {err}")
+        if wav.numel() == 0:
+            return LoadFailure(u.id, f"{u.audio_filepath}: no samples")
+        if not bool(torch.isfinite(wav).all()):
+            return LoadFailure(u.id, f"{u.audio_filepath}: NaN or inf samples")
         if self.speed_perturb:
             factor = random.choice(self.speed_perturb)
             if factor != 1.0:
@@ -167,8 +219,13 @@ class AudioDataset(Dataset):
         return wav, tokens, u.id
 
 
-def collate(items: Sequence[tuple[torch.Tensor, torch.Tensor, str]]) -> Batch:
-    """Pad waveforms and targets into a :class:`Batch`."""
+def collate(items: Sequence[tuple[torch.Tensor, torch.Tensor, str] | LoadFailure]) -> Batch:
+    """Pad waveforms and targets into a :class:`Batch`; failed loads go to ``Batch.dropped`` (may leave B = 0)."""
+    dropped = tuple((f.id, f.reason) for f in items if isinstance(f, LoadFailure))
+    items = [it for it in items if not isinstance(it, LoadFailure)]
+    if not items:
+        empty = torch.zeros(0, dtype=torch.long)
+        return Batch(torch.zeros(0, 0), empty, torch.zeros(0, 1, dtype=torch.long), empty, [], dropped)
     wavs, tokens, ids = zip(*items, strict=True)
     audio_lengths = torch.tensor([w.numel() for w in wavs], dtype=torch.long)
     target_lengths = torch.tensor([t.numel() for t in tokens], dtype=torch.long)
@@ -177,7 +234,7 @@ def collate(items: Sequence[tuple[torch.Tensor, torch.Tensor, str]]) -> Batch:
     for i, (w, t) in enumerate(zip(wavs, tokens, strict=True)):
         audio[i, : w.numel()] = w
         targets[i, : t.numel()] = t
-    return Batch(audio, audio_lengths, targets, target_lengths, list(ids))
+    return Batch(audio, audio_lengths, targets, target_lengths, list(ids), dropped)
 
 
 class BucketBatchSampler(Sampler[list[int]]):
@@ -334,10 +391,13 @@ class ASRDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.datasets: dict[str, AudioDataset] = {}
+        # utterances dropped from the manifests, with the reason: {"id", "split", "manifest", "reason"}
+        self.rejected: list[dict[str, str]] = []
 
     def _load(self, manifest: str, split: str, filter_duration: bool, train: bool = False) -> AudioDataset:
         utts = read_manifest(manifest)
-        kept, bad_chars, bad_len, too_short = [], 0, 0, []
+        kept: list[Utterance] = []
+        dropped: dict[str, list[str]] = {"text": [], "duration": [], "ctc": []}
         frames = None
         if filter_duration and self.output_frames is not None:
             samples = torch.tensor([round(u.duration * self.sample_rate) for u in utts], dtype=torch.long)
@@ -345,30 +405,26 @@ class ASRDataModule(L.LightningDataModule):
         for i, u in enumerate(utts):
             text = normalize_text(u.text)
             if not text or self.tokenizer.unknown_chars(text):
-                bad_chars += 1
+                unknown = "".join(sorted(self.tokenizer.unknown_chars(text)))
+                reason, why = "text", f"characters outside the tokenizer: {unknown!r}" if text else "empty text"
             elif filter_duration and not (self.min_duration <= u.duration <= self.max_duration):
-                bad_len += 1
-            elif frames is not None and frames[i] < ctc_min_frames(self.tokenizer.encode(text)):
-                too_short.append(u.id)
+                reason, why = "duration", f"duration {u.duration} s outside data.min_duration..data.max_duration"
+            elif frames is not None and frames[i] < (need := ctc_min_frames(self.tokenizer.encode(text))):
+                reason, why = "ctc", f"too short for its label under CTC ({frames[i]} frames < {need})"
             else:
                 kept.append(u)
-        if too_short:
-            log.warning(
-                "%s (%s): dropped %d utterances too short for their label under CTC after subsampling "
-                "(they would give an infinite loss): %s%s", manifest, split, len(too_short),
-                ", ".join(too_short[:20]), " ..." if len(too_short) > 20 else "",
-            )
-        if bad_chars or bad_len:
-            log.warning(
-                "%s (%s): dropped %d utterances with empty text or characters outside the tokenizer, "
-                "%d outside data.min_duration..data.max_duration (%.1f..%.1f s)",
-                manifest,
-                split,
-                bad_chars,
-                bad_len,
-                self.min_duration,
-                self.max_duration,
-            )
+                continue
+            dropped[reason].append(u.id)
+            self.rejected.append({"id": u.id, "split": split, "manifest": str(manifest), "reason": why})
+        for reason, what in (
+            ("ctc", "too short for their label under CTC after subsampling (they would give an infinite loss)"),
+            ("text", "with empty text or characters outside the tokenizer"),
+            ("duration", f"outside data.min_duration..data.max_duration ({self.min_duration}..{self.max_duration} s)"),
+        ):
+            ids = dropped[reason]
+            if ids:
+                log.warning("%s (%s): dropped %d utterances %s: %s%s", manifest, split, len(ids), what,
+                            ", ".join(ids[:20]), " ..." if len(ids) > 20 else "")
         if not kept:
             raise ValueError(f"{split} manifest {manifest} has no usable utterances (of {len(utts)})")
         return AudioDataset(kept, self.tokenizer, self.sample_rate, self.speed_perturb if train else None)

@@ -79,6 +79,12 @@ def compute_log_probs(
     out: dict[str, torch.Tensor] = {}
     for batch in tqdm(DataLoader(ds, batch_sampler=sampler, collate_fn=collate), desc=Path(manifest).name,
                       unit="batch", disable=not progress, leave=False):
+        for utt_id, why in batch.dropped:
+            # scored as an empty hypothesis (all deletions), never silently left out of the WER
+            log.warning("%s: utterance %s failed to load, decoded as empty: %s", manifest, utt_id, why)
+            out[utt_id] = torch.zeros(0, module.tokenizer.num_classes)
+        if not batch.ids:
+            continue
         log_probs, lengths = module(batch.audio.to(device), batch.audio_lengths.to(device))  # (B, T, C), (B,)
         log_probs, lengths = log_probs.float().cpu(), lengths.cpu()
         for i, utt_id in enumerate(batch.ids):

@@ -11,6 +11,7 @@ import pytorch_lightning as L
 import torch
 import torch.nn.functional as F
 
+from asr.checkpointing import load_checkpoint, validate_description
 from asr.data import Batch
 from asr.decoding import GreedyDecoder
 from asr.features import LogMelFeatures, SpecAugment
@@ -121,14 +122,17 @@ class ASRModule(L.LightningModule):
             self._counts[stage] = self._counts.get(stage, torch.zeros_like(counts)) + counts
         return loss
 
-    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        return self._shared_step(batch, "train")
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
+        # every file of the batch failed to load (see Batch.dropped): None skips the step
+        return self._shared_step(batch, "train") if batch.ids else None
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._shared_step(batch, "val")
+        if batch.ids:
+            self._shared_step(batch, "val")
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._shared_step(batch, "test")
+        if batch.ids:
+            self._shared_step(batch, "test")
 
     def _log_error_rates(self, stage: str) -> None:
         counts = self._counts.pop(stage, None)
@@ -175,16 +179,16 @@ class ASRModule(L.LightningModule):
 
         Raises:
             FileNotFoundError: no checkpoint at ``path``.
-            ValueError: the file is not an asr checkpoint.
+            ValueError: the file is corrupt, not an asr checkpoint, or its description has unexpected
+                keys or types (see :func:`asr.checkpointing.validate_description`).
         """
-        if not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"checkpoint {path} does not exist; training writes exp/<recipe>/<run>/checkpoints/best.ckpt"
-            )
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = load_checkpoint(path, map_location=map_location)
         if CHECKPOINT_KEY not in ckpt or "state_dict" not in ckpt:
             raise ValueError(f"{path} is not an asr checkpoint (no '{CHECKPOINT_KEY}' entry)")
-        meta = ckpt[CHECKPOINT_KEY]
+        try:
+            meta = validate_description(ckpt[CHECKPOINT_KEY])
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
         tokenizer = tokenizer_from_state_dict(meta["tokenizer"])
         module = cls(
             tokenizer=tokenizer,

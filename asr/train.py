@@ -11,18 +11,24 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import hydra
 import pytorch_lightning as L
+import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_only
 
 from asr.callbacks import ThroughputMonitor, loggers, progress_bar
+from asr.checkpointing import AtomicCheckpointIO, CheckpointWriteError, remove_partials
 from asr.data_check import check_manifests
+from asr.download import DownloadError
 from asr.evaluate import evaluate, format_table
+from asr.guards import DroppedUtterances, NonFiniteGuard, TrainingDiverged
 from asr.module import ASRModule
 from asr.report import build_report, update_run_info, write_run_info
 
@@ -30,10 +36,14 @@ log = logging.getLogger(__name__)
 
 
 def resume_path(resume: str | None, ckpt_dir: Path) -> str | None:
-    """``None`` -> fresh start; ``"auto"`` -> ``last.ckpt`` of this run if present; else a path that must exist."""
+    """``None`` -> fresh start; ``"auto"`` -> ``last.ckpt`` of this run if present; else a path that must exist.
+
+    Partial writes left by a killed run are removed first; they are never resumed from.
+    """
     if not resume:
         return None
     if resume == "auto":
+        remove_partials(ckpt_dir)
         last = ckpt_dir / "last.ckpt"
         return str(last) if last.exists() else None
     if not Path(resume).is_file():
@@ -41,29 +51,59 @@ def resume_path(resume: str | None, ckpt_dir: Path) -> str | None:
     return resume
 
 
+def check_manifests_exist(cfg: DictConfig) -> None:
+    """One-line error naming the missing manifest setting and the command that makes it."""
+    for key in ("train_manifest", "val_manifest", "test_manifest"):
+        path = cfg.data.get(key)
+        if path and not Path(path).is_file():
+            how = (f"`python -m asr.prepare recipe={cfg.name} stage=all` (or `make train RECIPE={cfg.name}`) "
+                   f"prepares it" if cfg.get("prepare") else "no recipe prepare step is set (prepare=null)")
+            raise FileNotFoundError(
+                f"data.{key}={path} does not exist: {how}; or point data.{key} at your own JSONL manifest"
+            )
+
+
 def build_module(cfg: DictConfig, tokenizer) -> ASRModule:
-    """ASRModule from the features/augment/model/optim groups."""
+    """ASRModule from the features/augment/model/optim groups.
+
+    Raises:
+        ValueError: a setting the model's constructor does not take (e.g. ``+model.hiden_size=3``).
+    """
+    model = instantiate(cfg.model)
+    if not isinstance(model, torch.nn.Module):
+        try:
+            model = model(input_dim=cfg.features.n_mels, num_classes=tokenizer.num_classes)
+        except TypeError as err:  # the partial was given a key its class does not take
+            raise ValueError(f"cannot build the model from the model.* settings: {err}; compare the keys "
+                             f"with the model's file in conf/model/") from None
     return ASRModule(
         tokenizer=tokenizer,
         features=instantiate(cfg.features),
-        model=instantiate(cfg.model),
+        model=model,
         optimizer=instantiate(cfg.optim.optimizer),
         scheduler=instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None,
         augment=instantiate(cfg.augment) if cfg.get("augment") else None,
     )
 
 
-def train(cfg: DictConfig) -> dict:
+def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
     """Prepare data (if the recipe says how), fit, then evaluate ``best.ckpt``.
 
+    Args:
+        cfg: the composed ``conf/train.yaml``.
+        extra_callbacks: Lightning callbacks added to the run's own (tests use them to inject faults).
+
     Returns:
-        ``{"best_checkpoint", "best_val_wer", "epochs", "train_seconds", "reports": {split: report}}``.
+        ``{"best_checkpoint", "best_val_wer", "epochs", "train_seconds", "reports": {split: report},
+        "rejected": [{"id", "split", "reason", ...}], "skipped_steps": n}``: ``rejected`` lists the
+        utterances dropped from the manifests and those whose audio failed to load during the run.
     """
     L.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
     ckpt_dir = out_dir / "checkpoints"
     if cfg.get("prepare"):
         instantiate(cfg.prepare)
+    check_manifests_exist(cfg)
     tokenizer = instantiate(cfg.tokenizer)
     out_dir.mkdir(parents=True, exist_ok=True)
     if rank_zero_only.rank == 0:
@@ -82,11 +122,13 @@ def train(cfg: DictConfig) -> dict:
     )
     throughput = ThroughputMonitor(cfg.features.sample_rate, every_n_steps=cfg.trainer.log_every_n_steps)
     bar = progress_bar(cfg.progress) if cfg.trainer.get("enable_progress_bar", True) else None
+    guards = [NonFiniteGuard(cfg.get("max_consecutive_bad_steps", 20)), DroppedUtterances()]
     trainer: L.Trainer = instantiate(
         cfg.trainer,
-        callbacks=[checkpoint, throughput, *([bar] if bar else [])],
+        callbacks=[checkpoint, throughput, *guards, *([bar] if bar else []), *extra_callbacks],
         logger=loggers(out_dir),
         enable_progress_bar=bar is not None,
+        plugins=[AtomicCheckpointIO()],
     )
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(cfg.resume, ckpt_dir))
@@ -98,6 +140,10 @@ def train(cfg: DictConfig) -> dict:
         "epochs": trainer.current_epoch,
         "train_seconds": round(train_seconds, 1),
         "reports": {},
+        "rejected": datamodule.rejected + [
+            {"id": uid, "split": "load", "reason": why} for uid, why in guards[1].seen.items()
+        ],
+        "skipped_steps": guards[0].skipped,
     }
     if trainer.is_global_zero and checkpoint.best_model_path and module.eval_manifests:
         result["reports"] = evaluate(
@@ -121,7 +167,8 @@ def main(cfg: DictConfig) -> float | None:
     log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
     try:
         result = train(cfg)
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, TrainingDiverged, CheckpointWriteError, InstantiationException,
+            DownloadError) as err:
         log.error("%s", err)
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

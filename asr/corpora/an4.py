@@ -19,10 +19,9 @@ import random
 import re
 from pathlib import Path
 
-import soundfile as sf
 from tqdm import tqdm
 
-from asr.data import Utterance, write_manifest
+from asr.data import Utterance, probe_audio, write_manifest
 from asr.download import download, extract_tar
 
 log = logging.getLogger(__name__)
@@ -59,12 +58,7 @@ def _utterances(root: Path, split: str, rejected: list[dict]) -> list[Utterance]
         elif not texts[uid].strip():
             reason = "empty transcript"
         else:
-            try:
-                info = sf.info(str(audio))
-                if info.frames == 0:
-                    reason = "audio has no samples"
-            except (sf.LibsndfileError, RuntimeError, OSError) as err:
-                reason = f"unreadable audio: {err}"
+            info, reason = probe_audio(audio)
         if reason:
             rejected.append({"audio_filepath": str(rel), "id": uid, "split": split, "reason": reason})
             continue

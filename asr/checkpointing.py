@@ -1,0 +1,175 @@
+"""Checkpoints that survive a kill or a full disk, and load without running code.
+
+A checkpoint is written to a hidden temporary file in its own folder, flushed and fsynced, renamed over
+the old one (``os.replace`` is atomic on POSIX) and the folder is fsynced, so a SIGKILL or a power cut at
+any moment leaves either the previous checkpoint or the new one on disk, never half of one. A full disk
+raises :class:`CheckpointWriteError` naming the file, the free space and what to do; the previous
+checkpoint is left as it was. Every load is ``weights_only`` (tensors and plain data, no pickled code).
+"""
+
+from __future__ import annotations
+
+import errno
+import inspect
+import io
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from asr.features import LogMelFeatures
+from asr.model import BiLSTMCTC
+
+log = logging.getLogger(__name__)
+
+PARTIAL_SUFFIX = ".partial"  # ".<name>.<pid>.partial": a write that has not been renamed into place yet
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written; the previous checkpoint at the same path is intact."""
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to ``path`` via a temporary file in the same folder, fsync and rename.
+
+    Raises:
+        CheckpointWriteError: the write failed (disk full, read-only, quota); ``path`` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}{PARTIAL_SUFFIX}")
+    # serialise in memory first (as Lightning does): torch's zip writer reports a failed write as a bare
+    # RuntimeError, a plain file write keeps the errno (ENOSPC, EDQUOT, EFBIG) for the message
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(buffer.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        free = shutil.disk_usage(path.parent).free / 2**20
+        what = "the disk is full" if err.errno in (errno.ENOSPC, errno.EDQUOT) else err.strerror or str(err)
+        raise CheckpointWriteError(
+            err.errno,
+            f"cannot write checkpoint {path}: {what} ({free:.0f} MiB free in {path.parent}); "
+            f"the previous checkpoint there is intact. Free some space or set paths.output_dir to a "
+            f"bigger disk, then rerun with resume=auto",
+        ) from err
+
+
+def remove_partials(ckpt_dir: str | os.PathLike) -> list[Path]:
+    """Delete temporary files left by writes that were killed before their rename; returns them."""
+    ckpt_dir = Path(ckpt_dir)
+    stale = sorted(ckpt_dir.glob(f".*{PARTIAL_SUFFIX}")) if ckpt_dir.is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    if stale:
+        log.info("removed %d partial checkpoint writes from an interrupted run: %s",
+                 len(stale), ", ".join(p.name for p in stale))
+    return stale
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint as tensors and plain data only (``weights_only``): unpickling runs no code.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: the file is truncated, corrupt, or holds objects other than tensors and plain data.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"checkpoint {path} does not exist; training writes exp/<recipe>/<run>/checkpoints/{{last,best}}.ckpt"
+        )
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for a bad file
+        raise ValueError(
+            f"checkpoint {path} cannot be loaded safely ({err.__class__.__name__}: {str(err).splitlines()[0]}); "
+            f"it is truncated, corrupt or contains pickled code. Resume from another checkpoint "
+            f"(resume=<path>) or start fresh (resume=null)"
+        ) from None
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint I/O with atomic, fsynced writes and ``weights_only`` loading (resume included)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"AtomicCheckpointIO takes no storage_options, got {storage_options!r}")
+        atomic_torch_save(checkpoint, path)
+
+    def load_checkpoint(
+        self, path: Any, map_location: Any | None = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        return load_checkpoint(path, map_location=map_location or "cpu")
+
+
+# ------------------------------------------------------------------ checkpoint metadata, validated
+def _check_kwargs(section: str, value: Any, cls: type) -> dict[str, Any]:
+    """``value`` must be a dict of plain scalars whose keys are arguments of ``cls``."""
+    if not isinstance(value, dict):
+        raise ValueError(f"checkpoint entry asr.{section} must be a dict, found {type(value).__name__}")
+    params = inspect.signature(cls.__init__).parameters
+    unknown = sorted(str(k) for k in value if k not in params or k == "self")
+    if unknown:
+        raise ValueError(f"checkpoint entry asr.{section} has unexpected keys {unknown}; "
+                         f"{cls.__name__} takes {sorted(p for p in params if p != 'self')}")
+    for k, v in value.items():
+        if not isinstance(v, (bool, int, float, str, type(None))):
+            raise ValueError(f"checkpoint entry asr.{section}.{k} must be a number, string or null, "
+                             f"found {type(v).__name__}")
+        if isinstance(v, str) and k.endswith("_target_"):
+            raise ValueError(f"checkpoint entry asr.{section}.{k} names code to run; refused")
+    return value
+
+
+def validate_description(meta: Any) -> dict[str, Any]:
+    """Check the plain-data model description stored in a checkpoint before anything is built from it.
+
+    Only known keys with plain values pass: a checkpoint cannot name a class, a function or a
+    ``_target_`` to instantiate.
+
+    Raises:
+        ValueError: naming the unexpected key or type.
+    """
+    if not isinstance(meta, dict):
+        raise ValueError(f"checkpoint entry 'asr' must be a dict, found {type(meta).__name__}")
+    allowed = {"tokenizer", "features", "model", "eval_manifests"}
+    unknown = sorted(str(k) for k in meta if k not in allowed)
+    if unknown:
+        raise ValueError(f"checkpoint entry 'asr' has unexpected keys {unknown}; expected {sorted(allowed)}")
+    missing = sorted({"tokenizer", "features", "model"} - set(meta))
+    if missing:
+        raise ValueError(f"checkpoint entry 'asr' lacks {missing}")
+    _check_kwargs("features", meta["features"], LogMelFeatures)
+    _check_kwargs("model", meta["model"], BiLSTMCTC)
+    tok = meta["tokenizer"]
+    if not isinstance(tok, dict) or not isinstance(tok.get("type"), str):
+        raise ValueError("checkpoint entry asr.tokenizer must be a dict with a 'type' string")
+    if any("_target_" in str(k) for k in tok):
+        raise ValueError("checkpoint entry asr.tokenizer names code to run (_target_); refused")
+    odd = sorted(str(k) for k, v in tok.items() if not isinstance(k, str) or not isinstance(v, str))
+    if odd:
+        raise ValueError(f"checkpoint entry asr.tokenizer values must be strings, not for {odd}")
+    manifests = meta.get("eval_manifests", {})
+    if not isinstance(manifests, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in manifests.items()
+    ):
+        raise ValueError("checkpoint entry asr.eval_manifests must map names to path strings")
+    return meta
