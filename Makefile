@@ -42,8 +42,9 @@ test-slow: install  ## tests marked slow
 lint: install
 	$(BIN)/ruff check asr tests hydra_plugins
 
-bench: install  ## LibriSpeech prepare speed on a synthetic 20,000-file tree (files/s)
-	$(BIN)/python benchmarks/prepare_librispeech.py $(ARGS)
+bench: install  ## training throughput (pipeline vs bare loop, padding) and LibriSpeech prepare speed
+	$(BIN)/python benchmarks/train_throughput.py $(ARGS)
+	$(BIN)/python benchmarks/prepare_librispeech.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

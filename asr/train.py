@@ -114,7 +114,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
         check_manifests({"train": cfg.data.train_manifest, "val": cfg.data.val_manifest}, tokenizer,
                         module.output_frames, out_dir, sample_rate=cfg.features.sample_rate)
     datamodule = instantiate(cfg.data, tokenizer=tokenizer, output_frames=module.output_frames)
-    module.eval_manifests = {k: str(Path(v).resolve()) for k, v in (cfg.eval_manifests or {}).items()}
+    module.eval_manifests = {k: str(Path(v).resolve()) for k, v in (cfg.get("eval_manifests") or {}).items()}
 
     checkpoint = ModelCheckpoint(
         dirpath=ckpt_dir, filename="best", monitor="val/wer", mode="min", save_top_k=1, save_last=True,
