@@ -118,3 +118,17 @@ def test_cli_errors_are_one_line(tmp_path):
     assert proc.returncode == 2 and "missing.ckpt does not exist" in proc.stderr and "Traceback" not in proc.stderr
     proc = _run(["-m", "asr.train", "model.num_layerz=3"], cwd=ROOT)
     assert proc.returncode != 0 and "num_layerz" in proc.stderr
+
+
+def test_bf16_autocast_path_on_cpu(an4_dir, tmp_path):
+    """The GPU recipe's precision (bf16-mixed) runs on CPU too: features and CTC stay fp32, loss finite."""
+    result = train(tiny_train_cfg(an4_dir, tmp_path, ["trainer.precision=bf16-mixed", "eval_manifests=null"]))
+    ckpt = torch.load(result["best_checkpoint"], map_location="cpu", weights_only=True)
+    assert all(v.dtype == torch.float32 for v in ckpt["state_dict"].values() if v.is_floating_point())
+    module = ASRModule.load_for_inference(result["best_checkpoint"]).train()
+    audio = torch.randn(2, 16000) * 0.1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        feats, _ = module.features(audio, torch.tensor([16000, 12000]))
+        log_probs, lengths = module(audio, torch.tensor([16000, 12000]))
+    assert feats.dtype == torch.float32 and log_probs.dtype == torch.float32
+    assert torch.isfinite(log_probs).all() and result["reports"] == {}
