@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import math
 import os
@@ -39,6 +40,37 @@ def loggers(out_dir: str | os.PathLike) -> list[Logger]:
         out.append(TensorBoardLogger(save_dir=Path(out_dir) / "logs", name="tensorboard", version="",
                                      default_hp_metric=False))
     return out
+
+
+class CSVHistory:
+    """Keeps ``metrics.csv`` rows across a resume.
+
+    Lightning's CSV logger deletes an existing ``metrics.csv`` when a run resumes in the same folder; this
+    reads the old rows first and, after the fit, puts back those from before the resumed step.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike) -> None:
+        self.path = Path(out_dir) / "logs" / "metrics.csv"
+        self.rows: list[dict[str, str]] = []
+        if self.path.is_file():
+            with self.path.open(newline="") as f:
+                self.rows = list(csv.DictReader(f))
+
+    def restore(self) -> None:
+        """Merge the saved rows (steps before the new ones) back into ``metrics.csv``."""
+        if not self.rows or not self.path.is_file():
+            return
+        with self.path.open(newline="") as f:
+            new = list(csv.DictReader(f))
+        first = min((int(r["step"]) for r in new if r.get("step")), default=None)
+        old = [r for r in self.rows if first is None or (r.get("step") and int(r["step"]) < first)]
+        fields = list(dict.fromkeys(k for r in old + new for k in r))
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(old + new)
+        os.replace(tmp, self.path)
 
 
 class ThroughputMonitor(L.Callback):

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_only
 
-from asr.callbacks import ThroughputMonitor, loggers, progress_bar
+from asr.callbacks import CSVHistory, ThroughputMonitor, loggers, progress_bar
 from asr.checkpointing import AtomicCheckpointIO, CheckpointWriteError, remove_partials
 from asr.data_check import check_manifests
 from asr.download import DownloadError
@@ -131,8 +131,11 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
         plugins=[AtomicCheckpointIO()],
     )
     start = time.perf_counter()
+    history = CSVHistory(out_dir)  # the CSV logger would drop the rows of the run being resumed
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(cfg.resume, ckpt_dir))
     train_seconds = time.perf_counter() - start
+    if trainer.is_global_zero:
+        history.restore()
 
     result = {
         "best_checkpoint": checkpoint.best_model_path,

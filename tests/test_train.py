@@ -68,6 +68,9 @@ def test_resume_auto_continues_from_last(an4_dir, tmp_path):
     assert again["epochs"] == 2
     last = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert last["global_step"] == 6  # 3 steps per epoch, 2 epochs: nothing replayed or skipped
+    rows = (tmp_path / "logs" / "metrics.csv").read_text().splitlines()
+    epoch_col = rows[0].split(",").index("epoch")
+    assert {r.split(",")[epoch_col] for r in rows[1:]} == {"0", "1"}  # the curves before the resume survive
 
 
 def test_misspelled_key_is_named():
