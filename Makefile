@@ -44,6 +44,7 @@ lint: install
 
 bench: install  ## training throughput (pipeline vs bare loop, padding) and LibriSpeech prepare speed
 	$(BIN)/python benchmarks/train_throughput.py $(ARGS)
+	$(BIN)/python benchmarks/lstm_variants.py
 	$(BIN)/python benchmarks/prepare_librispeech.py
 
 clean:

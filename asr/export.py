@@ -106,7 +106,7 @@ def export(checkpoint: str, fmt: str = "onnx", output: str | None = None, opset:
     audio = torch.randn(2, sr) * 0.1
     lengths = torch.tensor([sr, sr * 3 // 4])
     with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript tracer's notes on pack_padded_sequence
+        warnings.simplefilter("ignore")  # the TorchScript tracer's notes on shape-dependent Python values
         if fmt == "onnx":
             try:
                 import onnx  # noqa: F401
@@ -114,8 +114,8 @@ def export(checkpoint: str, fmt: str = "onnx", output: str | None = None, opset:
                 raise ImportError(
                     "ONNX export needs onnx: pip install onnx onnxruntime (or `pip install asr[export]`)"
                 ) from None
-            # The TorchScript-based exporter maps packed LSTMs onto ONNX LSTM with sequence_lens;
-            # torch.export (dynamo) cannot trace pack_padded_sequence yet.
+            # The TorchScript-based exporter: each direction's nn.LSTM becomes an ONNX LSTM node, the
+            # per-length reversal a GatherElements.
             torch.onnx.export(
                 model,
                 (audio, lengths),

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 
 class FrameStack(nn.Module):
@@ -57,6 +56,61 @@ class ConvSubsampling(nn.Module):
         return x, self.output_lengths(lengths)
 
 
+def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Reverse each sequence of a (B, T, D) batch within its own length; padding frames stay where they are."""
+    b, t, d = x.shape
+    steps = torch.arange(t, device=x.device).unsqueeze(0)  # (1, T)
+    last = lengths.to(x.device).unsqueeze(1) - 1  # (B, 1)
+    index = torch.where(steps <= last, last - steps, steps)  # (B, T)
+    return x.gather(1, index.unsqueeze(-1).expand(b, t, d))
+
+
+class BiLSTM(nn.Module):
+    """Stacked bidirectional LSTM over a padded (B, T, D) batch, exact for every sequence length.
+
+    Each layer runs one single-direction ``nn.LSTM`` per direction over the dense padded batch; the backward one
+    reads every sequence reversed within its own length, so no padding frame ever reaches a valid one. The
+    result equals ``nn.LSTM(bidirectional=True)`` over a PackedSequence (to float rounding), but on CPU the
+    dense calls run oneDNN's LSTM kernels: 3.6x faster training than the packed path on 2 cores
+    (``python benchmarks/lstm_variants.py``). Outputs at padding frames are zero.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            nn.ModuleDict({
+                "fwd": nn.LSTM(input_size if i == 0 else 2 * hidden_size, hidden_size, batch_first=True),
+                "bwd": nn.LSTM(input_size if i == 0 else 2 * hidden_size, hidden_size, batch_first=True),
+            })
+            for i in range(num_layers)
+        )
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) input, (B,) valid frames -> (B, T, 2H) output."""
+        lengths = lengths.clamp(min=1)
+        for i, layer in enumerate(self.layers):
+            if i > 0:
+                x = self.dropout(x)
+            forward_out, _ = layer["fwd"](x)
+            backward_out, _ = layer["bwd"](reverse_padded(x, lengths))
+            x = torch.cat([forward_out, reverse_padded(backward_out, lengths)], dim=-1)
+        valid = torch.arange(x.shape[1], device=x.device).unsqueeze(0) < lengths.to(x.device).unsqueeze(1)
+        return x * valid.unsqueeze(-1).to(x.dtype)
+
+
+def _packed_lstm_key(key: str) -> str | None:
+    """Map a parameter name of the old single ``nn.LSTM(bidirectional=True)`` to :class:`BiLSTM`'s, else None."""
+    name, _, rest = key.rpartition("_l")  # "lstm.weight_ih", "2_reverse"
+    layer, _, direction = rest.partition("_")
+    if name not in _PACKED_NAMES or not layer.isdigit() or direction not in ("", "reverse"):
+        return None
+    return f"lstm.layers.{layer}.{'bwd' if direction else 'fwd'}.{name[len('lstm.'):]}_l0"
+
+
+_PACKED_NAMES = ("lstm.weight_ih", "lstm.weight_hh", "lstm.bias_ih", "lstm.bias_hh")
+
+
 class BiLSTMCTC(nn.Module):
     """Stacked bidirectional LSTM acoustic model for CTC. Class 0 is the blank.
 
@@ -95,10 +149,7 @@ class BiLSTMCTC(nn.Module):
             raise ValueError(f"model.subsampling must be 'stack', 'conv' or 'none', got {subsampling!r}")
         lstm_in = self.frontend.output_dim if self.frontend is not None else input_dim
         self.input_dropout = nn.Dropout(dropout)
-        self.lstm = nn.LSTM(
-            lstm_in, hidden_size, num_layers=num_layers, bidirectional=True, batch_first=True,
-            dropout=dropout if num_layers > 1 else 0.0,
-        )
+        self.lstm = BiLSTM(lstm_in, hidden_size, num_layers, dropout=dropout)
         self.output_dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(2 * hidden_size, num_classes)
 
@@ -111,10 +162,14 @@ class BiLSTMCTC(nn.Module):
         x = feats
         if self.frontend is not None:
             x, lengths = self.frontend(x, lengths)
-        x = self.input_dropout(x)
-        total = x.shape[1]
-        packed = pack_padded_sequence(x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
-        out, _ = self.lstm(packed)
-        x, _ = pad_packed_sequence(out, batch_first=True, total_length=total)  # (B, T', 2H)
+        x = self.lstm(self.input_dropout(x), lengths)  # (B, T', 2H)
         logits = self.classifier(self.output_dropout(x))  # (B, T', C)
         return logits.float().log_softmax(dim=-1), lengths
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        # Checkpoints written before BiLSTM held one packed nn.LSTM("lstm.weight_ih_l0_reverse"): rename in place.
+        for key in [k for k in state_dict if k.startswith(prefix + "lstm.")]:
+            new = _packed_lstm_key(key[len(prefix):])
+            if new is not None:
+                state_dict[prefix + new] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

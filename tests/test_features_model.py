@@ -82,6 +82,33 @@ def test_model_ignores_padding():
     assert torch.allclose(alone[0, :10], batch[0, :10], atol=1e-5)
 
 
+def test_bilstm_equals_packed_bidirectional_lstm_and_loads_its_weights():
+    """BiLSTM must give what nn.LSTM(bidirectional) over a PackedSequence gives, outputs and gradients,
+    and a checkpoint holding that packed module's weights must load into BiLSTMCTC unchanged."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    torch.manual_seed(0)
+    model = BiLSTMCTC(20, 9, hidden_size=12, num_layers=3, dropout=0.0, subsampling="none").eval()
+    packed = torch.nn.LSTM(20, 12, num_layers=3, bidirectional=True, batch_first=True)
+    old_state = {k: v for k, v in model.state_dict().items() if not k.startswith("lstm.")}
+    old_state.update({f"lstm.{k}": v for k, v in packed.state_dict().items()})
+    model.load_state_dict(old_state)  # strict: every renamed key must land
+
+    lengths = torch.tensor([17, 3, 17, 1, 9])
+    x = torch.randn(5, 17, 20, requires_grad=True)
+    ours = model.lstm(x, lengths)
+    ref, _ = pad_packed_sequence(
+        packed(pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False))[0],
+        batch_first=True, total_length=17,
+    )
+    assert torch.allclose(ours, ref, atol=1e-6)  # padding frames are zero in both
+    weights = torch.randn_like(ref)
+    (g_ours,) = torch.autograd.grad((ours * weights).sum(), x)
+    (g_ref,) = torch.autograd.grad((ref * weights).sum(), x)
+    assert torch.allclose(g_ours, g_ref, atol=1e-6)
+    assert g_ours[1, 3:].abs().sum() == 0  # nothing flows from padding
+
+
 def test_model_rejects_bad_settings():
     with pytest.raises(ValueError, match="model.subsampling"):
         BiLSTMCTC(80, 29, subsampling="pool")
