@@ -130,11 +130,15 @@ def probe_audio(path: str | os.PathLike) -> tuple[sf._SoundFileInfo | None, str 
             declared = next((int(ln.split()[-1]) for ln in head.splitlines() if ln.startswith("sample_count")), None)
             if declared is not None and declared > info.frames:
                 return None, f"truncated audio: header says {declared} samples, file holds {info.frames}"
-        with sf.SoundFile(str(path)) as f:
-            f.seek(max(0, f.frames - 256))
-            tail = f.read(256, dtype="float32")
-        if len(tail) != min(256, info.frames):
-            return None, f"truncated audio: {info.frames} samples in the header, the end does not decode"
+        try:
+            with sf.SoundFile(str(path)) as f:
+                f.seek(max(0, f.frames - 256))
+                tail = f.read(256, dtype="float32")
+            ending = None if len(tail) == min(256, info.frames) else f"{len(tail)} of the last 256 samples read"
+        except (sf.LibsndfileError, RuntimeError) as err:  # the header opened: the file ends early
+            ending = f"libsndfile: {err}"
+        if ending:
+            return None, f"truncated audio: {info.frames} samples in the header, the end does not decode ({ending})"
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError, StopIteration) as err:
         return None, f"unreadable audio: {err}"
     return info, None

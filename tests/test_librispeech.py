@@ -178,10 +178,13 @@ def test_existing_copy_with_bad_files_is_prepared_with_rejections(tmp_path):
     (chapter / "1089-134686-0001.flac").write_bytes(b"not a flac")  # unreadable
     (root / "test-clean" / "1089" / "134691" / "1089-134691-0000.flac").unlink()  # transcript, no audio
     shutil.copy(chapter / "1089-134686-0000.flac", chapter / "1089-134686-0099.flac")  # audio, no transcript
+    cut = root / "test-clean" / "1995" / "1837" / "1995-1837-0001.flac"
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])  # valid header, half the frames: a cut download
     manifests = librispeech.prepare(str(tmp_path / "m"), str(tmp_path / "dl"), subsets=SAMPLE_SUBSETS,
                                     train_subsets=["dev-clean"], root=str(root), workers=1, progress=False)
-    assert len(read_manifest(manifests["test-clean"])) == 3
+    assert [u.id for u in read_manifest(manifests["test-clean"])] == ["1089-134686-0000", "1089-134691-0001"]
     rejected = {r["id"]: r["reason"] for r in map(json.loads, (tmp_path / "m" / "rejected.jsonl").open())}
+    assert "truncated audio" in rejected["1995-1837-0001"]
     assert "unreadable audio" in rejected["1089-134686-0001"]
     assert "1089-134691-0000.flac is missing" in rejected["1089-134691-0000"]
     assert "no transcript line" in rejected["1089-134686-0099"]

@@ -21,10 +21,9 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import soundfile as sf
 from tqdm import tqdm
 
-from asr.data import ASRDataModule, Utterance, read_manifest, write_manifest
+from asr.data import ASRDataModule, Utterance, probe_audio, read_manifest, write_manifest
 from asr.download import download, extract_tar
 
 log = logging.getLogger(__name__)
@@ -156,13 +155,9 @@ def _read_chapter(chapter: str) -> tuple[list[dict], list[dict]]:
         elif not texts[uid]:
             reason = "empty transcript"
         else:
-            try:
-                with sf.SoundFile(str(path)) as f:  # reads the header only
-                    frames, rate = f.frames, f.samplerate
-                if frames <= 0:
-                    reason = "audio has no samples"
-            except (sf.LibsndfileError, RuntimeError, OSError) as err:
-                reason = f"unreadable audio: {err}"
+            info, reason = probe_audio(path)  # header + the last samples: catches empty and truncated files
+            if info is not None:
+                frames, rate = info.frames, info.samplerate
         if reason:
             where = str(path or folder / f"{uid}.flac")
             rejected.append({"id": uid, "audio_filepath": where, "reason": reason})
