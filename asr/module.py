@@ -31,6 +31,10 @@ class ASRModule(L.LightningModule):
         optimizer: partial taking ``params`` (e.g. ``torch.optim.AdamW`` with ``_partial_: true``).
         scheduler: partial taking ``optimizer`` and ``total_steps``, stepped every optimiser step.
         augment: SpecAugment, applied in training only.
+        ema_decay: keep an exponential moving average of the model's weights, updated after every training
+            step (decay ``min(ema_decay, (1 + n) / (10 + n))`` at update ``n``, so early averages do not drag
+            in the random initialisation). Validation, best-checkpoint selection and every later use of the
+            checkpoint (evaluate, transcribe, export) then run the averaged weights. ``None``: no average.
     """
 
     def __init__(
@@ -41,6 +45,7 @@ class ASRModule(L.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., Any] | None = None,
         augment: SpecAugment | None = None,
+        ema_decay: float | None = None,
     ) -> None:
         super().__init__()
         self.tokenizer = tokenizer
@@ -58,6 +63,12 @@ class ASRModule(L.LightningModule):
             )
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
+        self.ema_model: torch.optim.swa_utils.AveragedModel | None = None
+        if ema_decay is not None:
+            if not 0.0 < ema_decay < 1.0:
+                raise ValueError(f"optim.ema_decay must be in (0, 1) or null, got {ema_decay}")
+            self.ema_model = torch.optim.swa_utils.AveragedModel(self.model, multi_avg_fn=_ema_update(ema_decay))
+            self.ema_model.requires_grad_(False)  # not trained: kept out of the optimiser and of DDP's reducer
         self.decoder = GreedyDecoder(tokenizer)
         self.eval_manifests: dict[str, str] = {}
         self._counts: dict[str, torch.Tensor] = {}
@@ -68,6 +79,8 @@ class ASRModule(L.LightningModule):
         feats, frame_lengths = self.features(audio, audio_lengths)
         if self.augment is not None and self.training:
             feats = self.augment(feats, frame_lengths)
+        if self.ema_model is not None and not self.training:
+            return self.ema_model.module(feats, frame_lengths)
         return self.model(feats, frame_lengths)
 
     def output_frames(self, samples: torch.Tensor) -> torch.Tensor:
@@ -126,6 +139,10 @@ class ASRModule(L.LightningModule):
         # every file of the batch failed to load (see Batch.dropped): None skips the step
         return self._shared_step(batch, "train") if batch.ids else None
 
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.ema_model is not None:
+            self.ema_model.update_parameters(self.model)
+
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         if batch.ids:
             self._shared_step(batch, "val")
@@ -152,7 +169,7 @@ class ASRModule(L.LightningModule):
     def configure_optimizers(self) -> Any:
         if self.optimizer_factory is None:
             raise RuntimeError("ASRModule was built without an optimizer; it can decode but not train")
-        optimizer = self.optimizer_factory(params=self.parameters())
+        optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(
@@ -195,6 +212,28 @@ class ASRModule(L.LightningModule):
             features=LogMelFeatures(**meta["features"]),
             model=BiLSTMCTC(**meta["model"]),
         )
-        module.load_state_dict(ckpt["state_dict"])
+        module.load_state_dict(_inference_weights(ckpt["state_dict"]))
         module.eval_manifests = dict(meta.get("eval_manifests", {}))
         return module.eval()
+
+
+def _ema_update(decay: float) -> Callable[..., None]:
+    """``multi_avg_fn`` for AveragedModel: EMA with the decay ramped up over the first updates."""
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        n = int(num_averaged)
+        torch._foreach_lerp_(averaged, current, 1.0 - min(decay, (1 + n) / (10 + n)))
+
+    return update
+
+
+def _inference_weights(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A checkpoint's weights for decoding: the moving average (``ema_model.module.*``) in place of ``model.*``
+    when training kept one, since that is what validation scored."""
+    ema = {k[len("ema_model.module."):]: v for k, v in state_dict.items() if k.startswith("ema_model.module.")}
+    if not ema:
+        return state_dict
+    weights = {k: v for k, v in state_dict.items() if not k.startswith(("model.", "ema_model."))}
+    weights.update({f"model.{k}": v for k, v in ema.items()})
+    return weights

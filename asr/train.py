@@ -83,6 +83,7 @@ def build_module(cfg: DictConfig, tokenizer) -> ASRModule:
         optimizer=instantiate(cfg.optim.optimizer),
         scheduler=instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None,
         augment=instantiate(cfg.augment) if cfg.get("augment") else None,
+        ema_decay=cfg.optim.get("ema_decay"),
     )
 
 

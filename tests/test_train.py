@@ -135,3 +135,36 @@ def test_bf16_autocast_path_on_cpu(an4_dir, tmp_path):
         log_probs, lengths = module(audio, torch.tensor([16000, 12000]))
     assert feats.dtype == torch.float32 and log_probs.dtype == torch.float32
     assert torch.isfinite(log_probs).all() and result["reports"] == {}
+
+
+
+def test_weight_average_is_what_validation_and_decoding_use(an4_dir, tmp_path):
+    """optim.ema_decay: the average lags the trained weights, survives a resume, and is the model that
+    load_for_inference (evaluate, transcribe, export) returns."""
+    cfg = ["optim.ema_decay=0.9", "trainer.max_epochs=1", "eval_manifests=null"]
+    train(tiny_train_cfg(an4_dir, tmp_path, cfg))
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    assert int(state["ema_model.n_averaged"]) == 3  # one update per step
+    name = "lstm.layers.0.fwd.weight_hh_l0"
+    assert not torch.equal(state[f"ema_model.module.{name}"], state[f"model.{name}"])
+
+    module = ASRModule.load_for_inference(tmp_path / "checkpoints" / "last.ckpt")
+    assert module.ema_model is None
+    assert torch.equal(module.model.state_dict()[name], state[f"ema_model.module.{name}"])
+
+    again = train(tiny_train_cfg(an4_dir, tmp_path, [*cfg, "trainer.max_epochs=2", "resume=auto"]))
+    assert again["epochs"] == 2
+    resumed = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert int(resumed["state_dict"]["ema_model.n_averaged"]) == 6  # counted on from the checkpoint
+
+
+def test_weight_average_update_rule():
+    from asr.module import _ema_update
+
+    update = _ema_update(0.9)
+    averaged, current = [torch.zeros(3)], [torch.ones(3)]
+    update(averaged, current, torch.tensor(1))  # decay min(0.9, 2/11): early updates mostly copy
+    assert torch.allclose(averaged[0], torch.full((3,), 1 - 2 / 11))
+    averaged = [torch.zeros(3)]
+    update(averaged, current, torch.tensor(1000))  # later: the configured decay
+    assert torch.allclose(averaged[0], torch.full((3,), 0.1))
