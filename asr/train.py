@@ -117,16 +117,18 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
     datamodule = instantiate(cfg.data, tokenizer=tokenizer, output_frames=module.output_frames)
     module.eval_manifests = {k: str(Path(v).resolve()) for k, v in (cfg.get("eval_manifests") or {}).items()}
 
-    checkpoint = ModelCheckpoint(
-        dirpath=ckpt_dir, filename="best", monitor="val/wer", mode="min", save_top_k=1, save_last=True,
-        enable_version_counter=False,
+    # Two callbacks, not save_last=True: since Lightning 2.6 that writes last.ckpt only at epochs where best.ckpt
+    # improved, so a crash late in a run would resume from the last *improvement* and replay every epoch since.
+    best = ModelCheckpoint(
+        dirpath=ckpt_dir, filename="best", monitor="val/wer", mode="min", save_top_k=1, enable_version_counter=False,
     )
+    last = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False)
     throughput = ThroughputMonitor(cfg.features.sample_rate, every_n_steps=cfg.trainer.log_every_n_steps)
     bar = progress_bar(cfg.progress) if cfg.trainer.get("enable_progress_bar", True) else None
     guards = [NonFiniteGuard(cfg.get("max_consecutive_bad_steps", 20)), DroppedUtterances()]
     trainer: L.Trainer = instantiate(
         cfg.trainer,
-        callbacks=[checkpoint, throughput, *guards, *([bar] if bar else []), *extra_callbacks],
+        callbacks=[best, last, throughput, *guards, *([bar] if bar else []), *extra_callbacks],
         logger=loggers(out_dir),
         enable_progress_bar=bar is not None,
         plugins=[AtomicCheckpointIO()],
@@ -139,8 +141,8 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
         history.restore()
 
     result = {
-        "best_checkpoint": checkpoint.best_model_path,
-        "best_val_wer": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
+        "best_checkpoint": best.best_model_path,
+        "best_val_wer": float(best.best_model_score) if best.best_model_score is not None else None,
         "epochs": trainer.current_epoch,
         "train_seconds": round(train_seconds, 1),
         "reports": {},
@@ -149,9 +151,9 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
         ],
         "skipped_steps": guards[0].skipped,
     }
-    if trainer.is_global_zero and checkpoint.best_model_path and module.eval_manifests:
+    if trainer.is_global_zero and best.best_model_path and module.eval_manifests:
         result["reports"] = evaluate(
-            checkpoint.best_model_path, out_dir=str(out_dir / "decode"),
+            best.best_model_path, out_dir=str(out_dir / "decode"),
             device="cuda" if trainer.strategy.root_device.type == "cuda" else "cpu",
             progress=bar is not None,
         )

@@ -168,3 +168,20 @@ def test_weight_average_update_rule():
     averaged = [torch.zeros(3)]
     update(averaged, current, torch.tensor(1000))  # later: the configured decay
     assert torch.allclose(averaged[0], torch.full((3,), 0.1))
+
+
+def test_last_checkpoint_is_written_every_epoch_even_without_a_new_best(an4_dir, tmp_path):
+    """resume=auto must lose at most one epoch: last.ckpt follows every epoch, not only the improving ones
+    (Lightning 2.6's save_last=True writes it only when best.ckpt is written)."""
+    import pytorch_lightning as L
+
+    class WorseEachEpoch(L.Callback):  # runs before the checkpoint callbacks (Lightning puts those last)
+        def on_validation_end(self, trainer, pl_module):
+            trainer.callback_metrics["val/wer"] = torch.tensor(float(trainer.current_epoch))
+
+    train(tiny_train_cfg(an4_dir, tmp_path, ["trainer.max_epochs=3", "eval_manifests=null"]),
+          extra_callbacks=[WorseEachEpoch()])
+    best = torch.load(tmp_path / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert best["global_step"] == 3  # val/wer 0 after the first epoch, never beaten
+    assert last["global_step"] == 9  # 3 steps x 3 epochs
