@@ -56,13 +56,19 @@ class ConvSubsampling(nn.Module):
         return x, self.output_lengths(lengths)
 
 
-def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Reverse each sequence of a (B, T, D) batch within its own length; padding frames stay where they are."""
-    b, t, d = x.shape
-    steps = torch.arange(t, device=x.device).unsqueeze(0)  # (1, T)
-    last = lengths.to(x.device).unsqueeze(1) - 1  # (B, 1)
-    index = torch.where(steps <= last, last - steps, steps)  # (B, T)
-    return x.gather(1, index.unsqueeze(-1).expand(b, t, d))
+def reversal_index(lengths: torch.Tensor, frames: int) -> torch.Tensor:
+    """(B, T) time index that reverses each sequence within its own length; padding frames map to themselves.
+
+    Reversing is its own inverse, so the same index turns a reversed batch back.
+    """
+    steps = torch.arange(frames, device=lengths.device).unsqueeze(0)  # (1, T)
+    last = lengths.unsqueeze(1) - 1  # (B, 1)
+    return torch.where(steps <= last, last - steps, steps)
+
+
+def _gather_time(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x[b, index[b, t], :] for a (B, T, D) batch and a (B, T) index."""
+    return x.gather(1, index.unsqueeze(-1).expand_as(x))
 
 
 class BiLSTM(nn.Module):
@@ -88,15 +94,19 @@ class BiLSTM(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """(B, T, D) input, (B,) valid frames -> (B, T, 2H) output."""
-        lengths = lengths.clamp(min=1)
+        lengths = lengths.to(x.device).clamp(min=1)
+        index = reversal_index(lengths, x.shape[1])  # once for every layer and both ways
         for i, layer in enumerate(self.layers):
             if i > 0:
                 x = self.dropout(x)
             forward_out, _ = layer["fwd"](x)
-            backward_out, _ = layer["bwd"](reverse_padded(x, lengths))
-            x = torch.cat([forward_out, reverse_padded(backward_out, lengths)], dim=-1)
-        valid = torch.arange(x.shape[1], device=x.device).unsqueeze(0) < lengths.to(x.device).unsqueeze(1)
+            backward_out, _ = layer["bwd"](_gather_time(x, index))
+            x = torch.cat([forward_out, _gather_time(backward_out, index)], dim=-1)
+        valid = torch.arange(x.shape[1], device=x.device).unsqueeze(0) < lengths.unsqueeze(1)
         return x * valid.unsqueeze(-1).to(x.dtype)
+
+
+_PACKED_NAMES = ("lstm.weight_ih", "lstm.weight_hh", "lstm.bias_ih", "lstm.bias_hh")
 
 
 def _packed_lstm_key(key: str) -> str | None:
@@ -106,9 +116,6 @@ def _packed_lstm_key(key: str) -> str | None:
     if name not in _PACKED_NAMES or not layer.isdigit() or direction not in ("", "reverse"):
         return None
     return f"lstm.layers.{layer}.{'bwd' if direction else 'fwd'}.{name[len('lstm.'):]}_l0"
-
-
-_PACKED_NAMES = ("lstm.weight_ih", "lstm.weight_hh", "lstm.bias_ih", "lstm.bias_hh")
 
 
 class BiLSTMCTC(nn.Module):
