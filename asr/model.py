@@ -77,7 +77,7 @@ class BiLSTM(nn.Module):
     Each layer runs one single-direction ``nn.LSTM`` per direction over the dense padded batch; the backward one
     reads every sequence reversed within its own length, so no padding frame ever reaches a valid one. The
     result equals ``nn.LSTM(bidirectional=True)`` over a PackedSequence (to float rounding), but on CPU the
-    dense calls run oneDNN's LSTM kernels: 3.6x faster training than the packed path on 2 cores
+    dense calls run oneDNN's LSTM kernels: ~3x faster training steps than the packed path on 2 cores
     (``python benchmarks/lstm_variants.py``). Outputs at padding frames are zero.
     """
 
