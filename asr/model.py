@@ -66,6 +66,15 @@ def reversal_index(lengths: torch.Tensor, frames: int) -> torch.Tensor:
     return torch.where(steps <= last, last - steps, steps)
 
 
+def lstm_autocast_supported(device: torch.device) -> bool:
+    """Whether the LSTM kernels can run under bf16 autocast on ``device``.
+
+    CUDA always can. On CPU, oneDNN's LSTM has bf16 kernels only where the CPU has native bf16 (AVX512-BF16 or
+    AMX); on an AVX2-only CPU it fails with "could not create a primitive descriptor" instead of falling back.
+    """
+    return device.type != "cpu" or bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def _gather_time(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """x[b, index[b, t], :] for a (B, T, D) batch and a (B, T) index."""
     return x.gather(1, index.unsqueeze(-1).expand_as(x))
@@ -95,6 +104,13 @@ class BiLSTM(nn.Module):
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """(B, T, D) input, (B,) valid frames -> (B, T, 2H) output."""
         lengths = lengths.to(x.device).clamp(min=1)
+        if torch.is_autocast_enabled(x.device.type) and not lstm_autocast_supported(x.device):
+            # bf16-mixed on a CPU without bf16 LSTM kernels: these layers run in fp32, the rest stays autocast
+            with torch.autocast(x.device.type, enabled=False):
+                return self._layers(x.float(), lengths)
+        return self._layers(x, lengths)
+
+    def _layers(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         index = reversal_index(lengths, x.shape[1])  # once for every layer and both ways
         for i, layer in enumerate(self.layers):
             if i > 0:

@@ -114,3 +114,21 @@ def test_model_rejects_bad_settings():
         BiLSTMCTC(80, 29, subsampling="pool")
     with pytest.raises(ValueError, match="subsampling_factor"):
         BiLSTMCTC(80, 29, subsampling="conv", subsampling_factor=3)
+
+
+def test_bilstm_runs_under_cpu_bf16_autocast_on_any_cpu():
+    """trainer.precision=bf16-mixed on CPU: oneDNN has bf16 LSTM kernels only on CPUs with native bf16; elsewhere
+    (AVX2-only) the LSTM layers must fall back to fp32 instead of failing. Either way the result is the fp32 one
+    to bf16 rounding, and gradients flow."""
+    from asr.model import BiLSTM
+
+    torch.manual_seed(0)
+    lstm = BiLSTM(24, 32, num_layers=2)
+    x = torch.randn(3, 11, 24, requires_grad=True)
+    lengths = torch.tensor([11, 7, 4])
+    ref = lstm(x, lengths)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = lstm(x, lengths)
+    assert torch.allclose(out.float(), ref, atol=0.05)
+    out.float().sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0

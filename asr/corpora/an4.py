@@ -17,6 +17,7 @@ import json
 import logging
 import random
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from tqdm import tqdm
@@ -82,6 +83,7 @@ def prepare(
     dev_size: int = 100,
     seed: int = 0,
     progress: bool = True,
+    stages: Sequence[str] = ("download", "manifests"),
 ) -> dict[str, str]:
     """Download (unless cached), extract and write ``train/dev/test.jsonl`` under ``data_dir``.
 
@@ -95,21 +97,31 @@ def prepare(
         md5: expected archive checksum (CMU publishes none, so unchecked by default).
         dev_size: at least this many training utterances, by whole speakers, are held out as dev.
         seed: chooses the dev speakers.
+        progress: show progress bars.
+        stages: ``download`` (fetch + extract) and/or ``manifests`` (``python -m asr.prepare stage=...`` runs one).
 
     Returns:
-        ``{"train": path, "dev": path, "test": path}``.
+        ``{"train": path, "dev": path, "test": path}`` (``{}`` when only ``download`` ran).
     """
+    unknown = set(stages) - {"download", "manifests"}
+    if unknown:
+        raise ValueError(f"an4 prepare stages must be download and/or manifests, got {sorted(unknown)}")
     data = Path(data_dir)
     manifests = {s: str(data / f"{s}.jsonl") for s in ("train", "dev", "test")}
     done = data / ".prepared"
     if done.exists() and all(Path(p).exists() for p in manifests.values()):
         return manifests
     extracted = data / ".extracted"
-    if not extracted.exists():
+    if not extracted.exists() and "download" in stages:
         archive = download(url, Path(download_dir) / "an4_sphere.tar.gz", md5=md5, progress=progress)
         log.info("extracting %s into %s", archive, data)
         extract_tar(archive, data, progress=progress)
         extracted.touch()
+    if "manifests" not in stages:
+        return {}
+    if not extracted.exists():
+        raise FileNotFoundError(f"{data} holds no extracted AN4 corpus: run the download stage first "
+                                f"(`python -m asr.prepare recipe=an4 stage=download`)")
 
     rejected: list[dict] = []
     train = _utterances(data, "train", rejected)
