@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 import torchaudio
 from torch import nn
+
+NORMALIZE = ("utterance", "global", "none")
 
 
 class LogMelFeatures(nn.Module):
@@ -15,7 +19,9 @@ class LogMelFeatures(nn.Module):
         n_mels: filterbank channels (the feature dimension).
         win_ms, hop_ms: analysis window and hop in milliseconds.
         n_fft: FFT size (>= window length in samples).
-        normalize: ``"utterance"`` (per-utterance mean/variance over valid frames) or ``"none"``.
+        normalize: ``"utterance"`` (per-utterance mean/variance over valid frames), ``"global"`` (one mean and
+            standard deviation per channel over the training set, held as buffers and saved with the model; set
+            them with :meth:`set_global_stats`, e.g. from :func:`global_stats`) or ``"none"``.
     """
 
     def __init__(
@@ -28,8 +34,8 @@ class LogMelFeatures(nn.Module):
         normalize: str = "utterance",
     ) -> None:
         super().__init__()
-        if normalize not in ("utterance", "none"):
-            raise ValueError(f"features.normalize must be 'utterance' or 'none', got {normalize!r}")
+        if normalize not in NORMALIZE:
+            raise ValueError(f"features.normalize must be one of {', '.join(NORMALIZE)}, got {normalize!r}")
         self.config = dict(
             sample_rate=sample_rate, n_mels=n_mels, win_ms=win_ms, hop_ms=hop_ms, n_fft=n_fft, normalize=normalize
         )
@@ -46,6 +52,18 @@ class LogMelFeatures(nn.Module):
             power=2.0,
             pad_mode="constant",  # zeros, as batch padding is: features do not depend on the batch
         )
+        if normalize == "global":  # identity until set_global_stats; saved in the state_dict with the model
+            self.register_buffer("global_mean", torch.zeros(n_mels))
+            self.register_buffer("global_std", torch.ones(n_mels))
+
+    def set_global_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Channel means and standard deviations of log-Mel energies for ``normalize="global"``."""
+        if self.normalize != "global":
+            raise ValueError(f"global statistics need features.normalize=global, not {self.normalize!r}")
+        if mean.shape != (self.n_mels,) or std.shape != (self.n_mels,) or not bool((std > 0).all()):
+            raise ValueError(f"global statistics must be ({self.n_mels},) means and positive standard deviations")
+        self.global_mean.copy_(mean)
+        self.global_std.copy_(std)
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         """Frames per utterance for ``lengths`` samples (centred STFT)."""
@@ -74,7 +92,30 @@ class LogMelFeatures(nn.Module):
             mean = (feats * mask).sum(1, keepdim=True) / n
             var = (((feats - mean) * mask) ** 2).sum(1, keepdim=True) / n
             feats = (feats - mean) / torch.sqrt(var + 1e-5)
+        elif self.normalize == "global":
+            feats = (feats - self.global_mean) / self.global_std
         return feats * mask, frame_lengths
+
+
+@torch.no_grad()
+def global_stats(
+    features: LogMelFeatures, audio: Iterable[torch.Tensor], floor: float = 1e-2
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and standard deviation of the log-Mel energies of ``audio`` (1-D waveforms), over all
+    frames, accumulated in float64. The standard deviation is floored at ``floor`` (silent channels)."""
+    total = torch.zeros(features.n_mels, dtype=torch.float64)
+    squares = torch.zeros(features.n_mels, dtype=torch.float64)
+    frames = 0
+    for wav in audio:
+        feats = features.log_mel(wav.reshape(1, -1))[0].double()  # (T, n_mels)
+        total += feats.sum(0)
+        squares += feats.square().sum(0)
+        frames += feats.shape[0]
+    if frames == 0:
+        raise ValueError("global feature statistics need at least one utterance")
+    mean = total / frames
+    std = (squares / frames - mean.square()).clamp(min=0).sqrt().clamp(min=floor)
+    return mean.float(), std.float()
 
 
 class SpecAugment(nn.Module):

@@ -80,6 +80,26 @@ def _gather_time(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return x.gather(1, index.unsqueeze(-1).expand_as(x))
 
 
+class SharedDropout(nn.Module):
+    """Dropout with one mask per utterance and channel, shared by all frames ("variational" or "locked" dropout,
+    Gal & Ghahramani 2016): (B, T, D) -> (B, T, D). With ``shared=False`` it is plain per-element dropout."""
+
+    def __init__(self, p: float, shared: bool = True) -> None:
+        super().__init__()
+        self.p, self.shared = p, shared
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if not self.shared:
+            return nn.functional.dropout(x, self.p, training=True)
+        keep = torch.empty(x.shape[0], 1, x.shape[2], device=x.device, dtype=x.dtype).bernoulli_(1 - self.p)
+        return x * keep / (1 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, shared={self.shared}"
+
+
 class BiLSTM(nn.Module):
     """Stacked bidirectional LSTM over a padded (B, T, D) batch, exact for every sequence length.
 
@@ -90,7 +110,9 @@ class BiLSTM(nn.Module):
     (``python benchmarks/lstm_variants.py``). Outputs at padding frames are zero.
     """
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int, dropout: float = 0.0) -> None:
+    def __init__(
+        self, input_size: int, hidden_size: int, num_layers: int, dropout: float = 0.0, shared_dropout: bool = False
+    ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
             nn.ModuleDict({
@@ -99,7 +121,7 @@ class BiLSTM(nn.Module):
             })
             for i in range(num_layers)
         )
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = SharedDropout(dropout, shared=shared_dropout)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """(B, T, D) input, (B,) valid frames -> (B, T, 2H) output."""
@@ -145,6 +167,8 @@ class BiLSTMCTC(nn.Module):
         dropout: dropout on the LSTM input, between LSTM layers and before the output layer.
         subsampling: ``"stack"`` (frame stacking), ``"conv"`` (2-D conv, x2/x4) or ``"none"``.
         subsampling_factor: time reduction of the front end (ignored for ``"none"``).
+        shared_dropout: one dropout mask per utterance and channel for all frames (variational dropout) instead of
+            a fresh mask per frame.
     """
 
     def __init__(
@@ -156,11 +180,13 @@ class BiLSTMCTC(nn.Module):
         dropout: float = 0.2,
         subsampling: str = "stack",
         subsampling_factor: int = 3,
+        shared_dropout: bool = False,
     ) -> None:
         super().__init__()
         self.config = dict(
             input_dim=input_dim, num_classes=num_classes, hidden_size=hidden_size, num_layers=num_layers,
             dropout=dropout, subsampling=subsampling, subsampling_factor=subsampling_factor,
+            shared_dropout=shared_dropout,
         )
         if subsampling == "stack":
             self.frontend: nn.Module | None = FrameStack(input_dim, subsampling_factor)
@@ -171,9 +197,9 @@ class BiLSTMCTC(nn.Module):
         else:
             raise ValueError(f"model.subsampling must be 'stack', 'conv' or 'none', got {subsampling!r}")
         lstm_in = self.frontend.output_dim if self.frontend is not None else input_dim
-        self.input_dropout = nn.Dropout(dropout)
-        self.lstm = BiLSTM(lstm_in, hidden_size, num_layers, dropout=dropout)
-        self.output_dropout = nn.Dropout(dropout)
+        self.input_dropout = SharedDropout(dropout, shared=shared_dropout)
+        self.lstm = BiLSTM(lstm_in, hidden_size, num_layers, dropout=dropout, shared_dropout=shared_dropout)
+        self.output_dropout = SharedDropout(dropout, shared=shared_dropout)
         self.classifier = nn.Linear(2 * hidden_size, num_classes)
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import sys
 import time
 from collections.abc import Sequence
@@ -16,18 +17,22 @@ from pathlib import Path
 
 import hydra
 import pytorch_lightning as L
+import soundfile as sf
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_only
+from tqdm import tqdm
 
 from asr.callbacks import CSVHistory, ThroughputMonitor, loggers, progress_bar
 from asr.checkpointing import AtomicCheckpointIO, CheckpointWriteError, remove_partials
+from asr.data import load_audio, read_manifest
 from asr.data_check import check_manifests
 from asr.download import DownloadError
 from asr.evaluate import evaluate, format_table
+from asr.features import global_stats
 from asr.guards import DroppedUtterances, NonFiniteGuard, TrainingDiverged
 from asr.module import ASRModule
 from asr.report import build_report, update_run_info, write_run_info
@@ -87,6 +92,32 @@ def build_module(cfg: DictConfig, tokenizer) -> ASRModule:
     )
 
 
+def fit_global_stats(module: ASRModule, manifest: str, max_utterances: int, seed: int, out_dir: Path) -> None:
+    """``features.normalize=global``: channel mean/std of log-Mel energies over (a fixed random subset of at most
+    ``max_utterances`` of) the training manifest, set on the module's features and written to
+    ``<out_dir>/global_stats.json``. Files that fail to load are skipped, as training skips them."""
+    utts = read_manifest(manifest)
+    if len(utts) > max_utterances:
+        utts = random.Random(seed).sample(utts, max_utterances)
+    features = module.features
+    rate = features.config["sample_rate"]
+
+    def waveforms():
+        for u in tqdm(utts, desc="global feature statistics", unit="utt", leave=False, disable=None):
+            try:
+                yield load_audio(u.audio_filepath, rate)
+            except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as err:
+                log.warning("global statistics: skipped %s (%s)", u.audio_filepath, err)
+
+    mean, std = global_stats(features, waveforms())
+    features.set_global_stats(mean, std)
+    if rank_zero_only.rank == 0:
+        (out_dir / "global_stats.json").write_text(json.dumps(
+            {"utterances": len(utts), "manifest": str(manifest), "mean": mean.tolist(), "std": std.tolist()}
+        ) + "\n")
+    log.info("global feature statistics from %d utterances of %s", len(utts), manifest)
+
+
 def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
     """Prepare data (if the recipe says how), fit, then evaluate ``best.ckpt``.
 
@@ -111,6 +142,8 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
         write_run_info(out_dir, cfg)  # config.yaml (resolved) and run.json: seed, git commit, package versions
     (out_dir / "tokenizer.json").write_text(json.dumps(tokenizer.state_dict()) + "\n")
     module = build_module(cfg, tokenizer)
+    if module.features.normalize == "global":
+        fit_global_stats(module, cfg.data.train_manifest, cfg.get("global_stats_utterances", 2000), cfg.seed, out_dir)
     if cfg.get("data_check", True):
         check_manifests({"train": cfg.data.train_manifest, "val": cfg.data.val_manifest}, tokenizer,
                         module.output_frames, out_dir, sample_rate=cfg.features.sample_rate)

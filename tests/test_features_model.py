@@ -132,3 +132,39 @@ def test_bilstm_runs_under_cpu_bf16_autocast_on_any_cpu():
     assert torch.allclose(out.float(), ref, atol=0.05)
     out.float().sum().backward()
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_shared_dropout_keeps_one_mask_per_utterance_and_channel():
+    from asr.model import SharedDropout
+
+    torch.manual_seed(0)
+    drop = SharedDropout(0.5, shared=True).train()
+    x = torch.ones(4, 50, 16)
+    y = drop(x)
+    assert set(y.unique().tolist()) <= {0.0, 2.0}  # kept values rescaled by 1 / (1 - p)
+    assert torch.equal(y, y[:, :1].expand_as(y))  # the same mask at every frame
+    assert 0.3 < (y > 0).float().mean() < 0.7
+    assert not torch.equal(y[0], y[1])  # a different mask per utterance
+    plain = SharedDropout(0.5, shared=False).train()(x)
+    assert not torch.equal(plain, plain[:, :1].expand_as(plain))
+    assert torch.equal(drop.eval()(x), x)
+    model = BiLSTMCTC(20, 9, hidden_size=8, num_layers=2, shared_dropout=True)
+    assert model.config["shared_dropout"] is True and model.lstm.dropout.shared
+
+
+def test_global_normalisation_from_real_training_audio(an4_dir):
+    from asr.features import global_stats
+
+    utts = read_manifest(an4_dir / "train.jsonl")[:40]
+    feats = LogMelFeatures(normalize="global")
+    wavs = [load_audio(u.audio_filepath) for u in utts]
+    mean, std = global_stats(feats, wavs)
+    assert mean.shape == std.shape == (80,) and (std > 0.5).all()
+    feats.set_global_stats(mean, std)
+    out = torch.cat([feats(w[None], torch.tensor([w.numel()]))[0][0] for w in wavs])  # every frame of the 40
+    assert out.mean(0).abs().max() < 1e-3 and (out.std(0) - 1).abs().max() < 1e-2
+    assert set(feats.state_dict()) == {"global_mean", "global_std", "mel.spectrogram.window", "mel.mel_scale.fb"}
+    with pytest.raises(ValueError, match="positive"):
+        feats.set_global_stats(mean, torch.zeros(80))
+    with pytest.raises(ValueError, match="normalize=global"):
+        LogMelFeatures().set_global_stats(mean, std)

@@ -185,3 +185,17 @@ def test_last_checkpoint_is_written_every_epoch_even_without_a_new_best(an4_dir,
     last = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert best["global_step"] == 3  # val/wer 0 after the first epoch, never beaten
     assert last["global_step"] == 9  # 3 steps x 3 epochs
+
+
+def test_global_normalisation_statistics_travel_with_the_checkpoint(an4_dir, tmp_path):
+    """features.normalize=global: statistics from the training manifest, written to global_stats.json, saved in
+    best.ckpt and used by evaluate (which reproduces training's table)."""
+    result = train(tiny_train_cfg(an4_dir, tmp_path, ["features.normalize=global", "global_stats_utterances=30"]))
+    stats = json.loads((tmp_path / "global_stats.json").read_text())
+    assert stats["utterances"] == 30 and len(stats["mean"]) == len(stats["std"]) == 80
+    module = ASRModule.load_for_inference(result["best_checkpoint"])
+    assert torch.allclose(module.features.global_mean, torch.tensor(stats["mean"]))
+    assert torch.allclose(module.features.global_std, torch.tensor(stats["std"]))
+    assert not torch.allclose(module.features.global_std, torch.ones(80))
+    again = evaluate(result["best_checkpoint"], out_dir=str(tmp_path / "again"), progress=False)
+    assert again["test"]["wer"] == result["reports"]["test"]["wer"]
