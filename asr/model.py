@@ -125,6 +125,10 @@ class BiLSTM(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """(B, T, D) input, (B,) valid frames -> (B, T, 2H) output."""
+        return self.layer_outputs(x, lengths)[-1]
+
+    def layer_outputs(self, x: torch.Tensor, lengths: torch.Tensor) -> list[torch.Tensor]:
+        """(B, T, D) input, (B,) valid frames -> every layer's (B, T, 2H) output, first to last."""
         lengths = lengths.to(x.device).clamp(min=1)
         if torch.is_autocast_enabled(x.device.type) and not lstm_autocast_supported(x.device):
             # bf16-mixed on a CPU without bf16 LSTM kernels: these layers run in fp32, the rest stays autocast
@@ -132,16 +136,18 @@ class BiLSTM(nn.Module):
                 return self._layers(x.float(), lengths)
         return self._layers(x, lengths)
 
-    def _layers(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def _layers(self, x: torch.Tensor, lengths: torch.Tensor) -> list[torch.Tensor]:
         index = reversal_index(lengths, x.shape[1])  # once for every layer and both ways
+        valid = (torch.arange(x.shape[1], device=x.device).unsqueeze(0) < lengths.unsqueeze(1)).unsqueeze(-1)
+        outputs = []
         for i, layer in enumerate(self.layers):
             if i > 0:
                 x = self.dropout(x)
             forward_out, _ = layer["fwd"](x)
             backward_out, _ = layer["bwd"](_gather_time(x, index))
             x = torch.cat([forward_out, _gather_time(backward_out, index)], dim=-1)
-        valid = torch.arange(x.shape[1], device=x.device).unsqueeze(0) < lengths.unsqueeze(1)
-        return x * valid.unsqueeze(-1).to(x.dtype)
+            outputs.append(x * valid.to(x.dtype))
+        return outputs
 
 
 _PACKED_NAMES = ("lstm.weight_ih", "lstm.weight_hh", "lstm.bias_ih", "lstm.bias_hh")
@@ -212,8 +218,25 @@ class BiLSTMCTC(nn.Module):
         if self.frontend is not None:
             x, lengths = self.frontend(x, lengths)
         x = self.lstm(self.input_dropout(x), lengths)  # (B, T', 2H)
-        logits = self.classifier(self.output_dropout(x))  # (B, T', C)
-        return logits.float().log_softmax(dim=-1), lengths
+        return self._log_probs(x), lengths
+
+    def _log_probs(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.classifier(self.output_dropout(x))  # (B, T', 2H) -> (B, T', C)
+        return logits.float().log_softmax(dim=-1)
+
+    def forward_with_intermediate(
+        self, feats: torch.Tensor, lengths: torch.Tensor, layer: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Like :meth:`forward`, plus the log-probs of LSTM layer ``layer`` (1-based) through the same output layer
+        (intermediate CTC): ``(log_probs, intermediate_log_probs, lengths)``."""
+        if not 1 <= layer < len(self.lstm.layers):
+            raise ValueError(f"the intermediate CTC layer must be 1..{len(self.lstm.layers) - 1} "
+                             f"(model.num_layers={len(self.lstm.layers)}), got {layer}")
+        x = feats
+        if self.frontend is not None:
+            x, lengths = self.frontend(x, lengths)
+        outputs = self.lstm.layer_outputs(self.input_dropout(x), lengths)
+        return self._log_probs(outputs[-1]), self._log_probs(outputs[layer - 1]), lengths
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
         # Checkpoints written before BiLSTM held one packed nn.LSTM("lstm.weight_ih_l0_reverse"): rename in place.

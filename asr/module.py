@@ -35,6 +35,10 @@ class ASRModule(L.LightningModule):
             step (decay ``min(ema_decay, (1 + n) / (10 + n))`` at update ``n``, so early averages do not drag
             in the random initialisation). Validation, best-checkpoint selection and every later use of the
             checkpoint (evaluate, transcribe, export) then run the averaged weights. ``None``: no average.
+        inter_ctc_weight: intermediate CTC (Lee & Watanabe, 2021): in training, the loss is
+            ``(1 - w) * CTC(last layer) + w * CTC(LSTM layer inter_ctc_layer)``, both through the shared output
+            layer. 0 turns it off; validation and decoding always use the last layer.
+        inter_ctc_layer: the LSTM layer (1-based, below the last) of the intermediate loss.
     """
 
     def __init__(
@@ -46,6 +50,8 @@ class ASRModule(L.LightningModule):
         scheduler: Callable[..., Any] | None = None,
         augment: SpecAugment | None = None,
         ema_decay: float | None = None,
+        inter_ctc_weight: float = 0.0,
+        inter_ctc_layer: int = 1,
     ) -> None:
         super().__init__()
         self.tokenizer = tokenizer
@@ -61,6 +67,12 @@ class ASRModule(L.LightningModule):
                 f"model.num_classes={self.model.config['num_classes']} but the tokenizer has "
                 f"{tokenizer.num_classes} classes (blank included); leave num_classes to the tokenizer"
             )
+        if not 0.0 <= inter_ctc_weight < 1.0:
+            raise ValueError(f"inter_ctc.weight must be in [0, 1), got {inter_ctc_weight}")
+        self.inter_ctc_weight, self.inter_ctc_layer = float(inter_ctc_weight), int(inter_ctc_layer)
+        if self.inter_ctc_weight > 0 and not 1 <= self.inter_ctc_layer < self.model.config["num_layers"]:
+            raise ValueError(f"inter_ctc.layer must be 1..{self.model.config['num_layers'] - 1} "
+                             f"(below model.num_layers={self.model.config['num_layers']}), got {inter_ctc_layer}")
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.ema_model: torch.optim.swa_utils.AveragedModel | None = None
@@ -106,8 +118,17 @@ class ASRModule(L.LightningModule):
 
     # ----------------------------------------------------------------- steps
     def _shared_step(self, batch: Batch, stage: str) -> torch.Tensor:
-        log_probs, lengths = self(batch.audio, batch.audio_lengths)
-        loss = self.ctc_loss(log_probs, lengths, batch)
+        if stage == "train" and self.inter_ctc_weight > 0:
+            feats, frame_lengths = self.features(batch.audio, batch.audio_lengths)
+            if self.augment is not None:
+                feats = self.augment(feats, frame_lengths)
+            log_probs, inter, lengths = self.model.forward_with_intermediate(feats, frame_lengths, self.inter_ctc_layer)
+            final = self.ctc_loss(log_probs, lengths, batch)
+            self.log("train/ctc_last", final, on_step=True, on_epoch=False, batch_size=batch.audio.shape[0])
+            loss = (1 - self.inter_ctc_weight) * final + self.inter_ctc_weight * self.ctc_loss(inter, lengths, batch)
+        else:
+            log_probs, lengths = self(batch.audio, batch.audio_lengths)
+            loss = self.ctc_loss(log_probs, lengths, batch)
         bsz = batch.audio.shape[0]
         if stage == "train":
             self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=bsz)

@@ -89,6 +89,8 @@ def build_module(cfg: DictConfig, tokenizer) -> ASRModule:
         scheduler=instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None,
         augment=instantiate(cfg.augment) if cfg.get("augment") else None,
         ema_decay=cfg.optim.get("ema_decay"),
+        inter_ctc_weight=cfg.inter_ctc.weight if cfg.get("inter_ctc") else 0.0,
+        inter_ctc_layer=cfg.inter_ctc.layer if cfg.get("inter_ctc") else 1,
     )
 
 

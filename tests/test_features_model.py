@@ -168,3 +168,18 @@ def test_global_normalisation_from_real_training_audio(an4_dir):
         feats.set_global_stats(mean, torch.zeros(80))
     with pytest.raises(ValueError, match="normalize=global"):
         LogMelFeatures().set_global_stats(mean, std)
+
+
+def test_intermediate_ctc_outputs_share_the_output_layer():
+    torch.manual_seed(0)
+    model = BiLSTMCTC(20, 9, hidden_size=8, num_layers=3, dropout=0.0).eval()
+    feats, lengths = torch.randn(2, 30, 20), torch.tensor([30, 21])
+    final, inter, out_lengths = model.forward_with_intermediate(feats, lengths, layer=2)
+    ref, ref_lengths = model(feats, lengths)
+    assert torch.equal(final, ref) and torch.equal(out_lengths, ref_lengths)
+    x, _ = model.frontend(feats, lengths)
+    second = model.lstm.layer_outputs(x, ref_lengths)[1]
+    assert torch.allclose(inter, model.classifier(second).log_softmax(-1))
+    assert not torch.allclose(inter, final)
+    with pytest.raises(ValueError, match="1..2"):
+        model.forward_with_intermediate(feats, lengths, layer=3)

@@ -199,3 +199,16 @@ def test_global_normalisation_statistics_travel_with_the_checkpoint(an4_dir, tmp
     assert not torch.allclose(module.features.global_std, torch.ones(80))
     again = evaluate(result["best_checkpoint"], out_dir=str(tmp_path / "again"), progress=False)
     assert again["test"]["wer"] == result["reports"]["test"]["wer"]
+
+
+def test_intermediate_ctc_loss_in_training(an4_dir, tmp_path):
+    """inter_ctc.weight > 0: the logged training loss mixes the last layer's CTC (train/ctc_last) with layer 1's."""
+    cfg = ["model.num_layers=2", "inter_ctc.weight=0.5", "inter_ctc.layer=1", "eval_manifests=null"]
+    train(tiny_train_cfg(an4_dir, tmp_path, cfg))
+    rows = (tmp_path / "logs" / "metrics.csv").read_text().splitlines()
+    head = rows[0].split(",")
+    losses = [(float(r.split(",")[head.index("train/loss")]), float(r.split(",")[head.index("train/ctc_last")]))
+              for r in rows[1:] if r.split(",")[head.index("train/loss")]]
+    assert len(losses) == 3 and all(abs(total - last) > 1e-3 for total, last in losses)
+    with pytest.raises(ValueError, match="inter_ctc.layer"):
+        train(tiny_train_cfg(an4_dir, tmp_path / "bad", ["inter_ctc.weight=0.3", "inter_ctc.layer=1"]))
