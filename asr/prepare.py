@@ -15,10 +15,12 @@ from pathlib import Path
 
 import hydra
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
 from asr.data_check import check_manifests
+from asr.download import DownloadError
 from asr.features import LogMelFeatures
 from asr.model import BiLSTMCTC
 
@@ -50,7 +52,12 @@ def run_stage(cfg: DictConfig, stage: str) -> dict:
                 continue
             with open_dict(cfg):
                 cfg.prepare.stages = [s]
-            result["manifests"] = instantiate(cfg.prepare)
+            try:
+                result["manifests"] = instantiate(cfg.prepare)
+            except InstantiationException as err:  # Hydra's wrapper: the recipe's own error says what to do
+                if isinstance(err.__cause__, (FileNotFoundError, ValueError, DownloadError)):
+                    raise err.__cause__ from None
+                raise
         elif s == "tokenizer":
             result["tokenizer"] = instantiate(cfg.tokenizer).state_dict()
         else:
@@ -69,7 +76,7 @@ def run_stage(cfg: DictConfig, stage: str) -> dict:
 def main(cfg: DictConfig) -> None:
     try:
         result = run_stage(cfg, cfg.stage)
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, DownloadError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     for name, path in (result.get("manifests") or {}).items():

@@ -144,3 +144,26 @@ def test_rejected_list_names_reason(tmp_path):
     rejected = [json.loads(x) for x in (data / "rejected.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rejected] == ["an406-fcaw-b"] and "unreadable audio" in rejected[0]["reason"]
     assert len(read_manifest(manifests["test"])) == 129
+
+
+@needs_an4
+def test_prepare_command_runs_the_an4_stages_one_at_a_time(tmp_path):
+    """`python -m asr.prepare recipe=an4 stage=download|manifests|all` (what error messages tell users to run)."""
+    from hydra import compose, initialize_config_dir
+
+    from asr.prepare import run_stage
+    from tests.conftest import ROOT
+
+    data = tmp_path / "an4"
+    overrides = ["recipe=an4", f"prepare.data_dir={data}", f"paths.download_dir={AN4_ARCHIVE.parent}",
+                 "+prepare.progress=false"]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="prepare", overrides=overrides)
+    with pytest.raises(FileNotFoundError, match="run the download stage first"):
+        run_stage(cfg.copy(), "manifests")
+    assert run_stage(cfg.copy(), "download") == {"manifests": {}}
+    assert (data / "an4" / "etc" / "an4_train.transcription").is_file() and not (data / "train.jsonl").exists()
+    manifests = run_stage(cfg.copy(), "manifests")["manifests"]
+    assert len(read_manifest(manifests["train"])) + len(read_manifest(manifests["dev"])) == 948
+    result = run_stage(cfg.copy(), "all")  # everything done already: download + manifests skip, check runs
+    assert result["manifests"] == manifests and set(result["check"]) == {"train", "val", "dev", "test"}
