@@ -10,6 +10,7 @@ from asr.data import (
     ASRDataModule,
     AudioDataset,
     BucketBatchSampler,
+    LoadFailure,
     Utterance,
     collate,
     load_audio,
@@ -163,3 +164,22 @@ def test_speed_perturbation_changes_length_by_factor(an4_dir):
         assert CharTokenizer().decode(tokens.tolist()) == utt[0].text  # labels untouched
     with pytest.raises(ValueError, match="speed_perturb"):
         AudioDataset(utt, CharTokenizer(), speed_perturb=[3.0])
+
+
+def test_audio_cache_serves_later_reads_from_memory(an4_dir, tmp_path):
+    """data.cache_audio: the second read of an utterance neither opens its file nor decodes it again, returns the
+    same samples, and speed perturbation still applies to the cached waveform."""
+    src = read_manifest(an4_dir / "test.jsonl")[0]
+    copy = tmp_path / "a.sph"
+    copy.write_bytes(open(src.audio_filepath, "rb").read())
+    utt = [Utterance(str(copy), src.duration, src.text, src.id)]
+    ds = AudioDataset(utt, CharTokenizer(), cache=True)
+    first = ds[0][0]
+    copy.unlink()  # a read from disk would now fail
+    again = ds[0][0]
+    assert torch.equal(first, again) and torch.equal(first, load_audio(src.audio_filepath))
+    assert isinstance(AudioDataset(utt, CharTokenizer())[0], LoadFailure)  # uncached: the missing file fails
+    perturbed = AudioDataset(utt, CharTokenizer(), speed_perturb=[1.1], cache=True)
+    perturbed.cache[0] = first
+    assert abs(perturbed[0][0].numel() - first.numel() / 1.1) <= 2
+    assert torch.equal(perturbed.cache[0], first)  # the cache keeps the unperturbed samples
