@@ -39,6 +39,9 @@ class ASRModule(L.LightningModule):
             ``(1 - w) * CTC(last layer) + w * CTC(LSTM layer inter_ctc_layer)``, both through the shared output
             layer. 0 turns it off; validation and decoding always use the last layer.
         inter_ctc_layer: the LSTM layer (1-based, below the last) of the intermediate loss.
+        weight_noise: standard deviation of Gaussian noise added to every weight matrix of the model for each
+            training step's forward and backward pass, and taken off before the optimiser step (Graves et al.
+            2013), from epoch ``weight_noise_start_epoch`` on. 0 = off.
     """
 
     def __init__(
@@ -52,6 +55,8 @@ class ASRModule(L.LightningModule):
         ema_decay: float | None = None,
         inter_ctc_weight: float = 0.0,
         inter_ctc_layer: int = 1,
+        weight_noise: float = 0.0,
+        weight_noise_start_epoch: int = 0,
     ) -> None:
         super().__init__()
         self.tokenizer = tokenizer
@@ -73,6 +78,10 @@ class ASRModule(L.LightningModule):
         if self.inter_ctc_weight > 0 and not 1 <= self.inter_ctc_layer < self.model.config["num_layers"]:
             raise ValueError(f"inter_ctc.layer must be 1..{self.model.config['num_layers'] - 1} "
                              f"(below model.num_layers={self.model.config['num_layers']}), got {inter_ctc_layer}")
+        if weight_noise < 0:
+            raise ValueError(f"optim.weight_noise must be >= 0, got {weight_noise}")
+        self.weight_noise, self.weight_noise_start_epoch = float(weight_noise), int(weight_noise_start_epoch)
+        self._noise: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.ema_model: torch.optim.swa_utils.AveragedModel | None = None
@@ -160,7 +169,26 @@ class ASRModule(L.LightningModule):
         # every file of the batch failed to load (see Batch.dropped): None skips the step
         return self._shared_step(batch, "train") if batch.ids else None
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self.weight_noise > 0 and self.current_epoch >= self.weight_noise_start_epoch:
+            with torch.no_grad():
+                for p in self.model.parameters():
+                    if p.requires_grad and p.dim() >= 2:
+                        noise = torch.randn_like(p) * self.weight_noise
+                        p.add_(noise)
+                        self._noise.append((p, noise))
+
+    def _remove_weight_noise(self) -> None:
+        with torch.no_grad():
+            for p, noise in self._noise:
+                p.sub_(noise)
+        self._noise = []
+
+    def on_after_backward(self) -> None:
+        self._remove_weight_noise()  # the gradients were taken at the noisy weights; the step updates the clean ones
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._remove_weight_noise()  # a skipped step (no backward) still leaves clean weights
         if self.ema_model is not None:
             self.ema_model.update_parameters(self.model)
 

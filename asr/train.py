@@ -91,6 +91,8 @@ def build_module(cfg: DictConfig, tokenizer) -> ASRModule:
         ema_decay=cfg.optim.get("ema_decay"),
         inter_ctc_weight=cfg.inter_ctc.weight if cfg.get("inter_ctc") else 0.0,
         inter_ctc_layer=cfg.inter_ctc.layer if cfg.get("inter_ctc") else 1,
+        weight_noise=cfg.optim.get("weight_noise", 0.0),
+        weight_noise_start_epoch=cfg.optim.get("weight_noise_start_epoch", 0),
     )
 
 

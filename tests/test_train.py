@@ -212,3 +212,22 @@ def test_intermediate_ctc_loss_in_training(an4_dir, tmp_path):
     assert len(losses) == 3 and all(abs(total - last) > 1e-3 for total, last in losses)
     with pytest.raises(ValueError, match="inter_ctc.layer"):
         train(tiny_train_cfg(an4_dir, tmp_path / "bad", ["inter_ctc.weight=0.3", "inter_ctc.layer=1"]))
+
+
+def test_weight_noise_perturbs_forward_and_backward_only(an4_dir, tmp_path):
+    """optim.weight_noise: with lr=0 the optimiser moves nothing, so after real training steps the weights must be
+    back where they started (noise taken off), while the losses differ from a noise-free run's."""
+    def run(out, noise):
+        cfg = ["optim.lr=0", "optim.weight_decay=0", f"optim.weight_noise={noise}", "eval_manifests=null"]
+        train(tiny_train_cfg(an4_dir, out, cfg))
+        state = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+        rows = (out / "logs" / "metrics.csv").read_text().splitlines()
+        col = rows[0].split(",").index("train/loss")
+        return state, [r.split(",")[col] for r in rows[1:] if r.split(",")[col]]
+
+    clean, clean_losses = run(tmp_path / "clean", 0.0)
+    noisy, noisy_losses = run(tmp_path / "noisy", 0.3)
+    for k, v in clean.items():
+        if k.startswith("model."):
+            assert torch.allclose(noisy[k], v, atol=1e-6), k  # same seed, same init, noise removed every step
+    assert len(noisy_losses) == 3 and noisy_losses != clean_losses
