@@ -175,6 +175,9 @@ class BiLSTMCTC(nn.Module):
         subsampling_factor: time reduction of the front end (ignored for ``"none"``).
         shared_dropout: one dropout mask per utterance and channel for all frames (variational dropout) instead of
             a fresh mask per frame.
+        inter_classes: give the intermediate-CTC layer (:meth:`forward_with_intermediate`) an output layer of its own
+            with this many classes (e.g. characters under a sub-word final layer); ``None``: it shares the final
+            output layer.
     """
 
     def __init__(
@@ -187,6 +190,7 @@ class BiLSTMCTC(nn.Module):
         subsampling: str = "stack",
         subsampling_factor: int = 3,
         shared_dropout: bool = False,
+        inter_classes: int | None = None,
     ) -> None:
         super().__init__()
         self.config = dict(
@@ -194,6 +198,8 @@ class BiLSTMCTC(nn.Module):
             dropout=dropout, subsampling=subsampling, subsampling_factor=subsampling_factor,
             shared_dropout=shared_dropout,
         )
+        if inter_classes is not None:  # only then: older checkpoints' descriptions stay as they were
+            self.config["inter_classes"] = inter_classes
         if subsampling == "stack":
             self.frontend: nn.Module | None = FrameStack(input_dim, subsampling_factor)
         elif subsampling == "conv":
@@ -207,6 +213,7 @@ class BiLSTMCTC(nn.Module):
         self.lstm = BiLSTM(lstm_in, hidden_size, num_layers, dropout=dropout, shared_dropout=shared_dropout)
         self.output_dropout = SharedDropout(dropout, shared=shared_dropout)
         self.classifier = nn.Linear(2 * hidden_size, num_classes)
+        self.inter_classifier = nn.Linear(2 * hidden_size, inter_classes) if inter_classes else None
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         """Output frames for ``lengths`` input frames."""
@@ -220,15 +227,16 @@ class BiLSTMCTC(nn.Module):
         x = self.lstm(self.input_dropout(x), lengths)  # (B, T', 2H)
         return self._log_probs(x), lengths
 
-    def _log_probs(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.classifier(self.output_dropout(x))  # (B, T', 2H) -> (B, T', C)
+    def _log_probs(self, x: torch.Tensor, classifier: nn.Linear | None = None) -> torch.Tensor:
+        logits = (classifier or self.classifier)(self.output_dropout(x))  # (B, T', 2H) -> (B, T', C)
         return logits.float().log_softmax(dim=-1)
 
     def forward_with_intermediate(
         self, feats: torch.Tensor, lengths: torch.Tensor, layer: int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Like :meth:`forward`, plus the log-probs of LSTM layer ``layer`` (1-based) through the same output layer
-        (intermediate CTC): ``(log_probs, intermediate_log_probs, lengths)``."""
+        """Like :meth:`forward`, plus the log-probs of LSTM layer ``layer`` (1-based) for intermediate CTC, through
+        the intermediate output layer if the model has one, else the final one:
+        ``(log_probs, intermediate_log_probs, lengths)``."""
         if not 1 <= layer < len(self.lstm.layers):
             raise ValueError(f"the intermediate CTC layer must be 1..{len(self.lstm.layers) - 1} "
                              f"(model.num_layers={len(self.lstm.layers)}), got {layer}")
@@ -236,7 +244,7 @@ class BiLSTMCTC(nn.Module):
         if self.frontend is not None:
             x, lengths = self.frontend(x, lengths)
         outputs = self.lstm.layer_outputs(self.input_dropout(x), lengths)
-        return self._log_probs(outputs[-1]), self._log_probs(outputs[layer - 1]), lengths
+        return self._log_probs(outputs[-1]), self._log_probs(outputs[layer - 1], self.inter_classifier), lengths
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
         # Checkpoints written before BiLSTM held one packed nn.LSTM("lstm.weight_ih_l0_reverse"): rename in place.

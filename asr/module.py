@@ -39,6 +39,9 @@ class ASRModule(L.LightningModule):
             ``(1 - w) * CTC(last layer) + w * CTC(LSTM layer inter_ctc_layer)``, both through the shared output
             layer. 0 turns it off; validation and decoding always use the last layer.
         inter_ctc_layer: the LSTM layer (1-based, below the last) of the intermediate loss.
+        inter_tokenizer: the intermediate loss's own units (e.g. characters under a sub-word model: hierarchical
+            CTC), predicted by the model's own intermediate output layer (``model.inter_classes``); ``None``: the
+            main tokenizer's units through the shared output layer.
         weight_noise: standard deviation of Gaussian noise added to every weight matrix of the model for each
             training step's forward and backward pass, and taken off before the optimiser step (Graves et al.
             2013), from epoch ``weight_noise_start_epoch`` on. 0 = off.
@@ -55,6 +58,7 @@ class ASRModule(L.LightningModule):
         ema_decay: float | None = None,
         inter_ctc_weight: float = 0.0,
         inter_ctc_layer: int = 1,
+        inter_tokenizer: Tokenizer | None = None,
         weight_noise: float = 0.0,
         weight_noise_start_epoch: int = 0,
     ) -> None:
@@ -82,6 +86,11 @@ class ASRModule(L.LightningModule):
             raise ValueError(f"optim.weight_noise must be >= 0, got {weight_noise}")
         self.weight_noise, self.weight_noise_start_epoch = float(weight_noise), int(weight_noise_start_epoch)
         self._noise: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
+        self.inter_tokenizer = inter_tokenizer
+        inter_classes = self.model.config.get("inter_classes")
+        if inter_tokenizer is not None and inter_classes != inter_tokenizer.num_classes:
+            raise ValueError(f"inter_ctc.tokenizer has {inter_tokenizer.num_classes} classes but the model's "
+                             f"intermediate output layer has {inter_classes}")
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.ema_model: torch.optim.swa_utils.AveragedModel | None = None
@@ -134,7 +143,9 @@ class ASRModule(L.LightningModule):
             log_probs, inter, lengths = self.model.forward_with_intermediate(feats, frame_lengths, self.inter_ctc_layer)
             final = self.ctc_loss(log_probs, lengths, batch)
             self.log("train/ctc_last", final, on_step=True, on_epoch=False, batch_size=batch.audio.shape[0])
-            loss = (1 - self.inter_ctc_weight) * final + self.inter_ctc_weight * self.ctc_loss(inter, lengths, batch)
+            inter_batch = batch if self.inter_tokenizer is None else self._retokenize(batch, self.inter_tokenizer)
+            w = self.inter_ctc_weight
+            loss = (1 - w) * final + w * self.ctc_loss(inter, lengths, inter_batch)
         else:
             log_probs, lengths = self(batch.audio, batch.audio_lengths)
             loss = self.ctc_loss(log_probs, lengths, batch)
@@ -164,6 +175,18 @@ class ASRModule(L.LightningModule):
             )
             self._counts[stage] = self._counts.get(stage, torch.zeros_like(counts)) + counts
         return loss
+
+    def _retokenize(self, batch: Batch, tokenizer: Tokenizer) -> Batch:
+        """``batch`` with its targets re-encoded by ``tokenizer`` (the text decoded from the main tokenizer's ids)."""
+        ids = [
+            tokenizer.encode(self.tokenizer.decode(t[:n]))
+            for t, n in zip(batch.targets.tolist(), batch.target_lengths.tolist(), strict=True)
+        ]
+        lengths = torch.tensor([len(i) for i in ids], dtype=torch.long, device=batch.targets.device)
+        targets = torch.zeros(len(ids), max(1, int(lengths.max())), dtype=torch.long, device=batch.targets.device)
+        for row, i in enumerate(ids):
+            targets[row, : len(i)] = torch.tensor(i, dtype=torch.long)
+        return batch._replace(targets=targets, target_lengths=lengths)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
         # every file of the batch failed to load (see Batch.dropped): None skips the step

@@ -36,6 +36,7 @@ from asr.features import global_stats
 from asr.guards import DroppedUtterances, NonFiniteGuard, TrainingDiverged
 from asr.module import ASRModule
 from asr.report import build_report, update_run_info, write_run_info
+from asr.text import CharTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +75,17 @@ def build_module(cfg: DictConfig, tokenizer) -> ASRModule:
     Raises:
         ValueError: a setting the model's constructor does not take (e.g. ``+model.hiden_size=3``).
     """
+    inter = cfg.get("inter_ctc") or {}
+    inter_tokenizer = None
+    if inter.get("tokenizer"):
+        if inter["tokenizer"] != "char":
+            raise ValueError(f"inter_ctc.tokenizer must be null or char, got {inter['tokenizer']!r}")
+        inter_tokenizer = CharTokenizer()
     model = instantiate(cfg.model)
     if not isinstance(model, torch.nn.Module):
+        extra = {"inter_classes": inter_tokenizer.num_classes} if inter_tokenizer is not None else {}
         try:
-            model = model(input_dim=cfg.features.n_mels, num_classes=tokenizer.num_classes)
+            model = model(input_dim=cfg.features.n_mels, num_classes=tokenizer.num_classes, **extra)
         except TypeError as err:  # the partial was given a key its class does not take
             raise ValueError(f"cannot build the model from the model.* settings: {err}; compare the keys "
                              f"with the model's file in conf/model/") from None
@@ -89,8 +97,9 @@ def build_module(cfg: DictConfig, tokenizer) -> ASRModule:
         scheduler=instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None,
         augment=instantiate(cfg.augment) if cfg.get("augment") else None,
         ema_decay=cfg.optim.get("ema_decay"),
-        inter_ctc_weight=cfg.inter_ctc.weight if cfg.get("inter_ctc") else 0.0,
-        inter_ctc_layer=cfg.inter_ctc.layer if cfg.get("inter_ctc") else 1,
+        inter_ctc_weight=inter.get("weight", 0.0),
+        inter_ctc_layer=inter.get("layer", 1),
+        inter_tokenizer=inter_tokenizer,
         weight_noise=cfg.optim.get("weight_noise", 0.0),
         weight_noise_start_epoch=cfg.optim.get("weight_noise_start_epoch", 0),
     )

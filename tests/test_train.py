@@ -231,3 +231,36 @@ def test_weight_noise_perturbs_forward_and_backward_only(an4_dir, tmp_path):
         if k.startswith("model."):
             assert torch.allclose(noisy[k], v, atol=1e-6), k  # same seed, same init, noise removed every step
     assert len(noisy_losses) == 3 and noisy_losses != clean_losses
+
+
+def test_hierarchical_ctc_characters_under_subwords(an4_dir, tmp_path):
+    """inter_ctc.tokenizer=char under tokenizer=bpe: the intermediate layer gets a character output layer of its
+    own, trained on the same transcripts re-encoded as characters; the checkpoint decodes with the sub-words."""
+    cfg = ["tokenizer=bpe", "tokenizer.vocab_size=60", f"tokenizer.model_path={tmp_path}/bpe60.model",
+           "model.num_layers=2", "inter_ctc.weight=0.3", "inter_ctc.layer=1", "inter_ctc.tokenizer=char"]
+    result = train(tiny_train_cfg(an4_dir, tmp_path, cfg))
+    state = torch.load(result["best_checkpoint"], map_location="cpu", weights_only=True)
+    assert state["asr"]["model"]["inter_classes"] == 29 and state["asr"]["tokenizer"]["type"] == "sentencepiece"
+    assert state["state_dict"]["model.inter_classifier.weight"].shape == (29, 64)
+    module = ASRModule.load_for_inference(result["best_checkpoint"])
+    assert module.model.inter_classifier is not None and module.tokenizer.num_classes > 29
+    again = evaluate(result["best_checkpoint"], out_dir=str(tmp_path / "again"), progress=False)
+    assert again["test"]["wer"] == result["reports"]["test"]["wer"]
+
+
+def test_retokenized_targets_spell_the_same_text():
+    from asr.data import Batch
+    from asr.text import CharTokenizer
+
+    main, chars = CharTokenizer(" abcdefghijklmnopqrstuvwxyz'"), CharTokenizer(" abcdefghij")
+    texts = ["a bad cafe", "hi"]
+    ids = [main.encode(t) for t in texts]
+    targets = torch.zeros(2, 10, dtype=torch.long)
+    for i, t in enumerate(ids):
+        targets[i, : len(t)] = torch.tensor(t)
+    batch = Batch(torch.zeros(2, 5), torch.tensor([5, 5]), targets, torch.tensor([len(t) for t in ids]), ["x", "y"])
+    module = ASRModule.__new__(ASRModule)
+    module.tokenizer = main
+    out = ASRModule._retokenize(module, batch, chars)
+    assert [chars.decode(t[:n].tolist()) for t, n in zip(out.targets, out.target_lengths, strict=True)] == texts
+    assert out.ids == ["x", "y"] and torch.equal(out.audio, batch.audio)
