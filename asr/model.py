@@ -5,6 +5,8 @@ A plain nn.Module: it knows nothing of Lightning, features or tokenizers.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -127,16 +129,23 @@ class BiLSTM(nn.Module):
         """(B, T, D) input, (B,) valid frames -> (B, T, 2H) output."""
         return self.layer_outputs(x, lengths)[-1]
 
-    def layer_outputs(self, x: torch.Tensor, lengths: torch.Tensor) -> list[torch.Tensor]:
-        """(B, T, D) input, (B,) valid frames -> every layer's (B, T, 2H) output, first to last."""
+    def layer_outputs(
+        self, x: torch.Tensor, lengths: torch.Tensor, condition: Callable[[int, torch.Tensor], torch.Tensor] | None = None
+    ) -> list[torch.Tensor]:
+        """(B, T, D) input, (B,) valid frames -> every layer's (B, T, 2H) output, first to last.
+
+        ``condition(i, output)``, if given, maps layer ``i``'s (0-based) output to the next layer's input (the
+        returned list holds the outputs as the layers produced them)."""
         lengths = lengths.to(x.device).clamp(min=1)
         if torch.is_autocast_enabled(x.device.type) and not lstm_autocast_supported(x.device):
             # bf16-mixed on a CPU without bf16 LSTM kernels: these layers run in fp32, the rest stays autocast
             with torch.autocast(x.device.type, enabled=False):
-                return self._layers(x.float(), lengths)
-        return self._layers(x, lengths)
+                return self._layers(x.float(), lengths, condition)
+        return self._layers(x, lengths, condition)
 
-    def _layers(self, x: torch.Tensor, lengths: torch.Tensor) -> list[torch.Tensor]:
+    def _layers(
+        self, x: torch.Tensor, lengths: torch.Tensor, condition: Callable[[int, torch.Tensor], torch.Tensor] | None
+    ) -> list[torch.Tensor]:
         index = reversal_index(lengths, x.shape[1])  # once for every layer and both ways
         valid = (torch.arange(x.shape[1], device=x.device).unsqueeze(0) < lengths.unsqueeze(1)).unsqueeze(-1)
         outputs = []
@@ -145,8 +154,10 @@ class BiLSTM(nn.Module):
                 x = self.dropout(x)
             forward_out, _ = layer["fwd"](x)
             backward_out, _ = layer["bwd"](_gather_time(x, index))
-            x = torch.cat([forward_out, _gather_time(backward_out, index)], dim=-1)
-            outputs.append(x * valid.to(x.dtype))
+            x = torch.cat([forward_out, _gather_time(backward_out, index)], dim=-1) * valid.to(forward_out.dtype)
+            outputs.append(x)
+            if condition is not None and i + 1 < len(self.layers):
+                x = condition(i, x) * valid.to(x.dtype)
         return outputs
 
 
@@ -178,6 +189,10 @@ class BiLSTMCTC(nn.Module):
         inter_classes: give the intermediate-CTC layer (:meth:`forward_with_intermediate`) an output layer of its own
             with this many classes (e.g. characters under a sub-word final layer); ``None``: it shares the final
             output layer.
+        condition_layer: self-conditioned CTC (Nozaki & Komatsu, 2021): the class posteriors of LSTM layer
+            ``condition_layer`` (1-based, below the last; through the intermediate output layer) are added, through a
+            linear layer, to that layer's output before the next layer reads it, in training and inference alike.
+            Train it with intermediate CTC on the same layer. 0: off.
     """
 
     def __init__(
@@ -191,6 +206,7 @@ class BiLSTMCTC(nn.Module):
         subsampling_factor: int = 3,
         shared_dropout: bool = False,
         inter_classes: int | None = None,
+        condition_layer: int = 0,
     ) -> None:
         super().__init__()
         self.config = dict(
@@ -200,6 +216,12 @@ class BiLSTMCTC(nn.Module):
         )
         if inter_classes is not None:  # only then: older checkpoints' descriptions stay as they were
             self.config["inter_classes"] = inter_classes
+        if condition_layer:
+            if not 1 <= condition_layer < num_layers:
+                raise ValueError(f"model.condition_layer must be 1..{num_layers - 1} (below model.num_layers="
+                                 f"{num_layers}) or 0 (off), got {condition_layer}")
+            self.config["condition_layer"] = condition_layer
+        self.condition_layer = condition_layer
         if subsampling == "stack":
             self.frontend: nn.Module | None = FrameStack(input_dim, subsampling_factor)
         elif subsampling == "conv":
@@ -214,6 +236,9 @@ class BiLSTMCTC(nn.Module):
         self.output_dropout = SharedDropout(dropout, shared=shared_dropout)
         self.classifier = nn.Linear(2 * hidden_size, num_classes)
         self.inter_classifier = nn.Linear(2 * hidden_size, inter_classes) if inter_classes else None
+        self.condition_proj = (
+            nn.Linear(inter_classes or num_classes, 2 * hidden_size) if condition_layer else None
+        )
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         """Output frames for ``lengths`` input frames."""
@@ -221,11 +246,29 @@ class BiLSTMCTC(nn.Module):
 
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T, F) features, (B,) frame counts -> (B, T', C) log-probs, (B,) output frame counts."""
+        outputs, _, lengths = self._encode(feats, lengths)
+        return self._log_probs(outputs[-1]), lengths
+
+    def _encode(
+        self, feats: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor | None, torch.Tensor]:
+        """Front end + LSTMs: (every layer's output, the self-conditioning layer's log-probs or None, lengths)."""
         x = feats
         if self.frontend is not None:
             x, lengths = self.frontend(x, lengths)
-        x = self.lstm(self.input_dropout(x), lengths)  # (B, T', 2H)
-        return self._log_probs(x), lengths
+        if self.condition_proj is None:
+            return self.lstm.layer_outputs(self.input_dropout(x), lengths), None, lengths
+        conditioned: list[torch.Tensor] = []
+
+        def condition(i: int, out: torch.Tensor) -> torch.Tensor:
+            if i + 1 != self.condition_layer:
+                return out
+            log_probs = self._log_probs(out, self.inter_classifier)
+            conditioned.append(log_probs)
+            return out + self.condition_proj(log_probs.exp().to(out.dtype))
+
+        outputs = self.lstm.layer_outputs(self.input_dropout(x), lengths, condition)
+        return outputs, conditioned[0], lengths
 
     def _log_probs(self, x: torch.Tensor, classifier: nn.Linear | None = None) -> torch.Tensor:
         logits = (classifier or self.classifier)(self.output_dropout(x))  # (B, T', 2H) -> (B, T', C)
@@ -240,11 +283,9 @@ class BiLSTMCTC(nn.Module):
         if not 1 <= layer < len(self.lstm.layers):
             raise ValueError(f"the intermediate CTC layer must be 1..{len(self.lstm.layers) - 1} "
                              f"(model.num_layers={len(self.lstm.layers)}), got {layer}")
-        x = feats
-        if self.frontend is not None:
-            x, lengths = self.frontend(x, lengths)
-        outputs = self.lstm.layer_outputs(self.input_dropout(x), lengths)
-        return self._log_probs(outputs[-1]), self._log_probs(outputs[layer - 1], self.inter_classifier), lengths
+        outputs, conditioned, lengths = self._encode(feats, lengths)
+        inter = conditioned if layer == self.condition_layer else self._log_probs(outputs[layer - 1], self.inter_classifier)
+        return self._log_probs(outputs[-1]), inter, lengths
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
         # Checkpoints written before BiLSTM held one packed nn.LSTM("lstm.weight_ih_l0_reverse"): rename in place.

@@ -82,6 +82,10 @@ class ASRModule(L.LightningModule):
         if self.inter_ctc_weight > 0 and not 1 <= self.inter_ctc_layer < self.model.config["num_layers"]:
             raise ValueError(f"inter_ctc.layer must be 1..{self.model.config['num_layers'] - 1} "
                              f"(below model.num_layers={self.model.config['num_layers']}), got {inter_ctc_layer}")
+        condition_layer = self.model.config.get("condition_layer", 0)
+        if condition_layer and self.inter_ctc_weight > 0 and self.inter_ctc_layer != condition_layer:
+            raise ValueError(f"the model is self-conditioned on layer {condition_layer}: its intermediate CTC loss "
+                             f"must be on that layer (inter_ctc.layer={condition_layer}), got {self.inter_ctc_layer}")
         if weight_noise < 0:
             raise ValueError(f"optim.weight_noise must be >= 0, got {weight_noise}")
         self.weight_noise, self.weight_noise_start_epoch = float(weight_noise), int(weight_noise_start_epoch)

@@ -84,6 +84,11 @@ def build_module(cfg: DictConfig, tokenizer) -> ASRModule:
     model = instantiate(cfg.model)
     if not isinstance(model, torch.nn.Module):
         extra = {"inter_classes": inter_tokenizer.num_classes} if inter_tokenizer is not None else {}
+        if inter.get("self_condition"):
+            if not inter.get("weight"):
+                raise ValueError("inter_ctc.self_condition=true needs the intermediate CTC loss on that layer: set "
+                                 "inter_ctc.weight > 0 (e.g. 0.3)")
+            extra["condition_layer"] = inter.get("layer", 1)
         try:
             model = model(input_dim=cfg.features.n_mels, num_classes=tokenizer.num_classes, **extra)
         except TypeError as err:  # the partial was given a key its class does not take

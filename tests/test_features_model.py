@@ -3,7 +3,7 @@ import torch
 
 from asr.data import load_audio, read_manifest
 from asr.features import LogMelFeatures, SpecAugment
-from asr.model import BiLSTMCTC
+from asr.model import BiLSTMCTC, _gather_time, reversal_index
 
 
 @pytest.fixture(scope="module")
@@ -183,3 +183,30 @@ def test_intermediate_ctc_outputs_share_the_output_layer():
     assert not torch.allclose(inter, final)
     with pytest.raises(ValueError, match="1..2"):
         model.forward_with_intermediate(feats, lengths, layer=3)
+
+
+def test_self_conditioned_ctc_feeds_the_intermediate_posteriors_to_the_next_layer():
+    torch.manual_seed(0)
+    model = BiLSTMCTC(20, 9, hidden_size=8, num_layers=3, dropout=0.0, condition_layer=2).eval()
+    assert model.config["condition_layer"] == 2 and model.condition_proj.weight.shape == (16, 9)
+    feats, lengths = torch.randn(2, 30, 20), torch.tensor([30, 21])
+    final, inter, out_lengths = model.forward_with_intermediate(feats, lengths, layer=2)
+    ref, _ = model(feats, lengths)
+    assert torch.equal(final, ref)  # decoding sees the same conditioned network as training
+    # by hand: layer 2's posteriors, projected, are added to its output before layer 3 reads it
+    x, short = model.frontend(feats, lengths)
+    first, second = model.lstm.layer_outputs(x, short)[:2]
+    assert torch.allclose(inter, model.classifier(second).log_softmax(-1))
+    valid = (torch.arange(x.shape[1]) < short[:, None])[..., None]
+    third_in = (second + model.condition_proj(inter.exp())) * valid
+    index = reversal_index(short, x.shape[1])
+    top = model.lstm.layers[2]
+    backward = top["bwd"](_gather_time(third_in, index))[0]
+    out = torch.cat([top["fwd"](third_in)[0], _gather_time(backward, index)], -1) * valid
+    assert torch.allclose(final, model.classifier(out).log_softmax(-1), atol=1e-6)
+    # the conditioning changes the model: without it the last layer differs
+    plain = BiLSTMCTC(20, 9, hidden_size=8, num_layers=3, dropout=0.0)
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("condition_proj")})
+    assert not torch.allclose(plain.eval()(feats, lengths)[0], final)
+    with pytest.raises(ValueError, match="condition_layer must be 1..2"):
+        BiLSTMCTC(20, 9, hidden_size=8, num_layers=3, condition_layer=3)

@@ -214,6 +214,20 @@ def test_intermediate_ctc_loss_in_training(an4_dir, tmp_path):
         train(tiny_train_cfg(an4_dir, tmp_path / "bad", ["inter_ctc.weight=0.3", "inter_ctc.layer=1"]))
 
 
+def test_self_conditioned_ctc_trains_and_decodes_from_its_checkpoint(an4_dir, tmp_path):
+    """inter_ctc.self_condition=true: the model gets the conditioning projection, its checkpoint rebuilds the same
+    conditioned network (evaluation reproduces training's WER), and it refuses to run without the intermediate loss."""
+    cfg = ["model.num_layers=2", "inter_ctc.weight=0.3", "inter_ctc.layer=1", "inter_ctc.self_condition=true"]
+    result = train(tiny_train_cfg(an4_dir, tmp_path, cfg))
+    state = torch.load(result["best_checkpoint"], map_location="cpu", weights_only=True)
+    assert state["asr"]["model"]["condition_layer"] == 1
+    assert state["state_dict"]["model.condition_proj.weight"].shape == (64, 29)
+    again = evaluate(result["best_checkpoint"], out_dir=str(tmp_path / "again"), progress=False)
+    assert again["test"]["wer"] == result["reports"]["test"]["wer"]
+    with pytest.raises(ValueError, match="inter_ctc.weight > 0"):
+        train(tiny_train_cfg(an4_dir, tmp_path / "bad", ["model.num_layers=2", "inter_ctc.self_condition=true"]))
+
+
 def test_weight_noise_perturbs_forward_and_backward_only(an4_dir, tmp_path):
     """optim.weight_noise: with lr=0 the optimiser moves nothing, so after real training steps the weights must be
     back where they started (noise taken off), while the losses differ from a noise-free run's."""
