@@ -75,7 +75,17 @@ def build_module(cfg: DictConfig, tokenizer) -> ASRModule:
     Raises:
         ValueError: a setting the model's constructor does not take (e.g. ``+model.hiden_size=3``).
     """
-    inter = cfg.get("inter_ctc") or {}
+    inter = dict(cfg.get("inter_ctc") or {})
+    num_layers = cfg.model.get("num_layers")
+    if inter.get("weight") and isinstance(num_layers, int):
+        if num_layers < 2:
+            raise ValueError(f"intermediate CTC (inter_ctc.weight={inter['weight']}) needs model.num_layers >= 2, got "
+                             f"{num_layers}: add inter_ctc.weight=0 inter_ctc.self_condition=false to train one layer")
+        if inter.get("layer") is None:  # the middle layer: 2 of 3, 1 of 2, 3 of 5
+            inter["layer"] = (num_layers + 1) // 2
+        if not 1 <= inter["layer"] < num_layers:
+            raise ValueError(f"inter_ctc.layer must be 1..{num_layers - 1} (below model.num_layers={num_layers}) or "
+                             f"null (the middle layer), got {inter['layer']}")
     inter_tokenizer = None
     if inter.get("tokenizer"):
         if inter["tokenizer"] != "char":
@@ -88,7 +98,7 @@ def build_module(cfg: DictConfig, tokenizer) -> ASRModule:
             if not inter.get("weight"):
                 raise ValueError("inter_ctc.self_condition=true needs the intermediate CTC loss on that layer: set "
                                  "inter_ctc.weight > 0 (e.g. 0.3)")
-            extra["condition_layer"] = inter.get("layer", 1)
+            extra["condition_layer"] = inter["layer"]
         try:
             model = model(input_dim=cfg.features.n_mels, num_classes=tokenizer.num_classes, **extra)
         except TypeError as err:  # the partial was given a key its class does not take
@@ -103,7 +113,7 @@ def build_module(cfg: DictConfig, tokenizer) -> ASRModule:
         augment=instantiate(cfg.augment) if cfg.get("augment") else None,
         ema_decay=cfg.optim.get("ema_decay"),
         inter_ctc_weight=inter.get("weight", 0.0),
-        inter_ctc_layer=inter.get("layer", 1),
+        inter_ctc_layer=inter.get("layer") or 1,
         inter_tokenizer=inter_tokenizer,
         weight_noise=cfg.optim.get("weight_noise", 0.0),
         weight_noise_start_epoch=cfg.optim.get("weight_noise_start_epoch", 0),
@@ -120,20 +130,29 @@ def fit_global_stats(module: ASRModule, manifest: str, max_utterances: int, seed
     features = module.features
     rate = features.config["sample_rate"]
 
+    used = 0
+
     def waveforms():
+        nonlocal used
         for u in tqdm(utts, desc="global feature statistics", unit="utt", leave=False, disable=None):
             try:
-                yield load_audio(u.audio_filepath, rate)
+                wav = load_audio(u.audio_filepath, rate)
             except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as err:
                 log.warning("global statistics: skipped %s (%s)", u.audio_filepath, err)
+                continue
+            if not torch.isfinite(wav).all():
+                log.warning("global statistics: skipped %s (non-finite samples)", u.audio_filepath)
+                continue
+            used += 1
+            yield wav
 
     mean, std = global_stats(features, waveforms())
     features.set_global_stats(mean, std)
     if rank_zero_only.rank == 0:
         (out_dir / "global_stats.json").write_text(json.dumps(
-            {"utterances": len(utts), "manifest": str(manifest), "mean": mean.tolist(), "std": std.tolist()}
+            {"utterances": used, "manifest": str(manifest), "mean": mean.tolist(), "std": std.tolist()}
         ) + "\n")
-    log.info("global feature statistics from %d utterances of %s", len(utts), manifest)
+    log.info("global feature statistics from %d of %d utterances of %s", used, len(utts), manifest)
 
 
 def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:

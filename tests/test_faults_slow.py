@@ -87,7 +87,7 @@ def test_kill_and_resume_reduced(an4_dir, tmp_path):
     from kill_test import run
 
     overrides = [f"paths.data_dir={an4_dir.parent}", f"prepare.data_dir={an4_dir}", f"paths.download_dir={SHARED}",
-                 "model.hidden_size=32", "model.num_layers=1", "trainer.max_epochs=3",
+                 "model.hidden_size=32", "model.num_layers=2", "trainer.max_epochs=3",
                  "+trainer.limit_train_batches=6", "+trainer.limit_val_batches=2", "data.num_workers=0"]
     res = run(5, tmp_path, overrides, seed=1, max_wait=20.0)
     print("\nkill test:", json.dumps(res))

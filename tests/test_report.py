@@ -173,7 +173,7 @@ def test_multirun_over_seeds_prints_summary(an4_dir, tmp_path):
     cmd = [
         sys.executable, "-m", "asr.train", "-m", "recipe=an4", f"paths.data_dir={an4_dir.parent}",
         f"prepare.data_dir={an4_dir}", f"paths.download_dir={SHARED}", f"paths.exp_dir={tmp_path}",
-        "model.hidden_size=32", "model.num_layers=1", "trainer.max_epochs=1", "+trainer.limit_train_batches=3",
+        "model.hidden_size=32", "model.num_layers=2", "trainer.max_epochs=1", "+trainer.limit_train_batches=3",
         "+trainer.limit_val_batches=2", "data.num_workers=0", "progress=quiet", "seed=1,2",
     ]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)

@@ -93,7 +93,7 @@ def _run(args, cwd, timeout=600):
 def _cli_overrides(an4_dir):
     return [
         f"paths.data_dir={an4_dir.parent}", f"prepare.data_dir={an4_dir}", f"paths.download_dir={SHARED}",
-        "model.hidden_size=16", "model.num_layers=1", "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
+        "model.hidden_size=16", "model.num_layers=2", "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
         "+trainer.limit_val_batches=1", "trainer.enable_progress_bar=false", "data.num_workers=0",
     ]
 
@@ -210,8 +210,20 @@ def test_intermediate_ctc_loss_in_training(an4_dir, tmp_path):
     losses = [(float(r.split(",")[head.index("train/loss")]), float(r.split(",")[head.index("train/ctc_last")]))
               for r in rows[1:] if r.split(",")[head.index("train/loss")]]
     assert len(losses) == 3 and all(abs(total - last) > 1e-3 for total, last in losses)
-    with pytest.raises(ValueError, match="inter_ctc.layer"):
-        train(tiny_train_cfg(an4_dir, tmp_path / "bad", ["inter_ctc.weight=0.3", "inter_ctc.layer=1"]))
+    with pytest.raises(ValueError, match=r"inter_ctc.layer must be 1..1 \(below model.num_layers=2\)"):
+        train(tiny_train_cfg(an4_dir, tmp_path / "bad", ["inter_ctc.weight=0.3", "inter_ctc.layer=2"]))
+    with pytest.raises(ValueError, match="needs model.num_layers >= 2"):
+        train(tiny_train_cfg(an4_dir, tmp_path / "one", ["model.num_layers=1"]))  # the AN4 recipe has it on
+
+
+def test_an4_recipe_puts_self_conditioned_intermediate_ctc_on_the_middle_layer(an4_dir, tmp_path):
+    from asr.train import build_module
+    from asr.text import CharTokenizer
+
+    for layers, middle in [(2, 1), (3, 2), (5, 3)]:
+        module = build_module(tiny_train_cfg(an4_dir, tmp_path, [f"model.num_layers={layers}"]), CharTokenizer())
+        assert module.inter_ctc_layer == module.model.config["condition_layer"] == middle
+        assert module.inter_ctc_weight == 0.3 and module.features.normalize == "global"
 
 
 def test_self_conditioned_ctc_trains_and_decodes_from_its_checkpoint(an4_dir, tmp_path):
@@ -225,7 +237,7 @@ def test_self_conditioned_ctc_trains_and_decodes_from_its_checkpoint(an4_dir, tm
     again = evaluate(result["best_checkpoint"], out_dir=str(tmp_path / "again"), progress=False)
     assert again["test"]["wer"] == result["reports"]["test"]["wer"]
     with pytest.raises(ValueError, match="inter_ctc.weight > 0"):
-        train(tiny_train_cfg(an4_dir, tmp_path / "bad", ["model.num_layers=2", "inter_ctc.self_condition=true"]))
+        train(tiny_train_cfg(an4_dir, tmp_path / "bad", ["inter_ctc.weight=0", "inter_ctc.self_condition=true"]))
 
 
 def test_weight_noise_perturbs_forward_and_backward_only(an4_dir, tmp_path):
