@@ -130,7 +130,10 @@ class BiLSTM(nn.Module):
         return self.layer_outputs(x, lengths)[-1]
 
     def layer_outputs(
-        self, x: torch.Tensor, lengths: torch.Tensor, condition: Callable[[int, torch.Tensor], torch.Tensor] | None = None
+        self,
+        x: torch.Tensor,
+        lengths: torch.Tensor,
+        condition: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
     ) -> list[torch.Tensor]:
         """(B, T, D) input, (B,) valid frames -> every layer's (B, T, 2H) output, first to last.
 
@@ -284,7 +287,10 @@ class BiLSTMCTC(nn.Module):
             raise ValueError(f"the intermediate CTC layer must be 1..{len(self.lstm.layers) - 1} "
                              f"(model.num_layers={len(self.lstm.layers)}), got {layer}")
         outputs, conditioned, lengths = self._encode(feats, lengths)
-        inter = conditioned if layer == self.condition_layer else self._log_probs(outputs[layer - 1], self.inter_classifier)
+        if layer == self.condition_layer:
+            inter = conditioned
+        else:
+            inter = self._log_probs(outputs[layer - 1], self.inter_classifier)
         return self._log_probs(outputs[-1]), inter, lengths
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003

@@ -128,7 +128,8 @@ def main() -> None:
                     log_probs, inter, lengths = module.model.forward_with_intermediate(
                         feats, frames, module.inter_ctc_layer)
                     w = module.inter_ctc_weight
-                    loss = (1 - w) * module.ctc_loss(log_probs, lengths, batch) + w * module.ctc_loss(inter, lengths, batch)
+                    final = module.ctc_loss(log_probs, lengths, batch)
+                    loss = (1 - w) * final + w * module.ctc_loss(inter, lengths, batch)
                 else:
                     log_probs, lengths = module(batch.audio, batch.audio_lengths)
                     loss = module.ctc_loss(log_probs, lengths, batch)

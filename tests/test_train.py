@@ -217,8 +217,8 @@ def test_intermediate_ctc_loss_in_training(an4_dir, tmp_path):
 
 
 def test_an4_recipe_puts_self_conditioned_intermediate_ctc_on_the_middle_layer(an4_dir, tmp_path):
-    from asr.train import build_module
     from asr.text import CharTokenizer
+    from asr.train import build_module
 
     for layers, middle in [(2, 1), (3, 2), (5, 3)]:
         module = build_module(tiny_train_cfg(an4_dir, tmp_path, [f"model.num_layers={layers}"]), CharTokenizer())
