@@ -139,17 +139,25 @@ class ASRModule(L.LightningModule):
         return loss / batch.audio.shape[0]
 
     # ----------------------------------------------------------------- steps
+    def train_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """A training step's loss and, within it, the last layer's CTC (the same tensor without intermediate CTC)."""
+        if self.inter_ctc_weight == 0:
+            log_probs, lengths = self(batch.audio, batch.audio_lengths)
+            loss = self.ctc_loss(log_probs, lengths, batch)
+            return loss, loss
+        feats, frame_lengths = self.features(batch.audio, batch.audio_lengths)
+        if self.augment is not None:
+            feats = self.augment(feats, frame_lengths)
+        log_probs, inter, lengths = self.model.forward_with_intermediate(feats, frame_lengths, self.inter_ctc_layer)
+        final = self.ctc_loss(log_probs, lengths, batch)
+        inter_batch = batch if self.inter_tokenizer is None else self._retokenize(batch, self.inter_tokenizer)
+        w = self.inter_ctc_weight
+        return (1 - w) * final + w * self.ctc_loss(inter, lengths, inter_batch), final
+
     def _shared_step(self, batch: Batch, stage: str) -> torch.Tensor:
         if stage == "train" and self.inter_ctc_weight > 0:
-            feats, frame_lengths = self.features(batch.audio, batch.audio_lengths)
-            if self.augment is not None:
-                feats = self.augment(feats, frame_lengths)
-            log_probs, inter, lengths = self.model.forward_with_intermediate(feats, frame_lengths, self.inter_ctc_layer)
-            final = self.ctc_loss(log_probs, lengths, batch)
+            loss, final = self.train_loss(batch)
             self.log("train/ctc_last", final, on_step=True, on_epoch=False, batch_size=batch.audio.shape[0])
-            inter_batch = batch if self.inter_tokenizer is None else self._retokenize(batch, self.inter_tokenizer)
-            w = self.inter_ctc_weight
-            loss = (1 - w) * final + w * self.ctc_loss(inter, lengths, inter_batch)
         else:
             log_probs, lengths = self(batch.audio, batch.audio_lengths)
             loss = self.ctc_loss(log_probs, lengths, batch)

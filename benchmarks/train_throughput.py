@@ -121,18 +121,7 @@ def main() -> None:
             if i == args.warmup:
                 start = time.perf_counter()
             with autocast:
-                if module.inter_ctc_weight > 0:  # the recipe's intermediate CTC, as ASRModule trains it
-                    feats, frames = module.features(batch.audio, batch.audio_lengths)
-                    if module.augment is not None:
-                        feats = module.augment(feats, frames)
-                    log_probs, inter, lengths = module.model.forward_with_intermediate(
-                        feats, frames, module.inter_ctc_layer)
-                    w = module.inter_ctc_weight
-                    final = module.ctc_loss(log_probs, lengths, batch)
-                    loss = (1 - w) * final + w * module.ctc_loss(inter, lengths, batch)
-                else:
-                    log_probs, lengths = module(batch.audio, batch.audio_lengths)
-                    loss = module.ctc_loss(log_probs, lengths, batch)
+                loss, _ = module.train_loss(batch)  # incl. the recipe's intermediate CTC
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.trainer.gradient_clip_val)
