@@ -12,17 +12,18 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
-from asr.text import CharTokenizer, Tokenizer, ctc_collapse, normalize_text
+from asr.text import CharTokenizer, Tokenizer, WordTokenizer, ctc_collapse, normalize_text
 
 log = logging.getLogger(__name__)
 
 BLANK_TOKEN = "<blank>"
 WORD_BOUNDARY = "|"  # our space token, under the name flashlight gives its silence/word-boundary token
 UNK_WORD = "<unk>"
+CHAR_MARK = "+"  # a word model's character classes as flashlight tokens ("+a"): its words keep their names
 
 
 class Decoder(Protocol):
@@ -47,18 +48,27 @@ class GreedyDecoder:
 
 def decoder_tokens(tokenizer: Tokenizer) -> list[str]:
     """The model's classes as flashlight tokens, in id order: blank first, then characters (space renamed
-    ``|``) or SentencePiece pieces."""
-    if not isinstance(tokenizer, CharTokenizer):  # SentencePiece: its pieces; "▁" marks a word's start
+    ``|``), SentencePiece pieces, or a word model's words (as themselves, so a word LM scores them) followed by
+    its characters (``+a``; the space ``|``)."""
+    if isinstance(tokenizer, CharTokenizer):
+        chars, words, mark = tokenizer.vocab, [], ""
+    elif isinstance(tokenizer, WordTokenizer):
+        chars, words, mark = tokenizer.chars, tokenizer.words, CHAR_MARK
+    else:  # SentencePiece: its pieces; "▁" marks a word's start
         return [BLANK_TOKEN] + [tokenizer.sp.id_to_piece(i) for i in range(tokenizer.vocab_size)]
     for reserved in (BLANK_TOKEN, WORD_BOUNDARY):
-        if reserved in tokenizer.vocab:
+        if reserved in chars:
             raise ValueError(
                 f"tokenizer.vocab contains {reserved!r}, which beam search reserves; "
                 "remove it from the vocabulary"
             )
-    if " " not in tokenizer.vocab:
+    if " " not in chars:
         raise ValueError("beam search needs a space in tokenizer.vocab: it separates words")
-    return [BLANK_TOKEN] + [WORD_BOUNDARY if c == " " else c for c in tokenizer.vocab]
+    tokens = [BLANK_TOKEN, *words] + [WORD_BOUNDARY if c == " " else mark + c for c in chars]
+    if len(set(tokens)) != len(tokens):
+        clash = sorted({t for t in tokens if tokens.count(t) > 1})
+        raise ValueError(f"the tokenizer's words {clash} clash with names beam search reserves for its classes")
+    return tokens
 
 
 def read_lexicon_words(path: str | os.PathLike) -> list[str]:
@@ -110,7 +120,9 @@ class BeamSearchDecoder:
 
     Without ``lexicon`` the search is lexicon-free over characters (any character string can come out).
     With ``lexicon`` only its words can come out, and with ``lm`` each word is scored by the n-gram:
-    ``score = acoustic + lm_weight * lm + word_score * words``.
+    ``score = acoustic + lm_weight * lm + word_score * words``. A word model (:class:`WordTokenizer`) needs no
+    lexicon (its classes are words; ``lexicon`` is not used): its search is lexicon-free and ``lm`` scores
+    each word class as the word it names (``word_score`` has no effect there).
 
     Args:
         tokenizer: the checkpoint's tokenizer (its space is the word boundary).
@@ -148,13 +160,20 @@ class BeamSearchDecoder:
             ) from None
         if beam_size < 1:
             raise ValueError(f"decoder.beam_size must be >= 1, got {beam_size}")
+        self.words = isinstance(tokenizer, WordTokenizer)
+        if lexicon and self.words:
+            # flashlight's lexicon search cannot hold a one-token word over repeated frames (it scores the
+            # repeat as silence); a word model's classes are its lexicon, so it searches lexicon-free, the LM
+            # scoring each word class as the word it names
+            log.info("decoder.lexicon=%s is not used with a word model: its word classes are the lexicon", lexicon)
+            lexicon = None
         if lexicon and not isinstance(tokenizer, CharTokenizer):
             raise ValueError(
                 f"decoder.lexicon needs a character model; this checkpoint's tokenizer is "
                 f"{type(tokenizer).__name__} (lexicon + LM search over SentencePiece pieces is not supported "
                 f"yet): use decoder=beam (lexicon-free) or decoder=greedy"
             )
-        if lm and not lexicon:
+        if lm and not lexicon and not self.words:
             raise ValueError(
                 f"decoder.lm={lm} is a word LM and needs decoder.lexicon (a word list); use decoder=beam_lm "
                 f"with decoder.lexicon=..., or drop decoder.lm for lexicon-free search"
@@ -174,18 +193,27 @@ class BeamSearchDecoder:
         )
         self.uses_lexicon = bool(lexicon)
         self.chars = isinstance(tokenizer, CharTokenizer)
-        # flashlight needs a silence token: a character model's space; for pieces (no space token, "▁" starts a
-        # word) SentencePiece's <unk> piece, which a trained model hardly ever emits (lexicon-free search only).
-        sil_token = WORD_BOUNDARY if self.chars else self.tokens[1 + tokenizer.sp.unk_id()]
-        self._skip = {0} if self.chars else {0, 1 + tokenizer.sp.unk_id()}
+        spaced = self.chars or self.words  # a space class: the word boundary
+        # flashlight needs a silence token: the space; for pieces (no space token, "▁" starts a word)
+        # SentencePiece's <unk> piece, which a trained model hardly ever emits (lexicon-free search only).
+        sil_token = WORD_BOUNDARY if spaced else self.tokens[1 + tokenizer.sp.unk_id()]
+        self._skip = {0} if spaced else {0, 1 + tokenizer.sp.unk_id()}
         options = dict(
             tokens=self.tokens, nbest=1, beam_size=beam_size, beam_size_token=beam_size_token,
             beam_threshold=beam_threshold, lm_weight=lm_weight, word_score=word_score, sil_score=sil_score,
             unk_score=unk_score, log_add=log_add, blank_token=BLANK_TOKEN, sil_token=sil_token,
             unk_word=UNK_WORD,
         )
+        if not lexicon and lm:  # a word model: lexicon-free, the LM's words are its class names
+            with tempfile.TemporaryDirectory() as tmp:
+                # the LM's dictionary must list the classes in id order: the one torchaudio makes from the
+                # tokens otherwise is re-sorted, and the LM would score the wrong words
+                lm_dict = Path(tmp) / "lm_dict.txt"
+                lm_dict.write_text("".join(f"{t}\n" for t in [*self.tokens, UNK_WORD]), encoding="utf-8")
+                self._decoder = _build_decoder(ctc_decoder, None, lm, options, lm_dict=str(lm_dict))
+            return
         if not lexicon:
-            self._decoder = ctc_decoder(lexicon=None, lm=None, **options)
+            self._decoder = _build_decoder(ctc_decoder, None, None, options)
             return
         words = read_lexicon_words(lexicon)
         with tempfile.TemporaryDirectory() as tmp:
@@ -198,15 +226,12 @@ class BeamSearchDecoder:
             if kept < len(words):
                 log.warning("%s: %d of %d words use characters the model cannot emit; left out",
                             lexicon, len(words) - kept, len(words))
-            try:
-                self._decoder = ctc_decoder(lexicon=str(spelled), lm=str(lm) if lm else None, **options)
-            except RuntimeError as err:  # KenLM's message on a malformed file
-                raise ValueError(f"decoder.lm={lm} could not be loaded by KenLM: {err}") from None
+            self._decoder = _build_decoder(ctc_decoder, str(spelled), lm, options)
 
     def decode(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[str]:
         emissions = log_probs.detach().to("cpu", torch.float32)  # (B, T, C)
         lengths = lengths.detach().to("cpu", torch.int32)
-        if self.uses_lexicon and self.chars:
+        if self.uses_lexicon:
             # Lexicon spellings end with the word boundary, which the model emits only *between* words: one
             # closing boundary frame lets the search complete the last word instead of dropping it.
             b, _, c = emissions.shape
@@ -229,3 +254,13 @@ class BeamSearchDecoder:
                 ids = [i for i in hyps[0].tokens.tolist() if i not in self._skip]
                 texts.append(normalize_text(self.tokenizer.decode(ids)))
         return texts
+
+
+def _build_decoder(
+    ctc_decoder: Any, lexicon: str | None, lm: str | None, options: dict, lm_dict: str | None = None
+) -> Any:
+    """torchaudio's ``ctc_decoder``, with KenLM's message on a malformed LM file as a ValueError naming it."""
+    try:
+        return ctc_decoder(lexicon=lexicon, lm=str(lm) if lm else None, lm_dict=lm_dict, **options)
+    except RuntimeError as err:
+        raise ValueError(f"decoder.lm={lm} could not be loaded by KenLM: {err}") from None

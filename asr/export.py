@@ -4,8 +4,8 @@
     python -m asr.export checkpoint=... format=torchscript output=model.pt
 
 ONNX inputs ``audio`` (B, S) float32 and ``audio_lengths`` (B,) int64; outputs ``log_probs`` (B, T, C) and
-``lengths`` (B,). Class 0 is the blank; the tokenizer's characters follow in order (written beside the model
-as ``<output>.tokens.txt``, one a line, ``<blank>`` first; a character model's space is written ``|``).
+``lengths`` (B,). Class 0 is the blank; the tokenizer's classes follow in order (written beside the model
+as ``<output>.tokens.txt``, one a line, ``<blank>`` first; the space is written ``|``, a word model's words ``▁word``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from torch import nn
 from asr.decoding import decoder_tokens
 from asr.features import LogMelFeatures
 from asr.module import ASRModule
-from asr.text import CharTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +93,7 @@ def export(checkpoint: str, fmt: str = "onnx", output: str | None = None, opset:
         raise ValueError(f"format must be one of {sorted(FORMATS)}, got {fmt!r}")
     module = ASRModule.load_for_inference(checkpoint)
     tok = module.tokenizer
-    if isinstance(tok, CharTokenizer):
-        tokens = decoder_tokens(tok)
-    else:  # SentencePiece: its pieces, in id order
-        tokens = ["<blank>"] + [tok.sp.id_to_piece(i) for i in range(tok.vocab_size)]
+    tokens = decoder_tokens(tok)  # class order: blank, then characters / words / pieces
     model = ExportableASR(module).eval()
     out = Path(output) if output else Path(checkpoint).with_suffix(FORMATS[fmt])
     out.parent.mkdir(parents=True, exist_ok=True)

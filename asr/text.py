@@ -72,6 +72,117 @@ class CharTokenizer:
         return cls(vocab=str(state["vocab"]))
 
 
+class WordTokenizer:
+    """Whole words as CTC classes, for closed-vocabulary tasks (digits, letters, commands: AN4), with characters
+    for the words outside the vocabulary.
+
+    Class 0 is the blank, classes ``1..W`` the words (most frequent in the training transcripts first), then one
+    class per character of ``chars``. A word outside the vocabulary is spelled with character classes and closed
+    by the space character, so every text round-trips and a model can still emit a word it has no class for.
+    A word is one output frame, not one per letter: nothing can be misspelt, and the frame rate may be lower.
+
+    Args:
+        words: the vocabulary, in class order; ``None``: the words of ``train_manifest`` seen at least ``min_count``
+            times, at most ``max_words`` of them.
+        train_manifest: JSONL manifest whose normalised transcripts give the vocabulary.
+        min_count: fewest occurrences in ``train_manifest`` for a word to get a class of its own.
+        max_words: the largest vocabulary (the most frequent words are kept).
+        chars: the characters that spell the other words (space first is not required, but it must be there).
+    """
+
+    def __init__(
+        self,
+        words: Sequence[str] | None = None,
+        train_manifest: str | os.PathLike | None = None,
+        min_count: int = 1,
+        max_words: int = 1000,
+        chars: str = " abcdefghijklmnopqrstuvwxyz'",
+    ) -> None:
+        if " " not in chars or len(set(chars)) != len(chars):
+            raise ValueError(f"tokenizer.chars must hold the space and each character once, got {chars!r}")
+        if words is None:
+            if train_manifest is None or not Path(train_manifest).is_file():
+                raise FileNotFoundError(
+                    f"the word tokenizer takes its vocabulary from tokenizer.train_manifest={train_manifest}, which "
+                    f"does not exist; run the recipe's prepare stage first"
+                )
+            words = vocabulary(train_manifest, min_count=min_count, max_words=max_words)
+        words = list(words)
+        bad = [w for w in words if not w or " " in w]
+        if bad or len(set(words)) != len(words):
+            raise ValueError(f"tokenizer.words must be distinct words without spaces, got {bad or 'repeats'}")
+        self.words, self.chars = words, chars
+        self._word_ids = {w: i + 1 for i, w in enumerate(words)}
+        self._char_ids = {c: len(words) + 1 + i for i, c in enumerate(chars)}
+        self._space = self._char_ids[" "]
+
+    @property
+    def num_classes(self) -> int:
+        """Output size of the model: the blank, the words, the characters."""
+        return 1 + len(self.words) + len(self.chars)
+
+    def unknown_chars(self, text: str) -> set[str]:
+        """Characters of the words of ``text`` outside the vocabulary that ``chars`` cannot spell."""
+        return {c for w in text.split() if w not in self._word_ids for c in w if c not in self._char_ids}
+
+    def encode(self, text: str) -> list[int]:
+        """Ids of a normalised text: one per known word, the spelling plus a space for any other word."""
+        bad = self.unknown_chars(text)
+        if bad:
+            raise ValueError(f"characters {sorted(bad)} in {text!r} are neither in a known word nor in "
+                             f"tokenizer.chars={self.chars!r}")
+        ids: list[int] = []
+        for w in text.split():
+            if w in self._word_ids:
+                ids.append(self._word_ids[w])
+            else:
+                ids.extend(self._char_ids[c] for c in w)
+                ids.append(self._space)
+        return ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of a sequence of ids (blank and out-of-range ids are skipped): a word class is a word, a run of
+        character classes up to a space (or a word class, or the end) is another."""
+        words: list[str] = []
+        spelling = ""
+        n_words = len(self.words)
+        for i in ids:
+            if 0 < i <= n_words or i == self._space:
+                if spelling:
+                    words.append(spelling)
+                    spelling = ""
+                if i != self._space:
+                    words.append(self.words[i - 1])
+            elif n_words < i < self.num_classes:
+                spelling += self.chars[i - n_words - 1]
+        if spelling:
+            words.append(spelling)
+        return " ".join(words)
+
+    def state_dict(self) -> dict:
+        """Plain data that rebuilds this tokenizer (stored in checkpoints): the words as one line."""
+        return {"type": "word", "words": " ".join(self.words), "chars": self.chars}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> WordTokenizer:
+        if state.get("type") != "word":
+            raise ValueError(f"unknown tokenizer type {state.get('type')!r} in checkpoint")
+        return cls(words=str(state["words"]).split(), chars=str(state["chars"]))
+
+
+def vocabulary(manifest: str | os.PathLike, min_count: int = 1, max_words: int | None = None) -> list[str]:
+    """Words of a manifest's normalised transcripts seen at least ``min_count`` times, most frequent first (ties
+    alphabetical, so the order does not depend on the manifest's), at most ``max_words`` of them."""
+    counts: dict[str, int] = {}
+    with open(manifest, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                for w in normalize_text(json.loads(line)["text"]).split():
+                    counts[w] = counts.get(w, 0) + 1
+    ranked = sorted((w for w, n in counts.items() if n >= min_count), key=lambda w: (-counts[w], w))
+    return ranked[:max_words] if max_words else ranked
+
+
 class SentencePieceTokenizer:
     """SentencePiece (BPE by default) sub-words to ids and back; blank is 0, piece ``i`` is id ``i + 1``.
 
@@ -192,12 +303,12 @@ class _BytesSink:
         self.data += data
 
 
-Tokenizer = CharTokenizer | SentencePieceTokenizer
+Tokenizer = CharTokenizer | WordTokenizer | SentencePieceTokenizer
 
 
 def tokenizer_from_state_dict(state: dict) -> Tokenizer:
     """Rebuild a tokenizer from the plain data a checkpoint stores (``state_dict()`` of either kind)."""
-    kinds = {"char": CharTokenizer, "sentencepiece": SentencePieceTokenizer}
+    kinds = {"char": CharTokenizer, "word": WordTokenizer, "sentencepiece": SentencePieceTokenizer}
     kind = state.get("type")
     if kind not in kinds:
         raise ValueError(f"unknown tokenizer type {kind!r} in checkpoint; expected one of {sorted(kinds)}")

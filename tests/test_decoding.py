@@ -14,12 +14,12 @@ from asr.data import read_manifest, write_manifest
 from asr.decoding import BeamSearchDecoder, GreedyDecoder
 from asr.evaluate import evaluate
 from asr.lm import BOS, build_lm
-from asr.text import CharTokenizer, normalize_text
+from asr.text import CharTokenizer, WordTokenizer, normalize_text
 from tests.conftest import ROOT
 
 
 def emissions_for(
-    texts: list[str], tokenizer: CharTokenizer, peak: float = 0.9
+    texts: list[str], tokenizer: CharTokenizer | WordTokenizer, peak: float = 0.9
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, T, C) log-probs whose best path spells each text: each token for 2 frames, then a blank."""
     paths = []
@@ -91,6 +91,37 @@ def test_greedy_and_beam_decode_a_clean_path(an4_dir, an4_lm):
         BeamSearchDecoder(tok, beam_size=10, lexicon=an4_lm["lexicon"], lm=an4_lm["lm"]).decode(lp, n)
         == in_lexicon
     )
+
+
+def test_word_model_greedy_and_beam(an4_dir, an4_lm):
+    tok = WordTokenizer(train_manifest=str(an4_dir / "train.jsonl"))
+    texts = [normalize_text(u.text) for u in read_manifest(an4_dir / "test.jsonl")[:12]]
+    texts.append("november thirteen one")  # words the vocabulary lacks: spelled with characters
+    log_probs, lengths = emissions_for(texts, tok)
+    assert GreedyDecoder(tok).decode(log_probs, lengths) == texts
+    assert BeamSearchDecoder(tok, beam_size=10).decode(log_probs, lengths) == texts
+    # the lexicon is not needed (the word classes are one) and not used; the LM scores each class as its word
+    beam_lm = BeamSearchDecoder(tok, beam_size=10, lexicon=an4_lm["lexicon"], lm=an4_lm["lm"], lm_weight=1.0)
+    assert beam_lm.decode(log_probs, lengths) == texts
+    assert BeamSearchDecoder(tok, beam_size=10, lm=an4_lm["lm"]).decode(log_probs, lengths) == texts
+    # a word the acoustics slightly disfavour, but the LM much prefers in its context, wins with the LM
+    tables = read_arpa(an4_lm["lm"])
+
+    def sentence_prob(words):
+        history, p = (BOS,), 1.0
+        for w in [*words, "</s>"]:
+            p *= arpa_prob(tables, history[-2:], w)
+            history += (w,)
+        return p
+
+    likely, unlikely = sorted(["three", "e"], key=lambda w: -sentence_prob(["rubout", w, "nine"]))
+    assert sentence_prob(["rubout", likely, "nine"]) > 1.5 * sentence_prob(["rubout", unlikely, "nine"])
+    lp, n = emissions_for(["rubout three nine"], tok)
+    lp[0, 3:5, :] = math.log(0.1 / (tok.num_classes - 2))
+    # acoustic odds (0.47 / 0.43) ** 2 frames = 1.19, below the LM odds
+    lp[0, 3:5, tok.encode(unlikely)[0]], lp[0, 3:5, tok.encode(likely)[0]] = math.log(0.47), math.log(0.43)
+    assert BeamSearchDecoder(tok, beam_size=10).decode(lp, n) == [f"rubout {unlikely} nine"]
+    assert beam_lm.decode(lp, n) == [f"rubout {likely} nine"]
 
 
 def test_lexicon_and_lm_correct_a_misspelling(an4_lm):

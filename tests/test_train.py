@@ -274,6 +274,21 @@ def test_hierarchical_ctc_characters_under_subwords(an4_dir, tmp_path):
     assert again["test"]["wer"] == result["reports"]["test"]["wer"]
 
 
+def test_word_model_trains_with_characters_below(an4_dir, tmp_path):
+    """tokenizer=word: one class per training word (plus characters for others), character CTC on the layer below
+    with self-conditioning; the vocabulary travels in the checkpoint, and evaluation reproduces training's WER."""
+    cfg = ["tokenizer=word", "model.num_layers=2", "inter_ctc.weight=0.3", "inter_ctc.layer=1",
+           "inter_ctc.tokenizer=char", "inter_ctc.self_condition=true", "model.subsampling_factor=4"]
+    result = train(tiny_train_cfg(an4_dir, tmp_path, cfg))
+    state = torch.load(result["best_checkpoint"], map_location="cpu", weights_only=True)
+    words = state["asr"]["tokenizer"]["words"].split()
+    assert state["asr"]["tokenizer"]["type"] == "word" and words[:2] == ["one", "two"]
+    assert state["state_dict"]["model.classifier.weight"].shape[0] == 1 + len(words) + 28
+    assert state["state_dict"]["model.inter_classifier.weight"].shape[0] == 29  # blank + characters
+    again = evaluate(result["best_checkpoint"], out_dir=str(tmp_path / "again"), progress=False)
+    assert again["test"]["wer"] == result["reports"]["test"]["wer"]
+
+
 def test_retokenized_targets_spell_the_same_text():
     from asr.data import Batch
     from asr.text import CharTokenizer
