@@ -7,6 +7,7 @@ KenLM n-gram (ARPA or KenLM binary).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -122,7 +123,7 @@ class BeamSearchDecoder:
     With ``lexicon`` only its words can come out, and with ``lm`` each word is scored by the n-gram:
     ``score = acoustic + lm_weight * lm + word_score * words``. A word model (:class:`WordTokenizer`) needs no
     lexicon (its classes are words; ``lexicon`` is not used): its search is lexicon-free and ``lm`` scores
-    each word class as the word it names (``word_score`` has no effect there).
+    each word class as the word it names, plus ``word_score`` per word.
 
     Args:
         tokenizer: the checkpoint's tokenizer (its space is the word boundary).
@@ -205,15 +206,10 @@ class BeamSearchDecoder:
             unk_word=UNK_WORD,
         )
         if not lexicon and lm:  # a word model: lexicon-free, the LM's words are its class names
-            with tempfile.TemporaryDirectory() as tmp:
-                # the LM's dictionary must list the classes in id order: the one torchaudio makes from the
-                # tokens otherwise is re-sorted, and the LM would score the wrong words
-                lm_dict = Path(tmp) / "lm_dict.txt"
-                lm_dict.write_text("".join(f"{t}\n" for t in [*self.tokens, UNK_WORD]), encoding="utf-8")
-                self._decoder = _build_decoder(ctc_decoder, None, lm, options, lm_dict=str(lm_dict))
+            self._decoder = self._word_model_decoder(ctc_decoder, str(lm), options)
             return
         if not lexicon:
-            self._decoder = _build_decoder(ctc_decoder, None, None, options)
+            self._decoder = ctc_decoder(lexicon=None, lm=None, **options)
             return
         words = read_lexicon_words(lexicon)
         with tempfile.TemporaryDirectory() as tmp:
@@ -226,7 +222,30 @@ class BeamSearchDecoder:
             if kept < len(words):
                 log.warning("%s: %d of %d words use characters the model cannot emit; left out",
                             lexicon, len(words) - kept, len(words))
-            self._decoder = _build_decoder(ctc_decoder, str(spelled), lm, options)
+            try:
+                self._decoder = ctc_decoder(lexicon=str(spelled), lm=str(lm) if lm else None, **options)
+            except RuntimeError as err:  # KenLM's message on a malformed file
+                raise ValueError(f"decoder.lm={lm} could not be loaded by KenLM: {err}") from None
+
+    def _word_model_decoder(self, ctc_decoder: Any, lm: str, options: dict) -> Any:
+        """Lexicon-free search whose LM scores a word model's word classes as the words they name, plus
+        ``word_score`` for each (lexicon-free search has no word score of its own)."""
+        from flashlight.lib.text.decoder import KenLM
+        from flashlight.lib.text.dictionary import Dictionary
+
+        with tempfile.TemporaryDirectory() as tmp:
+            # The LM's dictionary lists the classes in id order: the one torchaudio would make from the tokens
+            # is re-sorted, and the LM would score the wrong words.
+            lm_dict = Path(tmp) / "lm_dict.txt"
+            lm_dict.write_text("".join(f"{t}\n" for t in [*self.tokens, UNK_WORD]), encoding="utf-8")
+            try:
+                kenlm = KenLM(lm, Dictionary(str(lm_dict)))
+            except RuntimeError as err:  # KenLM's message on a malformed file
+                raise ValueError(f"decoder.lm={lm} could not be loaded by KenLM: {err}") from None
+            lm_weight = options["lm_weight"]
+            bonus = options["word_score"] / lm_weight if lm_weight else 0.0  # the decoder scales LM scores
+            scored = _word_score_lm_class()(kenlm, bonus, set(range(1, len(self.tokenizer.words) + 1)))
+            return ctc_decoder(lexicon=None, lm=scored, lm_dict=str(lm_dict), **options)
 
     def decode(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[str]:
         emissions = log_probs.detach().to("cpu", torch.float32)  # (B, T, C)
@@ -256,11 +275,27 @@ class BeamSearchDecoder:
         return texts
 
 
-def _build_decoder(
-    ctc_decoder: Any, lexicon: str | None, lm: str | None, options: dict, lm_dict: str | None = None
-) -> Any:
-    """torchaudio's ``ctc_decoder``, with KenLM's message on a malformed LM file as a ValueError naming it."""
-    try:
-        return ctc_decoder(lexicon=lexicon, lm=str(lm) if lm else None, lm_dict=lm_dict, **options)
-    except RuntimeError as err:
-        raise ValueError(f"decoder.lm={lm} could not be loaded by KenLM: {err}") from None
+
+@functools.cache
+def _word_score_lm_class() -> type:
+    """``WordScoreLM``, made on first use: torchaudio's decoder classes import flashlight-text."""
+    from torchaudio.models.decoder import CTCDecoderLM
+
+    class WordScoreLM(CTCDecoderLM):
+        """An LM over classes (``lm``: KenLM over the class names) adding ``bonus`` to each class in ``words``."""
+
+        def __init__(self, lm: Any, bonus: float, words: set[int]) -> None:
+            CTCDecoderLM.__init__(self)
+            self.lm, self.bonus, self.words = lm, bonus, words
+
+        def start(self, start_with_nothing: bool) -> Any:
+            return self.lm.start(start_with_nothing)
+
+        def score(self, state: Any, token: int) -> tuple[Any, float]:
+            state, score = self.lm.score(state, token)
+            return state, score + (self.bonus if token in self.words else 0.0)
+
+        def finish(self, state: Any) -> tuple[Any, float]:
+            return self.lm.finish(state)
+
+    return WordScoreLM

@@ -122,6 +122,11 @@ def test_word_model_greedy_and_beam(an4_dir, an4_lm):
     lp[0, 3:5, tok.encode(unlikely)[0]], lp[0, 3:5, tok.encode(likely)[0]] = math.log(0.47), math.log(0.43)
     assert BeamSearchDecoder(tok, beam_size=10).decode(lp, n) == [f"rubout {unlikely} nine"]
     assert beam_lm.decode(lp, n) == [f"rubout {likely} nine"]
+    # word_score is a per-word score: a negative one drops words the acoustics are unsure of, a big one adds some
+    lp, n = emissions_for(["erase c q q f seven"], tok, peak=0.6)
+    words = {ws: BeamSearchDecoder(tok, beam_size=20, lm=an4_lm["lm"], lm_weight=2.0, word_score=ws).decode(lp, n)[0]
+             for ws in (-3.0, 0.0, 6.0)}
+    assert len(words[-3.0].split()) < 6 == len(words[0.0].split()) < len(words[6.0].split()), words
 
 
 def test_lexicon_and_lm_correct_a_misspelling(an4_lm):
