@@ -20,6 +20,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from asr.checkpointing import atomic_torch_save
 from asr.module import CHECKPOINT_KEY
 
 log = logging.getLogger(__name__)
@@ -35,23 +36,26 @@ def _load(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _score(ckpt: dict[str, Any]) -> float | None:
-    """The monitored score (e.g. val/wer) Lightning's ModelCheckpoint recorded when it saved this file."""
+    """The monitored score (e.g. val/wer) Lightning's ModelCheckpoint recorded when it saved this file, else the
+    validation WER the module stored in it (weights-only checkpoints keep no callback state)."""
     for key, state in ckpt.get("callbacks", {}).items():
         if key.startswith("ModelCheckpoint") and state.get("current_score") is not None:
             return float(state["current_score"])
-    return None
+    return float(ckpt["val_wer"]) if ckpt.get("val_wer") is not None else None
 
 
 def select_checkpoints(run_dir: str | os.PathLike, last: int = 0, best: int = 0) -> list[str]:
     """The ``last`` newest (by global step) or ``best`` lowest-scoring checkpoints of a run.
 
-    Looks in ``<run_dir>/checkpoints``; averaged checkpoints and duplicates of one step (``last.ckpt`` beside
-    the file it copies) are skipped.
+    Looks in ``<run_dir>/checkpoints`` and ``<run_dir>/checkpoints/top`` (the k best epochs that training keeps
+    with ``average_best=k``); averaged checkpoints and duplicates of one step (``last.ckpt`` beside the file it
+    copies) are skipped.
     """
     if (last > 0) == (best > 0):
         raise ValueError(f"give exactly one of last=N or best=N (got last={last}, best={best})")
     found: dict[int, tuple[str, float | None]] = {}
-    for path in sorted(Path(run_dir, "checkpoints").glob("*.ckpt")):
+    ckpt_dir = Path(run_dir, "checkpoints")
+    for path in sorted(ckpt_dir.glob("*.ckpt")) + sorted(ckpt_dir.glob("top/*.ckpt")):
         ckpt = _load(path)
         if "averaged_from" in ckpt:
             continue
@@ -60,7 +64,7 @@ def select_checkpoints(run_dir: str | os.PathLike, last: int = 0, best: int = 0)
     if len(found) < n:
         raise ValueError(
             f"{run_dir}/checkpoints holds {len(found)} distinct checkpoints, fewer than the {n} asked for; "
-            f"keep more during training (e.g. trainer checkpoints every epoch) or ask for fewer"
+            f"keep more during training (average_best=N keeps the N best epochs) or ask for fewer"
         )
     if last:
         return [found[step][0] for step in sorted(found)[-n:]]
@@ -96,8 +100,7 @@ def average_checkpoints(paths: Sequence[str], output: str) -> str:
         k: (v / len(paths)).to(last["state_dict"][k].dtype) if v.is_floating_point() else v
         for k, v in total.items()
     }
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    torch.save(
+    atomic_torch_save(
         {
             "state_dict": state,
             CHECKPOINT_KEY: last[CHECKPOINT_KEY],

@@ -12,10 +12,19 @@ from typing import Any
 
 import pytorch_lightning as L
 import torch
-from pytorch_lightning.callbacks import ProgressBar, RichProgressBar, TQDMProgressBar
+from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar, TQDMProgressBar
 from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
 
 PROGRESS_CHOICES = ("rich", "tqdm", "quiet")
+
+
+class TopKCheckpoint(ModelCheckpoint):
+    """A ModelCheckpoint keeping ``save_top_k`` files beside one that keeps the single best by the same metric:
+    its resume state needs a key of its own (Lightning builds one from the monitor and mode only)."""
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(monitor=self.monitor, mode=self.mode, top_k=self.save_top_k)
 
 
 def progress_bar(kind: str) -> ProgressBar | None:

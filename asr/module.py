@@ -273,6 +273,9 @@ class ASRModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = self.describe()
+        wer = self.trainer.callback_metrics.get("val/wer") if self._trainer is not None else None
+        if wer is not None:  # the last validation's score, also in weights-only files (they keep no callback state)
+            checkpoint["val_wer"] = float(wer)
 
     @classmethod
     def load_for_inference(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> ASRModule:

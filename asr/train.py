@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import hydra
+import jiwer
 import pytorch_lightning as L
 import soundfile as sf
 import torch
@@ -26,12 +29,13 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_only
 from tqdm import tqdm
 
-from asr.callbacks import CSVHistory, ThroughputMonitor, loggers, progress_bar
+from asr.average import average_checkpoints
+from asr.callbacks import CSVHistory, ThroughputMonitor, TopKCheckpoint, loggers, progress_bar
 from asr.checkpointing import AtomicCheckpointIO, CheckpointWriteError, remove_partials
 from asr.data import load_audio, read_manifest
 from asr.data_check import check_manifests
 from asr.download import DownloadError
-from asr.evaluate import evaluate, format_table
+from asr.evaluate import evaluate, format_table, transcribe_manifest
 from asr.features import global_stats
 from asr.guards import DroppedUtterances, NonFiniteGuard, TrainingDiverged
 from asr.module import ASRModule
@@ -155,6 +159,39 @@ def fit_global_stats(module: ASRModule, manifest: str, max_utterances: int, seed
     log.info("global feature statistics from %d of %d utterances of %s", used, len(utts), manifest)
 
 
+def select_average(
+    best_path: str, top_k: dict[str, Any], val_manifest: str, device: torch.device
+) -> dict[str, Any]:
+    """Average the weights of the k best epochs (``top_k``: path -> val/wer); if the mean scores a WER on the
+    validation manifest no higher than the best epoch's, it replaces ``best_path`` (which is then the model chosen
+    on validation data: the best epoch, or the mean of the best ones).
+
+    Returns:
+        ``{"averaged": [paths, best first], "val_wer_average", "val_wer_best_epoch", "chosen": "average" | "epoch"}``.
+    """
+    paths = sorted(top_k, key=lambda p: float(top_k[p]))
+    out = {"averaged": paths, "val_wer_average": None, "val_wer_best_epoch": None, "chosen": "epoch"}
+    if len(paths) < 2:
+        return out
+    averaged = str(Path(best_path).with_name("averaged.ckpt"))
+    average_checkpoints(paths, averaged)
+
+    def val_wer(path: str) -> float:
+        module = ASRModule.load_for_inference(path, map_location=device).to(device)
+        _, refs, hyps, _ = transcribe_manifest(module, val_manifest, device, progress=False)
+        return float(jiwer.wer(refs, hyps))
+
+    out["val_wer_average"], out["val_wer_best_epoch"] = val_wer(averaged), val_wer(best_path)
+    if out["val_wer_average"] <= out["val_wer_best_epoch"]:
+        os.replace(averaged, best_path)
+        out["chosen"] = "average"
+    else:
+        os.remove(averaged)
+    log.info("validation WER: mean of the %d best epochs %.4f, best epoch %.4f: best.ckpt is the %s", len(paths),
+             out["val_wer_average"], out["val_wer_best_epoch"], "mean" if out["chosen"] == "average" else "best epoch")
+    return out
+
+
 def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
     """Prepare data (if the recipe says how), fit, then evaluate ``best.ckpt``.
 
@@ -163,9 +200,11 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
         extra_callbacks: Lightning callbacks added to the run's own (tests use them to inject faults).
 
     Returns:
-        ``{"best_checkpoint", "best_val_wer", "epochs", "train_seconds", "reports": {split: report},
+        ``{"best_checkpoint", "best_val_wer", "selection", "epochs", "train_seconds", "reports": {split: report},
         "rejected": [{"id", "split", "reason", ...}], "skipped_steps": n}``: ``rejected`` lists the
-        utterances dropped from the manifests and those whose audio failed to load during the run.
+        utterances dropped from the manifests and those whose audio failed to load during the run; ``selection``
+        is :func:`select_average`'s account with ``average_best`` > 1 (else None), and ``best_val_wer`` the
+        validation WER of the model in ``best.ckpt``.
     """
     L.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
@@ -193,12 +232,18 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
         dirpath=ckpt_dir, filename="best", monitor="val/wer", mode="min", save_top_k=1, enable_version_counter=False,
     )
     last = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False)
+    k = int(cfg.get("average_best") or 1)
+    top = TopKCheckpoint(  # the k best epochs' weights, for their average at the end
+        dirpath=ckpt_dir / "top", filename="epoch{epoch:03d}", auto_insert_metric_name=False, monitor="val/wer",
+        mode="min", save_top_k=k, save_weights_only=True, enable_version_counter=False,
+    ) if k > 1 else None
     throughput = ThroughputMonitor(cfg.features.sample_rate, every_n_steps=cfg.trainer.log_every_n_steps)
     bar = progress_bar(cfg.progress) if cfg.trainer.get("enable_progress_bar", True) else None
     guards = [NonFiniteGuard(cfg.get("max_consecutive_bad_steps", 20)), DroppedUtterances()]
     trainer: L.Trainer = instantiate(
         cfg.trainer,
-        callbacks=[best, last, throughput, *guards, *([bar] if bar else []), *extra_callbacks],
+        callbacks=[best, last, *([top] if top else []), throughput, *guards, *([bar] if bar else []),
+                   *extra_callbacks],
         logger=loggers(out_dir),
         enable_progress_bar=bar is not None,
         plugins=[AtomicCheckpointIO()],
@@ -210,9 +255,17 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
     if trainer.is_global_zero:
         history.restore()
 
+    selection = None
+    best_val_wer = float(best.best_model_score) if best.best_model_score is not None else None
+    if trainer.is_global_zero and top is not None and best.best_model_path:
+        selection = select_average(best.best_model_path, top.best_k_models, cfg.data.val_manifest,
+                                   trainer.strategy.root_device)
+        if selection["chosen"] == "average":
+            best_val_wer = selection["val_wer_average"]
     result = {
         "best_checkpoint": best.best_model_path,
-        "best_val_wer": float(best.best_model_score) if best.best_model_score is not None else None,
+        "best_val_wer": best_val_wer,
+        "selection": selection,
         "epochs": trainer.current_epoch,
         "train_seconds": round(train_seconds, 1),
         "reports": {},
@@ -227,13 +280,16 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
             device="cuda" if trainer.strategy.root_device.type == "cuda" else "cpu",
             progress=bar is not None,
         )
-        print(f"\nbest.ckpt (val/wer {result['best_val_wer']:.4f}) after {result['epochs']} epochs, "
+        averaged = selection is not None and selection["chosen"] == "average"
+        chosen = f"the mean of the {len(selection['averaged'])} best epochs" if averaged else "the best epoch"
+        print(f"\nbest.ckpt ({chosen}, val/wer {result['best_val_wer']:.4f}) after {result['epochs']} epochs, "
               f"{train_seconds / 60:.1f} min of training:\n{format_table(result['reports'])}\n"
               f"run dir: {out_dir}")
     if trainer.is_global_zero:
         update_run_info(out_dir, train_seconds=result["train_seconds"], epochs=result["epochs"],
                         steps=trainer.global_step, device=str(trainer.strategy.root_device),
-                        num_devices=trainer.world_size, best_val_wer=result["best_val_wer"])
+                        num_devices=trainer.world_size, best_val_wer=result["best_val_wer"],
+                        model_selection=selection or {"chosen": "epoch"})
         print(f"report: {build_report(out_dir)}")
     return result
 

@@ -305,3 +305,31 @@ def test_retokenized_targets_spell_the_same_text():
     out = ASRModule._retokenize(module, batch, chars)
     assert [chars.decode(t[:n].tolist()) for t, n in zip(out.targets, out.target_lengths, strict=True)] == texts
     assert out.ids == ["x", "y"] and torch.equal(out.audio, batch.audio)
+
+
+def test_average_best_keeps_the_k_best_epochs_and_picks_on_validation(an4_dir, tmp_path):
+    """average_best=3: the 3 best epochs' weights go to checkpoints/top/; their mean becomes best.ckpt only if it
+    scores no worse on the validation manifest than the best epoch, and evaluation reproduces what training printed."""
+    cfg = ["average_best=3", "trainer.max_epochs=4", "trainer.limit_train_batches=4"]
+    result = train(tiny_train_cfg(an4_dir, tmp_path, cfg))
+    top = sorted((tmp_path / "checkpoints" / "top").glob("*.ckpt"))
+    assert len(top) == 3
+    sel = result["selection"]
+    assert sorted(sel["averaged"]) == [str(p) for p in top]
+    scores = [torch.load(p, map_location="cpu", weights_only=True)["val_wer"] for p in sel["averaged"]]
+    assert scores == sorted(scores)  # best first
+    best = torch.load(result["best_checkpoint"], map_location="cpu", weights_only=True)
+    if sel["chosen"] == "average":
+        assert sel["val_wer_average"] <= sel["val_wer_best_epoch"] and result["best_val_wer"] == sel["val_wer_average"]
+        assert best["averaged_from"] == sel["averaged"]
+        first = torch.load(sel["averaged"][0], map_location="cpu", weights_only=True)["state_dict"]
+        mean = torch.stack([torch.load(p, map_location="cpu", weights_only=True)["state_dict"]["model.classifier.bias"]
+                            for p in sel["averaged"]]).mean(0)
+        assert torch.allclose(best["state_dict"]["model.classifier.bias"], mean, atol=1e-6)
+        assert not torch.equal(best["state_dict"]["model.classifier.bias"], first["model.classifier.bias"])
+    else:
+        assert sel["val_wer_average"] > sel["val_wer_best_epoch"] and "averaged_from" not in best
+    assert not (tmp_path / "checkpoints" / "averaged.ckpt").exists()
+    again = evaluate(result["best_checkpoint"], out_dir=str(tmp_path / "again"), progress=False)
+    assert again["test"]["wer"] == result["reports"]["test"]["wer"]
+    assert json.loads((tmp_path / "run.json").read_text())["model_selection"]["chosen"] == sel["chosen"]
