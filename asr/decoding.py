@@ -244,7 +244,10 @@ class BeamSearchDecoder:
                 raise ValueError(f"decoder.lm={lm} could not be loaded by KenLM: {err}") from None
             lm_weight = options["lm_weight"]
             bonus = options["word_score"] / lm_weight if lm_weight else 0.0  # the decoder scales LM scores
-            scored = _word_score_lm_class()(kenlm, bonus, set(range(1, len(self.tokenizer.words) + 1)))
+            # without a word score KenLM goes in as it is: the Python wrapper costs a call per token and frame
+            scored = kenlm
+            if bonus:
+                scored = _word_score_lm_class()(kenlm, bonus, set(range(1, len(self.tokenizer.words) + 1)))
             return ctc_decoder(lexicon=None, lm=scored, lm_dict=str(lm_dict), **options)
 
     def decode(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[str]:

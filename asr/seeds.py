@@ -45,11 +45,16 @@ def run_seed(run: Path) -> int | None:
     return None
 
 
+# overrides that do not change what is trained: runs that differ only in these are one group
+NOT_SETTINGS = ("seed", "progress", "resume")
+
+
 def collect(root: str | os.PathLike) -> dict[str, list[dict[str, Any]]]:
-    """``{settings: [{"run", "seed", "reports": {split: report}}]}``; settings = the overrides other than seed."""
+    """``{settings: [{"run", "seed", "reports": {split: report}}]}``; settings = the overrides other than
+    :data:`NOT_SETTINGS` (the seed, the progress bar, resuming)."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for run in find_runs(root):
-        settings = " ".join(o for o in _overrides(run) if not o.lstrip("+~").startswith("seed="))
+        settings = " ".join(o for o in _overrides(run) if o.lstrip("+~").split("=")[0] not in NOT_SETTINGS)
         reports = {p.parent.name: json.loads(p.read_text()) for p in sorted(run.glob("decode/*/report.json"))}
         groups.setdefault(settings, []).append({"run": run, "seed": run_seed(run), "reports": reports})
     return groups

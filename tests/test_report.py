@@ -157,6 +157,10 @@ def test_seeds_summary_is_mean_and_std_over_real_runs(run, an4_dir, tmp_path, ca
     (tmp_path / "seed1").symlink_to(first, target_is_directory=True)
     groups = collect(tmp_path)
     assert len(groups) == 1 and sorted(r["seed"] for r in next(iter(groups.values()))) == [1, 2]
+    # a run started with another progress bar trained the same model: still one group
+    (second / ".hydra").mkdir(exist_ok=True)
+    (second / ".hydra" / "overrides.yaml").write_text("- seed=2\n- progress=quiet\n")
+    assert list(collect(tmp_path)) == [""]
     table = summarize(tmp_path)
     for split in ("dev", "test"):
         wers = [100 * first_result["reports"][split]["wer"], 100 * second_result["reports"][split]["wer"]]
