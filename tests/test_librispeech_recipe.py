@@ -45,8 +45,12 @@ def cpu_overrides(out: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
-def test_every_recipe_composes_and_instantiates(recipe, tmp_path):
-    extra = sample_overrides(tmp_path) if recipe.startswith("librispeech") else []
+def test_every_recipe_composes_and_instantiates(recipe, tmp_path, request):
+    if recipe.startswith("librispeech"):
+        extra = sample_overrides(tmp_path)
+    else:  # AN4's word classes are read from its training transcripts
+        an4_dir = request.getfixturevalue("an4_dir")
+        extra = [f"paths.data_dir={an4_dir.parent}", f"prepare.data_dir={an4_dir}"]
     cfg = compose_train([f"recipe={recipe}", *extra, *cpu_overrides(tmp_path)])
     tokenizer = instantiate(cfg.tokenizer)
     module = build_module(cfg, tokenizer)
