@@ -1,5 +1,6 @@
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -183,3 +184,42 @@ def test_audio_cache_serves_later_reads_from_memory(an4_dir, tmp_path):
     perturbed.cache[0] = first
     assert abs(perturbed[0][0].numel() - first.numel() / 1.1) <= 2
     assert torch.equal(perturbed.cache[0], first)  # the cache keeps the unperturbed samples
+
+
+def test_filled_cache_serves_every_speed_to_loader_workers(an4_dir, tmp_path):
+    """data.cache_audio with speed perturbation: setup decodes each training file and resamples it to every speed
+    once, in the main process; the forked loader worker then serves all three speeds with the files gone."""
+    utts = []
+    for u in read_manifest(an4_dir / "dev.jsonl")[:6]:
+        copy = tmp_path / f"{u.id}.sph"
+        copy.write_bytes(open(u.audio_filepath, "rb").read())
+        utts.append(Utterance(str(copy), u.duration, u.text, u.id, u.speaker))
+    missing = Utterance(str(tmp_path / "gone.sph"), 1.0, "yes", "gone")
+    write_manifest(tmp_path / "m.jsonl", [*utts, missing])
+    dm = ASRDataModule(CharTokenizer(), str(tmp_path / "m.jsonl"), str(tmp_path / "m.jsonl"), num_workers=1,
+                       speed_perturb=[0.9, 1.0, 1.1], cache_audio=True)
+    dm.setup("fit")
+    ds = dm.datasets["train"]
+    assert set(ds.cache) == {k for i in range(6) for k in (i, (i, 0.9), (i, 1.1))}  # the missing file stays out
+    for i, u in enumerate(utts):
+        n = load_audio(u.audio_filepath).numel()
+        assert torch.equal(ds.cache[i], load_audio(u.audio_filepath))
+        for f in (0.9, 1.1):
+            assert abs(ds.cache[(i, f)].numel() - n / f) <= 2
+        Path(u.audio_filepath).unlink()  # from here on a read from disk would fail
+    lengths: dict[str, set[int]] = {}
+    dropped = set()
+    for epoch in range(8):
+        loader = dm.train_dataloader()
+        loader.batch_sampler.set_epoch(epoch)
+        for batch in loader:  # a fresh worker process each time, forked after the fill
+            dropped.update(uid for uid, _ in batch.dropped)
+            for uid, n in zip(batch.ids, batch.audio_lengths.tolist(), strict=True):
+                lengths.setdefault(uid, set()).add(n)
+    assert dropped <= {"gone"} and set(lengths) == {u.id for u in utts}  # every cached one read, no failure
+    sizes = {n for i in range(6) for n in (ds.cache[i].numel(), ds.cache[(i, 0.9)].numel(),
+                                           ds.cache[(i, 1.1)].numel())}
+    assert set().union(*lengths.values()) <= sizes
+    assert max(len(s) for s in lengths.values()) >= 2  # speeds are still drawn per read
+    with pytest.raises(ValueError, match="cache_audio"):
+        AudioDataset(utts, CharTokenizer()).fill_cache()
