@@ -31,6 +31,7 @@ def check_manifest(
     tokenizer: Tokenizer,
     output_frames: Callable[[torch.Tensor], torch.Tensor],
     sample_rate: int = 16000,
+    inter_tokenizer: Tokenizer | None = None,
 ) -> dict:
     """Statistics and problems of one manifest (durations are taken from it; no audio is read).
 
@@ -39,10 +40,14 @@ def check_manifest(
         tokenizer: the tokenizer training will use.
         output_frames: (N,) sample counts -> (N,) model output frames (``ASRModule.output_frames``).
         sample_rate: the rate audio is resampled to.
+        inter_tokenizer: the intermediate CTC's own units, if it has them (``inter_ctc.tokenizer``): utterances
+            whose labels in those units need more frames than the model gives are counted (``inter_too_short``);
+            they are kept (their main CTC loss is possible), but their intermediate loss is zero.
 
     Returns:
         ``{"manifest", "utterances", "hours", "histogram": {bin: count}, "chars": {char: count},
-        "unknown_chars": {char: count}, "unusable_text": n, "too_short": n, "too_short_utts": [...]}``.
+        "unknown_chars": {char: count}, "unusable_text": n, "too_short": n, "too_short_utts": [...]}``, and
+        ``"inter_too_short": n`` with ``inter_tokenizer``.
     """
     utts = read_manifest(manifest)
     durations = [u.duration for u in utts]
@@ -57,6 +62,7 @@ def check_manifest(
     samples = torch.tensor([round(d * sample_rate) for d in durations], dtype=torch.long)
     frames = output_frames(samples).tolist() if utts else []
     too_short = []
+    inter_too_short = 0
     for u, n in zip(utts, frames, strict=True):
         text = normalize_text(u.text)
         labels.append(text)
@@ -69,6 +75,8 @@ def check_manifest(
         need = ctc_min_frames(tokenizer.encode(text))
         if n < need:
             too_short.append({"id": u.id, "duration": u.duration, "frames": int(n), "needed": need})
+        elif inter_tokenizer is not None and n < ctc_min_frames(inter_tokenizer.encode(text)):
+            inter_too_short += 1
     order = [f"<{e:g}s" for e in BIN_EDGES] + [f">={BIN_EDGES[-1]:g}s"]
     return {
         "manifest": str(manifest),
@@ -80,6 +88,7 @@ def check_manifest(
         "unusable_text": unusable,
         "too_short": len(too_short),
         "too_short_utts": too_short,
+        **({"inter_too_short": inter_too_short} if inter_tokenizer is not None else {}),
     }
 
 
@@ -98,6 +107,9 @@ def format_check(name: str, report: dict) -> str:
     if report["too_short"]:
         ids = ", ".join(u["id"] for u in report["too_short_utts"][:10])
         lines.append(f"  too short for their label under CTC: {report['too_short']} dropped ({ids} ...)")
+    if report.get("inter_too_short"):
+        lines.append(f"  too short for their intermediate-CTC label: {report['inter_too_short']} (kept; their "
+                     "intermediate loss is zero: a smaller model.subsampling_factor fits them)")
     return "\n".join(lines)
 
 
@@ -115,15 +127,17 @@ def check_manifests(
     output_frames: Callable[[torch.Tensor], torch.Tensor],
     out_dir: str | os.PathLike,
     sample_rate: int = 16000,
+    inter_tokenizer: Tokenizer | None = None,
 ) -> dict[str, dict]:
     """:func:`check_manifest` for each ``{name: path}``; logged, and written to ``<out_dir>/data_check.json``.
 
     Args:
         manifests: ``{name: JSONL path}``.
-        tokenizer, output_frames, sample_rate: as for :func:`check_manifest`.
+        tokenizer, output_frames, sample_rate, inter_tokenizer: as for :func:`check_manifest`.
         out_dir: where ``data_check.json`` goes.
     """
-    reports = {n: check_manifest(p, tokenizer, output_frames, sample_rate) for n, p in manifests.items()}
+    reports = {n: check_manifest(p, tokenizer, output_frames, sample_rate, inter_tokenizer)
+               for n, p in manifests.items()}
     for name, report in reports.items():
         log.info("data check\n%s", format_check(name, report))
     log.info("data check report: %s", write_checks(reports, out_dir))

@@ -31,15 +31,15 @@ class FrameStack(nn.Module):
 
 
 class ConvSubsampling(nn.Module):
-    """2-D convolutions with stride 2 in time and frequency (x2 or x4): (B, T, F) -> (B, T', channels * F')."""
+    """2-D convolutions with stride 2 in time and frequency (x2, x4 or x8): (B, T, F) -> (B, T', channels * F')."""
 
     def __init__(self, input_dim: int, factor: int, channels: int = 32) -> None:
         super().__init__()
-        if factor not in (2, 4):
-            raise ValueError(f"model.subsampling_factor must be 2 or 4 with conv subsampling, got {factor}")
+        if factor not in (2, 4, 8):
+            raise ValueError(f"model.subsampling_factor must be 2, 4 or 8 with conv subsampling, got {factor}")
         layers: list[nn.Module] = []
         in_ch, f = 1, input_dim
-        for _ in range({2: 1, 4: 2}[factor]):
+        for _ in range({2: 1, 4: 2, 8: 3}[factor]):
             layers += [nn.Conv2d(in_ch, channels, kernel_size=3, stride=2, padding=1), nn.ReLU()]
             in_ch, f = channels, (f - 1) // 2 + 1
         self.conv = nn.Sequential(*layers)

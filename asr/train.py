@@ -222,7 +222,8 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
         fit_global_stats(module, cfg.data.train_manifest, cfg.get("global_stats_utterances", 2000), cfg.seed, out_dir)
     if cfg.get("data_check", True):
         check_manifests({"train": cfg.data.train_manifest, "val": cfg.data.val_manifest}, tokenizer,
-                        module.output_frames, out_dir, sample_rate=cfg.features.sample_rate)
+                        module.output_frames, out_dir, sample_rate=cfg.features.sample_rate,
+                        inter_tokenizer=module.inter_tokenizer if module.inter_ctc_weight > 0 else None)
     datamodule = instantiate(cfg.data, tokenizer=tokenizer, output_frames=module.output_frames)
     module.eval_manifests = {k: str(Path(v).resolve()) for k, v in (cfg.get("eval_manifests") or {}).items()}
 

@@ -57,7 +57,7 @@ def test_specaugment_masks_in_training_only():
 
 
 @pytest.mark.parametrize(
-    "subsampling,factor", [("stack", 2), ("stack", 3), ("stack", 4), ("conv", 2), ("conv", 4), ("none", 1)]
+    "subsampling,factor", [("stack", 2), ("stack", 3), ("stack", 4), ("conv", 2), ("conv", 4), ("conv", 8), ("none", 1)]
 )
 def test_model_output_lengths_over_many_lengths(subsampling, factor):
     model = BiLSTMCTC(80, 29, hidden_size=16, num_layers=2, subsampling=subsampling, subsampling_factor=factor).eval()

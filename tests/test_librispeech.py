@@ -21,7 +21,7 @@ from asr.corpora import librispeech
 from asr.data import ASRDataModule, Utterance, ctc_min_frames, read_manifest, write_manifest
 from asr.data_check import check_manifest
 from asr.download import DownloadError
-from asr.text import CharTokenizer, SentencePieceTokenizer, tokenizer_from_state_dict
+from asr.text import CharTokenizer, SentencePieceTokenizer, WordTokenizer, tokenizer_from_state_dict
 from tests.conftest import LIBRI
 
 pytestmark = pytest.mark.skipif(
@@ -218,6 +218,23 @@ def test_data_check_and_datamodule_drop_utterances_too_short_for_ctc(tmp_path):
     dm.setup("fit")
     assert [u.id for u in dm.datasets["train"].utterances] == ["ok"]
     assert len(dm.datasets["val"].utterances) == 2  # evaluation keeps them: they still count in the WER
+
+
+def test_data_check_counts_utterances_too_short_for_the_intermediate_labels(tmp_path):
+    audio = next(LIBRI.glob("test-clean/*/*/*.flac"))
+    manifest = tmp_path / "m.jsonl"
+    write_manifest(manifest, [
+        Utterance(str(audio), 1.0, "seven", "fits"),  # 12 frames: 1 word, 5 characters
+        Utterance(str(audio), 1.0, "three three seven eight nine", "words_only"),  # 5 words fit, 28 characters not
+    ])
+    words = WordTokenizer(words=["seven", "three", "eight", "nine"])
+
+    def frames(samples):
+        return samples // 160 // 8  # 10 ms hop, 8x subsampling: 12 frames in 1 s
+
+    report = check_manifest(manifest, words, frames, inter_tokenizer=CharTokenizer())
+    assert report["too_short"] == 0 and report["inter_too_short"] == 1
+    assert "inter_too_short" not in check_manifest(manifest, words, frames)
 
 
 @pytest.mark.parametrize("ids,need", [([], 0), ([1], 1), ([1, 1], 3), ([1, 2, 2, 2], 6), ([1, 2, 1], 3)])
