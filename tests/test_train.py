@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from omegaconf.errors import ConfigAttributeError
 
 from asr.evaluate import evaluate
 from asr.module import ASRModule
-from asr.train import train
+from asr.train import select_average, train
 from tests.conftest import ROOT, SHARED, compose_train, tiny_train_cfg
 
 
@@ -334,3 +335,19 @@ def test_average_best_keeps_the_k_best_epochs_and_picks_on_validation(an4_dir, t
     again = evaluate(result["best_checkpoint"], out_dir=str(tmp_path / "again"), progress=False)
     assert again["test"]["wer"] == result["reports"]["test"]["wer"]
     assert json.loads((tmp_path / "run.json").read_text())["model_selection"]["chosen"] == sel["chosen"]
+
+    # average_select=always: the same k epochs, and their mean replaces best.ckpt whatever the two dev WERs are
+    shutil.copy(result["best_checkpoint"], tmp_path / "epoch_best.ckpt")
+    top_k = {p: torch.load(p, map_location="cpu", weights_only=True)["val_wer"] for p in sel["averaged"]}
+    always = select_average(str(tmp_path / "epoch_best.ckpt"), top_k, str(an4_dir / "dev.jsonl"),
+                            torch.device("cpu"), rule="always")
+    assert always["chosen"] == "average" and always["averaged"] == sel["averaged"]
+    assert always["val_wer_best_epoch"] is not None and always["val_wer_average"] is not None
+    assert torch.load(tmp_path / "epoch_best.ckpt", map_location="cpu", weights_only=True)["averaged_from"] == sel["averaged"]
+
+
+def test_average_select_typo_fails_before_training(an4_dir, tmp_path):
+    """A misspelt average_select is caught before any epoch runs, not after the last one."""
+    with pytest.raises(ValueError, match="average_select='alway'.*'dev'.*'always'"):
+        train(tiny_train_cfg(an4_dir, tmp_path, ["average_best=3", "average_select=alway"]))
+    assert not (tmp_path / "checkpoints").exists()
