@@ -312,7 +312,7 @@ def test_retokenized_targets_spell_the_same_text():
 def test_average_best_keeps_the_k_best_epochs_and_picks_on_validation(an4_dir, tmp_path):
     """average_best=3: the 3 best epochs' weights go to checkpoints/top/; their mean becomes best.ckpt only if it
     scores no worse on the validation manifest than the best epoch, and evaluation reproduces what training printed."""
-    cfg = ["average_best=3", "trainer.max_epochs=4", "trainer.limit_train_batches=4"]
+    cfg = ["average_best=3", "average_select=dev", "trainer.max_epochs=4", "trainer.limit_train_batches=4"]
     result = train(tiny_train_cfg(an4_dir, tmp_path, cfg))
     top = sorted((tmp_path / "checkpoints" / "top").glob("*.ckpt"))
     assert len(top) == 3
