@@ -159,6 +159,12 @@ def fit_global_stats(module: ASRModule, manifest: str, max_utterances: int, seed
     log.info("global feature statistics from %d of %d utterances of %s", used, len(utts), manifest)
 
 
+def _check_average_select(rule: str) -> None:
+    if rule not in ("dev", "always"):
+        raise ValueError(f"average_select={rule!r}: use 'dev' (the mean of the average_best epochs if it scores no "
+                         "worse on validation than the best epoch) or 'always'")
+
+
 def select_average(
     best_path: str, top_k: dict[str, Any], val_manifest: str, device: torch.device, rule: str = "dev"
 ) -> dict[str, Any]:
@@ -171,8 +177,7 @@ def select_average(
     Returns:
         ``{"averaged": [paths, best first], "val_wer_average", "val_wer_best_epoch", "chosen": "average" | "epoch"}``.
     """
-    if rule not in ("dev", "always"):
-        raise ValueError(f"average_select={rule!r}: use 'dev' (the mean if no worse on validation) or 'always'")
+    _check_average_select(rule)
     paths = sorted(top_k, key=lambda p: float(top_k[p]))
     out = {"averaged": paths, "val_wer_average": None, "val_wer_best_epoch": None, "chosen": "epoch"}
     if len(paths) < 2:
@@ -210,9 +215,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
         is :func:`select_average`'s account with ``average_best`` > 1 (else None), and ``best_val_wer`` the
         validation WER of the model in ``best.ckpt``.
     """
-    if cfg.get("average_select", "dev") not in ("dev", "always"):  # before the run, not after it
-        raise ValueError(f"average_select={cfg.average_select!r}: use 'dev' (the mean of the average_best epochs "
-                         "if it scores no worse on validation than the best epoch) or 'always'")
+    _check_average_select(cfg.get("average_select", "dev"))  # before the run, not after it
     L.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
     ckpt_dir = out_dir / "checkpoints"
