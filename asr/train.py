@@ -30,7 +30,9 @@ from pytorch_lightning.utilities import rank_zero_only
 from tqdm import tqdm
 
 from asr.average import average_checkpoints
-from asr.callbacks import CSVHistory, ThroughputMonitor, TopKCheckpoint, loggers, progress_bar
+from asr.callbacks import (
+    CSVHistory, ThroughputMonitor, TopKCheckpoint, ValidateFrom, first_validated_epoch, loggers, progress_bar,
+)
 from asr.checkpointing import AtomicCheckpointIO, CheckpointWriteError, remove_partials
 from asr.data import load_audio, read_manifest
 from asr.data_check import check_manifests
@@ -216,6 +218,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
         validation WER of the model in ``best.ckpt``.
     """
     _check_average_select(cfg.get("average_select", "dev"))  # before the run, not after it
+    first_val = first_validated_epoch(float(cfg.get("validate_from") or 0.0), cfg.trainer.get("max_epochs"))
     L.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
     ckpt_dir = out_dir / "checkpoints"
@@ -251,9 +254,10 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
     throughput = ThroughputMonitor(cfg.features.sample_rate, every_n_steps=cfg.trainer.log_every_n_steps)
     bar = progress_bar(cfg.progress) if cfg.trainer.get("enable_progress_bar", True) else None
     guards = [NonFiniteGuard(cfg.get("max_consecutive_bad_steps", 20)), DroppedUtterances()]
+    later = [ValidateFrom(first_val, ckpt_dir / "last.ckpt")] if first_val > 0 else []
     trainer: L.Trainer = instantiate(
         cfg.trainer,
-        callbacks=[best, last, *([top] if top else []), throughput, *guards, *([bar] if bar else []),
+        callbacks=[best, last, *([top] if top else []), *later, throughput, *guards, *([bar] if bar else []),
                    *extra_callbacks],
         logger=loggers(out_dir),
         enable_progress_bar=bar is not None,
