@@ -31,7 +31,13 @@ from tqdm import tqdm
 
 from asr.average import average_checkpoints
 from asr.callbacks import (
-    CSVHistory, ThroughputMonitor, TopKCheckpoint, ValidateFrom, first_validated_epoch, loggers, progress_bar,
+    CSVHistory,
+    ThroughputMonitor,
+    TopKCheckpoint,
+    ValidateFrom,
+    first_validated_epoch,
+    loggers,
+    progress_bar,
 )
 from asr.checkpointing import AtomicCheckpointIO, CheckpointWriteError, remove_partials
 from asr.data import load_audio, read_manifest
