@@ -152,6 +152,32 @@ def test_shared_dropout_keeps_one_mask_per_utterance_and_channel():
     assert model.config["shared_dropout"] is True and model.lstm.dropout.shared
 
 
+def test_cpu_dropout_drops_p_and_keeps_the_mean():
+    """asr.model.dropout on CPU (masks from 16-bit random integers): the dropped fraction is p to sampling noise,
+    every element's expectation is its value, the gradient is the mask, and a seed repeats the mask."""
+    from asr.model import dropout
+
+    torch.manual_seed(0)
+    x = torch.full((1000, 1000), 3.0, requires_grad=True)  # 10^6 elements: std of the dropped fraction 0.0004
+    for p in (0.1, 0.2, 0.5):
+        y = dropout(x, p)
+        assert abs((y == 0).float().mean().item() - p) < 0.002
+        assert abs(y.mean().item() - 3.0) < 0.01
+        kept = y[y != 0]
+        assert torch.allclose(kept, torch.full_like(kept, 3.0 * 65536 / (65536 - round(p * 65536))))
+    (grad,) = torch.autograd.grad(y.sum(), x)
+    assert torch.equal(grad, y.detach() / 3.0)  # d(sum)/dx: the scaled mask
+    odd = torch.ones(5, 7, 3)  # an element count not a multiple of 4
+    assert dropout(odd, 0.5).shape == odd.shape
+    torch.manual_seed(1)
+    first = dropout(odd, 0.5)
+    torch.manual_seed(1)
+    assert torch.equal(first, dropout(odd, 0.5))
+    assert torch.equal(dropout(odd, 0.0), odd) and not dropout(odd, 1.0).any()
+    means = torch.stack([dropout(odd, 0.5) for _ in range(4000)]).mean(0)
+    assert (means - 1).abs().max() < 0.1  # no element is favoured (each mean's std ~0.016)
+
+
 def test_global_normalisation_from_real_training_audio(an4_dir):
     from asr.features import global_stats
 

@@ -136,6 +136,9 @@ def test_bf16_autocast_path_on_cpu(an4_dir, tmp_path):
         log_probs, lengths = module(audio, torch.tensor([16000, 12000]))
     assert feats.dtype == torch.float32 and log_probs.dtype == torch.float32
     assert torch.isfinite(log_probs).all() and result["reports"] == {}
+    # Lightning cannot clip a fused optimiser's gradients under mixed precision: AdamW's fused kernels stay off
+    last = torch.load(Path(result["best_checkpoint"]).with_name("last.ckpt"), map_location="cpu", weights_only=True)
+    assert last["optimizer_states"][0]["param_groups"][0]["fused"] is False
 
 
 
@@ -352,3 +355,48 @@ def test_average_select_typo_fails_before_training(an4_dir, tmp_path):
     with pytest.raises(ValueError, match="average_select='alway'.*'dev'.*'always'"):
         train(tiny_train_cfg(an4_dir, tmp_path, ["average_best=3", "average_select=alway"]))
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_validate_from_skips_early_validation_keeps_the_weights_and_resumes(an4_dir, tmp_path):
+    """validate_from=0.5 over 4 epochs: validation (val rows, best.ckpt) only after epochs 3 and 4, the same
+    weights as validating every epoch, and last.ckpt written at the end of the unvalidated epochs too, so a run
+    killed in epoch 2 resumes from epoch 1's end."""
+    import pytorch_lightning as L
+
+    class Crash(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 1:
+                raise RuntimeError("simulated crash")
+
+    def val_epochs(run):
+        rows = (run / "logs" / "metrics.csv").read_text().splitlines()
+        cols = rows[0].split(",")
+        epoch, wer = cols.index("epoch"), cols.index("val/wer")
+        return sorted({int(r.split(",")[epoch]) for r in rows[1:] if r.split(",")[wer]})
+
+    def last(run):
+        return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+
+    every, later, crashed = tmp_path / "every", tmp_path / "later", tmp_path / "crashed"
+    cfg = ["trainer.max_epochs=4", "eval_manifests=null", "average_best=1"]
+    train(tiny_train_cfg(an4_dir, every, cfg))
+    result = train(tiny_train_cfg(an4_dir, later, [*cfg, "validate_from=0.5"]))
+    assert val_epochs(every) == [0, 1, 2, 3] and val_epochs(later) == [2, 3]
+    a, b = last(every), last(later)
+    assert a["global_step"] == b["global_step"] == 12
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    assert a["optimizer_states"][0]["param_groups"][0]["fused"] is True  # 32-bit: AdamW's fused kernels
+    assert torch.load(result["best_checkpoint"], map_location="cpu", weights_only=True)["epoch"] in (2, 3)
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(tiny_train_cfg(an4_dir, crashed, [*cfg, "validate_from=0.5"]), extra_callbacks=[Crash()])
+    assert last(crashed)["global_step"] == 3 and not (crashed / "checkpoints" / "best.ckpt").exists()
+    resumed = train(tiny_train_cfg(an4_dir, crashed, [*cfg, "validate_from=0.5", "resume=auto"]))
+    assert resumed["epochs"] == 4 and last(crashed)["global_step"] == 12 and val_epochs(crashed) == [2, 3]
+
+
+def test_validate_from_out_of_range_fails_before_training(an4_dir, tmp_path):
+    for bad in ("1.0", "-0.1"):
+        with pytest.raises(ValueError, match=r"validate_from=.* must be a fraction of trainer.max_epochs"):
+            train(tiny_train_cfg(an4_dir, tmp_path / bad, ["trainer.max_epochs=4", f"validate_from={bad}"]))
+        assert not (tmp_path / bad / "checkpoints").exists()
