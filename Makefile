@@ -42,9 +42,10 @@ test-slow: install  ## tests marked slow
 lint: install
 	$(BIN)/ruff check asr tests hydra_plugins
 
-bench: install  ## training throughput (pipeline vs bare loop, padding) and LibriSpeech prepare speed
+bench: install  ## training throughput (pipeline vs bare loop, padding), dropout/AdamW, LibriSpeech prepare speed
 	$(BIN)/python benchmarks/train_throughput.py $(ARGS)
 	$(BIN)/python benchmarks/lstm_variants.py
+	$(BIN)/python benchmarks/step_parts.py
 	$(BIN)/python benchmarks/prepare_librispeech.py
 
 clean:

@@ -47,7 +47,7 @@ class ValidateFrom(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._skips(trainer):
-            trainer.save_checkpoint(self.last_path)
+            trainer.save_checkpoint(self.last_path, weights_only=False)  # all of it, as last.ckpt always is
 
 
 def first_validated_epoch(validate_from: float, max_epochs: int | None) -> int:
