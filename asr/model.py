@@ -106,6 +106,8 @@ class SharedDropout(nn.Module):
 
     def __init__(self, p: float, shared: bool = True) -> None:
         super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"model.dropout={p} must be in [0, 1)")
         self.p, self.shared = p, shared
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -265,7 +265,8 @@ class ASRModule(L.LightningModule):
     def _fused_option(self) -> dict[str, bool]:
         """``fused=True`` for Adam/AdamW whose config leaves ``fused`` null, unless the precision is ``*-mixed``.
 
-        The fused kernels update all parameters in one call (AN4 on 2 CPU cores: 9 -> 3 ms a step, ~3 % of it), but
+        The fused kernels update all parameters in one call (the AN4 model on 2 CPU cores: 16 -> 2.6 ms a step,
+        ``benchmarks/step_parts.py``), but
         Lightning cannot clip the gradients of a fused optimiser under mixed precision, so there it stays off."""
         factory = self.optimizer_factory
         if getattr(factory, "func", None) not in (torch.optim.Adam, torch.optim.AdamW):

@@ -114,6 +114,9 @@ def test_model_rejects_bad_settings():
         BiLSTMCTC(80, 29, subsampling="pool")
     with pytest.raises(ValueError, match="subsampling_factor"):
         BiLSTMCTC(80, 29, subsampling="conv", subsampling_factor=3)
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match=r"model.dropout=.* must be in \[0, 1\)"):
+            BiLSTMCTC(80, 29, dropout=bad)
 
 
 def test_bilstm_runs_under_cpu_bf16_autocast_on_any_cpu():
