@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +20,7 @@ from asr.model import BiLSTMCTC
 from asr.text import Tokenizer, normalize_text, tokenizer_from_state_dict
 
 CHECKPOINT_KEY = "asr"  # plain-data description of the model stored in every checkpoint
+RNG_KEY = "rng_states"  # random generator states, so that resume=auto continues the same random streams
 
 
 class ASRModule(L.LightningModule):
@@ -292,6 +294,21 @@ class ASRModule(L.LightningModule):
         wer = self.trainer.callback_metrics.get("val/wer") if self._trainer is not None else None
         if wer is not None:  # the last validation's score, also in weights-only files (they keep no callback state)
             checkpoint["val_wer"] = float(wer)
+        checkpoint[RNG_KEY] = {  # dropout, SpecAugment (torch) and speed perturbation (random) draw from these
+            "torch": torch.get_rng_state(),
+            "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A resumed fit draws the random numbers the uninterrupted one would have (Lightning restores none)."""
+        states = checkpoint.get(RNG_KEY)
+        if not states:
+            return
+        torch.set_rng_state(states["torch"])
+        random.setstate(states["python"])
+        if states.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(states["cuda"])
 
     @classmethod
     def load_for_inference(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> ASRModule:

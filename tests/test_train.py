@@ -360,7 +360,7 @@ def test_average_select_typo_fails_before_training(an4_dir, tmp_path):
 def test_validate_from_skips_early_validation_keeps_the_weights_and_resumes(an4_dir, tmp_path):
     """validate_from=0.5 over 4 epochs: validation (val rows, best.ckpt) only after epochs 3 and 4, the same
     weights as validating every epoch, and last.ckpt written at the end of the unvalidated epochs too, so a run
-    killed in epoch 2 resumes from epoch 1's end."""
+    killed in epoch 2 resumes from epoch 1's end, to the same weights as the run that was not killed."""
     import pytorch_lightning as L
 
     class Crash(L.Callback):
@@ -393,6 +393,9 @@ def test_validate_from_skips_early_validation_keeps_the_weights_and_resumes(an4_
     assert last(crashed)["global_step"] == 3 and not (crashed / "checkpoints" / "best.ckpt").exists()
     resumed = train(tiny_train_cfg(an4_dir, crashed, [*cfg, "validate_from=0.5", "resume=auto"]))
     assert resumed["epochs"] == 4 and last(crashed)["global_step"] == 12 and val_epochs(crashed) == [2, 3]
+    # the random generators' states travel in last.ckpt: the resumed run ends with the uninterrupted one's weights
+    c = last(crashed)
+    assert all(torch.equal(b["state_dict"][k], c["state_dict"][k]) for k in b["state_dict"])
 
 
 def test_validate_from_out_of_range_fails_before_training(an4_dir, tmp_path):
