@@ -3,7 +3,7 @@
     python benchmarks/step_parts.py [--batch 12] [--frames 130] [--steps 50] [--rounds 5]
 
 - dropout, forward + backward, on one between-layer activation of an AN4 batch (B x T x 512 for a 3x256 BiLSTM;
-  the recipe drops out 4 such tensors a step): torch's ``nn.functional.dropout`` (one Bernoulli draw per
+  the recipe drops out 5 such tensors a step): torch's ``nn.functional.dropout`` (one Bernoulli draw per
   element) vs ``asr.model.dropout`` (masks from 16-bit slices of 64-bit random integers);
 - one AdamW step over the AN4 recipe's parameters (~5.1 M): torch's default (foreach) vs ``fused=True``
   (what ``optim.optimizer.fused: null`` picks in 32-bit training).
