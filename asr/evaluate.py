@@ -46,8 +46,15 @@ CACHE_VERSION = 1
 
 
 def run_dir_of(checkpoint: str | os.PathLike) -> Path:
-    """``exp/<recipe>/<run>/checkpoints/x.ckpt`` -> ``exp/<recipe>/<run>``."""
-    return Path(checkpoint).resolve().parent.parent
+    """``exp/<recipe>/<run>/checkpoints[/top]/x.ckpt`` -> ``exp/<recipe>/<run>``.
+
+    A checkpoint outside a run's ``checkpoints/`` folder (copied elsewhere) -> the folder it is in.
+    """
+    path = Path(checkpoint).resolve()
+    for parent in path.parents:
+        if parent.name == "checkpoints":
+            return parent.parent
+    return path.parent
 
 
 def resolve_device(device: str) -> torch.device:

@@ -3,16 +3,25 @@
     python -m asr.lm manifest=data/an4/train.jsonl out_dir=data/an4/lm order=3
 
 writes ``<out_dir>/lexicon.txt`` (one word a line, then its spelling) and ``<out_dir>/<order>-gram.arpa``,
-which ``decoder=beam_lm decoder.lexicon=... decoder.lm=...`` reads. A ``.done`` marker makes a rerun skip the
-stage. KenLM's ``lmplz`` is a C++ build and the ``kenlm`` pip package has no wheel and cannot estimate
+which ``decoder=beam_lm decoder.lexicon=... decoder.lm=...`` reads. A ``.done`` marker (holding the settings)
+makes a rerun with the same settings skip the stage.
+
+``spell=<word list>`` adds each word of a word list (``python -m asr.wordlist``) spelled out as a sentence of
+letters (``pittsburgh`` -> ``p i t t s b u r g h``), for corpora where speakers spell words letter by letter
+(AN4): a model whose classes are letters and words then gets an LM that knows English spelling, which the
+transcripts alone (a few hundred names) cannot teach it.
+
+KenLM's ``lmplz`` is a C++ build and the ``kenlm`` pip package has no wheel and cannot estimate
 models, so this small, dependency-free writer covers corpora the size of a recipe's transcripts.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
+import re
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
@@ -139,25 +148,82 @@ def write_arpa(model: list[dict[tuple[str, ...], tuple[float, float]]], path: st
     os.replace(tmp, path)
 
 
-def build_lm(manifests: Sequence[str], out_dir: str, order: int = 3) -> dict[str, str]:
-    """Lexicon + ARPA LM from the normalised transcripts of ``manifests``; skipped when ``.done`` exists.
+def spelled_words(path: str | os.PathLike, top: int | None = None) -> list[list[str]]:
+    """The words of a word list, each spelled out as a list of its letters.
+
+    Args:
+        path: UTF-8 text, one word a line (anything after a tab is ignored, e.g. a frequency), most frequent
+            first; words are normalised like transcripts, and those with anything but the letters a-z
+            (digits, apostrophes, accents) are left out.
+        top: keep the first ``top`` usable words (None: all).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"spell={path}: no such word list (write one with `python -m asr.wordlist`)")
+    words: list[list[str]] = []
+    seen: set[str] = set()
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            word = normalize_text(line.split("\t", 1)[0])
+            if not _LETTERS.fullmatch(word) or word in seen:
+                continue
+            seen.add(word)
+            words.append(list(word))
+            if top is not None and len(words) >= top:
+                break
+    if not words:
+        raise ValueError(f"spell={path}: no word of only the letters a-z in it")
+    return words
+
+
+_LETTERS = re.compile(r"[a-z]+")
+
+
+def build_lm(
+    manifests: Sequence[str],
+    out_dir: str,
+    order: int = 3,
+    spell: str | None = None,
+    spell_top: int | None = None,
+    transcript_repeat: int = 1,
+) -> dict[str, str]:
+    """Lexicon + ARPA LM from the normalised transcripts of ``manifests``.
+
+    Skipped when ``<out_dir>/.done.<order>-gram`` holds the same settings.
+
+    Args:
+        spell: a word list whose words join the LM's sentences spelled out letter by letter
+            (:func:`spelled_words`); the lexicon stays the transcripts' words.
+        spell_top: how many of the list's words (None: all).
+        transcript_repeat: count each transcript this many times, so that a long word list does not drown
+            the corpus's own sentences.
 
     Returns:
         ``{"lexicon": path, "lm": path}``.
     """
+    if transcript_repeat < 1:
+        raise ValueError(f"transcript_repeat must be >= 1, got {transcript_repeat}")
     out = Path(out_dir)
     paths = {"lexicon": str(out / "lexicon.txt"), "lm": str(out / f"{order}-gram.arpa")}
     done = out / f".done.{order}-gram"
-    if done.exists() and all(Path(p).is_file() for p in paths.values()):
-        log.info("LM stage already done (%s); delete it to rebuild", done)
+    settings = json.dumps(
+        {"manifests": list(manifests), "spell": spell, "spell_top": spell_top, "transcript_repeat": transcript_repeat}
+    )
+    if done.exists() and done.read_text() == settings and all(Path(p).is_file() for p in paths.values()):
+        log.info("LM stage already done with these settings (%s); delete it to rebuild", done)
         return paths
     sentences = [normalize_text(u.text).split() for m in manifests for u in read_manifest(m)]
     sentences = [s for s in sentences if s]
-    model = kneser_ney(sentences, order)
-    write_arpa(model, paths["lm"])
     words = sorted({w for s in sentences for w in s})
+    corpus = sentences * transcript_repeat
+    if spell is not None:
+        spelled = spelled_words(spell, spell_top)
+        log.info("%d words of %s spelled out letter by letter", len(spelled), spell)
+        corpus += spelled
+    model = kneser_ney(corpus, order)
+    write_arpa(model, paths["lm"])
     Path(paths["lexicon"]).write_text("".join(f"{w}\t{' '.join(w)}\n" for w in words), encoding="utf-8")
-    done.touch()
+    done.write_text(settings)
     log.info(
         "%d sentences, %d words -> %s, %s (%s n-grams)",
         len(sentences),
@@ -173,7 +239,14 @@ def build_lm(manifests: Sequence[str], out_dir: str, order: int = 3) -> dict[str
 def main(cfg: DictConfig) -> None:
     manifests = [cfg.manifest] if isinstance(cfg.manifest, str) else list(cfg.manifest)
     try:
-        paths = build_lm(manifests, cfg.out_dir, cfg.order)
+        paths = build_lm(
+            manifests,
+            cfg.out_dir,
+            cfg.order,
+            spell=cfg.spell,
+            spell_top=cfg.spell_top,
+            transcript_repeat=cfg.transcript_repeat,
+        )
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -13,7 +13,7 @@ import torch
 from asr.data import read_manifest, write_manifest
 from asr.decoding import BeamSearchDecoder, GreedyDecoder
 from asr.evaluate import evaluate
-from asr.lm import BOS, build_lm
+from asr.lm import BOS, build_lm, spelled_words
 from asr.text import CharTokenizer, WordTokenizer, normalize_text
 from tests.conftest import ROOT
 
@@ -127,6 +127,47 @@ def test_word_model_greedy_and_beam(an4_dir, an4_lm):
     words = {ws: BeamSearchDecoder(tok, beam_size=20, lm=an4_lm["lm"], lm_weight=2.0, word_score=ws).decode(lp, n)[0]
              for ws in (-3.0, 0.0, 6.0)}
     assert len(words[-3.0].split()) < 6 == len(words[0.0].split()) < len(words[6.0].split()), words
+
+
+def test_spelling_lm_from_a_word_list_corrects_a_spelled_letter(an4_dir, an4_lm, tmp_path):
+    from asr.wordlist import write_wordlist
+
+    words = write_wordlist(tmp_path / "words.txt", "en", top=3000)
+    lines = [line.split("\t") for line in words.read_text().splitlines()]
+    assert len(lines) == 3000 and lines[0][0] == "the"
+    zipf = [float(f) for _, f in lines]
+    assert zipf == sorted(zipf, reverse=True)  # most frequent first
+    spelled = spelled_words(words)
+    assert ["m", "a", "r", "k", "e", "t"] in spelled
+    assert all("".join(w).isalpha() and "".join(w).isascii() for w in spelled)  # "don't", "2", "café" left out
+    assert len(spelled) < 3000 and spelled_words(words, top=10) == spelled[:10]
+
+    out = tmp_path / "lm"
+    paths = build_lm([str(an4_dir / "train.jsonl")], str(out), order=5, spell=str(words), transcript_repeat=5)
+    tables = read_arpa(paths["lm"])
+    assert ("m", "a", "r", "k", "e") in tables[5]  # 5-grams of letters the transcripts do not have
+    assert "rubout" in {w for (w,) in tables[1]}  # and the transcripts' words
+    tok = WordTokenizer(train_manifest=str(an4_dir / "train.jsonl"))
+    lp, n = emissions_for(["s y s t e m"], tok)  # m/n: one of AN4's commonest confusions
+    lp[0, 15:17, :] = math.log(0.1 / (tok.num_classes - 2))  # the m's two frames: n a little likelier than m
+    lp[0, 15:17, tok.encode("n")[0]], lp[0, 15:17, tok.encode("m")[0]] = math.log(0.47), math.log(0.43)
+    assert BeamSearchDecoder(tok, beam_size=10).decode(lp, n) == ["s y s t e n"]
+    # the transcripts' 3-gram knows AN4's names, which end in n more often than in m ...
+    assert BeamSearchDecoder(tok, beam_size=10, lm=an4_lm["lm"], lm_weight=0.5).decode(lp, n) == ["s y s t e n"]
+    # ... the spelling LM knows English words
+    assert BeamSearchDecoder(tok, beam_size=10, lm=paths["lm"], lm_weight=0.5).decode(lp, n) == ["s y s t e m"]
+
+    # the .done marker holds the settings: the same ones skip the stage, others rebuild it
+    mtime = os.stat(paths["lm"]).st_mtime_ns
+    build_lm([str(an4_dir / "train.jsonl")], str(out), order=5, spell=str(words), transcript_repeat=5)
+    assert os.stat(paths["lm"]).st_mtime_ns == mtime
+    build_lm([str(an4_dir / "train.jsonl")], str(out), order=5, spell=str(words), spell_top=100)
+    assert ("m", "a", "r", "k", "e") not in read_arpa(paths["lm"])[5]  # "market" is not in the top 100
+    with pytest.raises(FileNotFoundError, match="spell=.*asr.wordlist"):
+        spelled_words(tmp_path / "missing.txt")
+    (tmp_path / "digits.txt").write_text("2026\ndon't\n")
+    with pytest.raises(ValueError, match="no word of only the letters a-z"):
+        spelled_words(tmp_path / "digits.txt")
 
 
 def test_lexicon_and_lm_correct_a_misspelling(an4_lm):
@@ -243,3 +284,13 @@ def test_lexicon_free_beam_search_with_sentencepiece_pieces(an4_dir, an4_lm, tmp
     assert BeamSearchDecoder(tok, beam_size=10).decode(log_probs, lengths) == texts
     with pytest.raises(ValueError, match="decoder.lexicon needs a character model"):
         BeamSearchDecoder(tok, lexicon=an4_lm["lexicon"], lm=an4_lm["lm"])
+
+
+def test_run_dir_of_a_checkpoint(tmp_path):
+    from asr.evaluate import run_dir_of
+
+    run = tmp_path / "exp" / "an4" / "run1"
+    assert run_dir_of(run / "checkpoints" / "best.ckpt") == run.resolve()
+    assert run_dir_of(run / "checkpoints" / "top" / "epoch=41.ckpt") == run.resolve()
+    # copied out of its run: decode/ goes beside it, not to the filesystem's root
+    assert run_dir_of(tmp_path / "early.ckpt") == tmp_path.resolve()
