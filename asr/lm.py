@@ -36,6 +36,7 @@ from asr.text import normalize_text
 log = logging.getLogger(__name__)
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
+_LETTERS = re.compile(r"[a-z]+")  # the words spelled_words keeps
 
 
 def _discount(counts: Iterable[int]) -> float:
@@ -175,8 +176,6 @@ def spelled_words(path: str | os.PathLike, top: int | None = None) -> list[list[
         raise ValueError(f"spell={path}: no word of only the letters a-z in it")
     return words
 
-
-_LETTERS = re.compile(r"[a-z]+")
 
 
 def build_lm(
