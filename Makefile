@@ -31,7 +31,7 @@ report: install  ## make report RUN=exp/an4/<run>: rebuild <run>/report.md and i
 	$(BIN)/python -m asr.report $(RUN)
 
 seeds: install  ## train the recipe once per seed (SEEDS=1,2,3), then print WER mean ± std
-	$(BIN)/python -m asr.train -m recipe=$(RECIPE) seed=$(SEEDS) progress=quiet $(ARGS)
+	$(BIN)/python -m asr.train -m recipe=$(RECIPE) seed=$(SEEDS) trainer.enable_progress_bar=false $(ARGS)
 
 test: install  ## the default (fast) suite
 	$(BIN)/python -m pytest -q $(ARGS)

@@ -116,6 +116,57 @@ def write_spelling_lexicon(words: list[str], tokenizer: CharTokenizer, path: str
     return kept
 
 
+def _usable_lexicon(tokenizer: Tokenizer, lexicon: str | None, lm: str | None) -> str | None:
+    """The lexicon the search uses (None for a word model, whose classes are its lexicon), after checking that the
+    tokenizer, lexicon and LM settings go together.
+
+    Raises:
+        ValueError, FileNotFoundError: naming the ``decoder.*`` setting at fault.
+    """
+    words = isinstance(tokenizer, WordTokenizer)
+    if lexicon and words:
+        # flashlight's lexicon search cannot hold a one-token word over repeated frames (it scores the repeat as
+        # silence); a word model's classes are its lexicon, so it searches lexicon-free, the LM scoring each word
+        # class as the word it names
+        log.info("decoder.lexicon=%s is not used with a word model: its word classes are the lexicon", lexicon)
+        lexicon = None
+    if lexicon and not isinstance(tokenizer, CharTokenizer):
+        raise ValueError(
+            f"decoder.lexicon needs a character model; this checkpoint's tokenizer is {type(tokenizer).__name__} "
+            f"(lexicon + LM search over SentencePiece pieces is not supported yet): use decoder=beam "
+            f"(lexicon-free) or decoder=greedy"
+        )
+    if lm and not lexicon and not words:
+        raise ValueError(
+            f"decoder.lm={lm} is a word LM and needs decoder.lexicon (a word list); use decoder=beam_lm "
+            f"with decoder.lexicon=..., or drop decoder.lm for lexicon-free search"
+        )
+    if lm and not Path(lm).is_file():
+        raise FileNotFoundError(
+            f"decoder.lm={lm} does not exist; give a KenLM ARPA or binary file (`python -m asr.lm` writes one "
+            f"from training transcripts)"
+        )
+    return lexicon
+
+
+def _lexicon_decoder(ctc_decoder: Any, tokenizer: CharTokenizer, lexicon: str, lm: str | None, options: dict) -> Any:
+    """flashlight's lexicon search over the words of ``lexicon`` spelled with the model's characters, scored by
+    ``lm`` if given."""
+    words = read_lexicon_words(lexicon)
+    with tempfile.TemporaryDirectory() as tmp:
+        spelled = Path(tmp) / "lexicon.txt"
+        kept = write_spelling_lexicon(words, tokenizer, spelled)
+        if kept == 0:
+            raise ValueError(f"no word of decoder.lexicon={lexicon} can be spelled with the model's tokens")
+        if kept < len(words):
+            log.warning("%s: %d of %d words use characters the model cannot emit; left out",
+                        lexicon, len(words) - kept, len(words))
+        try:
+            return ctc_decoder(lexicon=str(spelled), lm=str(lm) if lm else None, **options)
+        except RuntimeError as err:  # KenLM's message on a malformed file
+            raise ValueError(f"decoder.lm={lm} could not be loaded by KenLM: {err}") from None
+
+
 class BeamSearchDecoder:
     """CTC beam search (torchaudio ``ctc_decoder``, flashlight-text), optionally with a lexicon + KenLM.
 
@@ -162,29 +213,7 @@ class BeamSearchDecoder:
         if beam_size < 1:
             raise ValueError(f"decoder.beam_size must be >= 1, got {beam_size}")
         self.words = isinstance(tokenizer, WordTokenizer)
-        if lexicon and self.words:
-            # flashlight's lexicon search cannot hold a one-token word over repeated frames (it scores the
-            # repeat as silence); a word model's classes are its lexicon, so it searches lexicon-free, the LM
-            # scoring each word class as the word it names
-            log.info("decoder.lexicon=%s is not used with a word model: its word classes are the lexicon", lexicon)
-            lexicon = None
-        if lexicon and not isinstance(tokenizer, CharTokenizer):
-            raise ValueError(
-                f"decoder.lexicon needs a character model; this checkpoint's tokenizer is "
-                f"{type(tokenizer).__name__} (lexicon + LM search over SentencePiece pieces is not supported "
-                f"yet): use decoder=beam (lexicon-free) or decoder=greedy"
-            )
-        if lm and not lexicon and not self.words:
-            raise ValueError(
-                f"decoder.lm={lm} is a word LM and needs decoder.lexicon (a word list); use decoder=beam_lm "
-                f"with decoder.lexicon=..., or drop decoder.lm for lexicon-free search"
-            )
-        if lm:
-            if not Path(lm).is_file():
-                raise FileNotFoundError(
-                    f"decoder.lm={lm} does not exist; give a KenLM ARPA or binary file (`python -m asr.lm` "
-                    f"writes one from training transcripts)"
-                )
+        lexicon = _usable_lexicon(tokenizer, lexicon, lm)
         self.tokenizer = tokenizer
         self.tokens = decoder_tokens(tokenizer)
         self.settings = dict(
@@ -211,21 +240,7 @@ class BeamSearchDecoder:
         if not lexicon:
             self._decoder = ctc_decoder(lexicon=None, lm=None, **options)
             return
-        words = read_lexicon_words(lexicon)
-        with tempfile.TemporaryDirectory() as tmp:
-            spelled = Path(tmp) / "lexicon.txt"
-            kept = write_spelling_lexicon(words, tokenizer, spelled)
-            if kept == 0:
-                raise ValueError(
-                    f"no word of decoder.lexicon={lexicon} can be spelled with the model's tokens"
-                )
-            if kept < len(words):
-                log.warning("%s: %d of %d words use characters the model cannot emit; left out",
-                            lexicon, len(words) - kept, len(words))
-            try:
-                self._decoder = ctc_decoder(lexicon=str(spelled), lm=str(lm) if lm else None, **options)
-            except RuntimeError as err:  # KenLM's message on a malformed file
-                raise ValueError(f"decoder.lm={lm} could not be loaded by KenLM: {err}") from None
+        self._decoder = _lexicon_decoder(ctc_decoder, tokenizer, lexicon, lm, options)
 
     def _word_model_decoder(self, ctc_decoder: Any, lm: str, options: dict) -> Any:
         """Lexicon-free search whose LM scores a word model's word classes as the words they name, plus

@@ -23,7 +23,7 @@ from torch import nn
 
 from asr.decoding import decoder_tokens
 from asr.features import LogMelFeatures
-from asr.module import ASRModule
+from asr.training.module import ASRModule
 
 log = logging.getLogger(__name__)
 

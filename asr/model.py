@@ -5,10 +5,10 @@ A plain nn.Module: it knows nothing of Lightning, features or tokenizers.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import nn
+
+from asr.lstm import BiLSTM, SharedDropout, check_implementation
 
 
 class FrameStack(nn.Module):
@@ -58,132 +58,6 @@ class ConvSubsampling(nn.Module):
         return x, self.output_lengths(lengths)
 
 
-def reversal_index(lengths: torch.Tensor, frames: int) -> torch.Tensor:
-    """(B, T) time index that reverses each sequence within its own length; padding frames map to themselves.
-
-    Reversing is its own inverse, so the same index turns a reversed batch back.
-    """
-    steps = torch.arange(frames, device=lengths.device).unsqueeze(0)  # (1, T)
-    last = lengths.unsqueeze(1) - 1  # (B, 1)
-    return torch.where(steps <= last, last - steps, steps)
-
-
-def lstm_autocast_supported(device: torch.device) -> bool:
-    """Whether the LSTM kernels can run under bf16 autocast on ``device``.
-
-    CUDA always can. On CPU, oneDNN's LSTM has bf16 kernels only where the CPU has native bf16 (AVX512-BF16 or
-    AMX); on an AVX2-only CPU it fails with "could not create a primitive descriptor" instead of falling back.
-    """
-    return device.type != "cpu" or bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
-def _gather_time(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """x[b, index[b, t], :] for a (B, T, D) batch and a (B, T) index."""
-    return x.gather(1, index.unsqueeze(-1).expand_as(x))
-
-
-def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
-    """Training-mode dropout: each element zeroed with probability ``p``, the rest scaled to keep the mean.
-
-    On CPU the mask is drawn from the 16-bit quarters of 64-bit random integers instead of one Bernoulli draw per
-    element: ~4x faster (torch's CPU dropout took ~7 % of an AN4 training step), with ``p`` rounded to a multiple
-    of 1/65536 and the kept values scaled by the exact inverse of the rounded keep rate. Elsewhere: torch's own.
-    """
-    if x.device.type != "cpu":
-        return nn.functional.dropout(x, p, training=True)
-    drop = round(p * 65536)
-    if drop >= 65536:
-        return x * 0.0
-    n = x.numel()
-    bits = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64)
-    keep = bits.view(torch.int16)[:n].view(x.shape) >= drop - 32768  # int16 is uniform on [-32768, 32767]
-    return x * keep.to(x.dtype).mul_(65536 / (65536 - drop))
-
-
-class SharedDropout(nn.Module):
-    """Dropout with one mask per utterance and channel, shared by all frames ("variational" or "locked" dropout,
-    Gal & Ghahramani 2016): (B, T, D) -> (B, T, D). With ``shared=False`` it is plain per-element dropout."""
-
-    def __init__(self, p: float, shared: bool = True) -> None:
-        super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"model.dropout={p} must be in [0, 1)")
-        self.p, self.shared = p, shared
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        if not self.shared:
-            return dropout(x, self.p)
-        keep = torch.empty(x.shape[0], 1, x.shape[2], device=x.device, dtype=x.dtype).bernoulli_(1 - self.p)
-        return x * keep / (1 - self.p)
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}, shared={self.shared}"
-
-
-class BiLSTM(nn.Module):
-    """Stacked bidirectional LSTM over a padded (B, T, D) batch, exact for every sequence length.
-
-    Each layer runs one single-direction ``nn.LSTM`` per direction over the dense padded batch; the backward one
-    reads every sequence reversed within its own length, so no padding frame ever reaches a valid one. The
-    result equals ``nn.LSTM(bidirectional=True)`` over a PackedSequence (to float rounding), but on CPU the
-    dense calls run oneDNN's LSTM kernels: ~3x faster training steps than the packed path on 2 cores
-    (``python benchmarks/lstm_variants.py``). Outputs at padding frames are zero.
-    """
-
-    def __init__(
-        self, input_size: int, hidden_size: int, num_layers: int, dropout: float = 0.0, shared_dropout: bool = False
-    ) -> None:
-        super().__init__()
-        self.layers = nn.ModuleList(
-            nn.ModuleDict({
-                "fwd": nn.LSTM(input_size if i == 0 else 2 * hidden_size, hidden_size, batch_first=True),
-                "bwd": nn.LSTM(input_size if i == 0 else 2 * hidden_size, hidden_size, batch_first=True),
-            })
-            for i in range(num_layers)
-        )
-        self.dropout = SharedDropout(dropout, shared=shared_dropout)
-
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """(B, T, D) input, (B,) valid frames -> (B, T, 2H) output."""
-        return self.layer_outputs(x, lengths)[-1]
-
-    def layer_outputs(
-        self,
-        x: torch.Tensor,
-        lengths: torch.Tensor,
-        condition: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
-    ) -> list[torch.Tensor]:
-        """(B, T, D) input, (B,) valid frames -> every layer's (B, T, 2H) output, first to last.
-
-        ``condition(i, output)``, if given, maps layer ``i``'s (0-based) output to the next layer's input (the
-        returned list holds the outputs as the layers produced them)."""
-        lengths = lengths.to(x.device).clamp(min=1)
-        if torch.is_autocast_enabled(x.device.type) and not lstm_autocast_supported(x.device):
-            # bf16-mixed on a CPU without bf16 LSTM kernels: these layers run in fp32, the rest stays autocast
-            with torch.autocast(x.device.type, enabled=False):
-                return self._layers(x.float(), lengths, condition)
-        return self._layers(x, lengths, condition)
-
-    def _layers(
-        self, x: torch.Tensor, lengths: torch.Tensor, condition: Callable[[int, torch.Tensor], torch.Tensor] | None
-    ) -> list[torch.Tensor]:
-        index = reversal_index(lengths, x.shape[1])  # once for every layer and both ways
-        valid = (torch.arange(x.shape[1], device=x.device).unsqueeze(0) < lengths.unsqueeze(1)).unsqueeze(-1)
-        outputs = []
-        for i, layer in enumerate(self.layers):
-            if i > 0:
-                x = self.dropout(x)
-            forward_out, _ = layer["fwd"](x)
-            backward_out, _ = layer["bwd"](_gather_time(x, index))
-            x = torch.cat([forward_out, _gather_time(backward_out, index)], dim=-1) * valid.to(forward_out.dtype)
-            outputs.append(x)
-            if condition is not None and i + 1 < len(self.layers):
-                x = condition(i, x) * valid.to(x.dtype)
-        return outputs
-
-
 _PACKED_NAMES = ("lstm.weight_ih", "lstm.weight_hh", "lstm.bias_ih", "lstm.bias_hh")
 
 
@@ -216,6 +90,9 @@ class BiLSTMCTC(nn.Module):
             ``condition_layer`` (1-based, below the last; through the intermediate output layer) are added, through a
             linear layer, to that layer's output before the next layer reads it, in training and inference alike.
             Train it with intermediate CTC on the same layer. 0: off.
+        lstm: the LSTM's forward algorithm (:class:`asr.lstm.BiLSTM`): ``"dense"`` (per-direction LSTMs over the
+            padded batch), ``"packed"`` (one cuDNN-style call over a PackedSequence) or ``"auto"`` (packed for
+            inputs on CUDA, dense elsewhere). The parameters, and so checkpoints, are the same for all three.
     """
 
     def __init__(
@@ -230,12 +107,13 @@ class BiLSTMCTC(nn.Module):
         shared_dropout: bool = False,
         inter_classes: int | None = None,
         condition_layer: int = 0,
+        lstm: str = "auto",
     ) -> None:
         super().__init__()
         self.config = dict(
             input_dim=input_dim, num_classes=num_classes, hidden_size=hidden_size, num_layers=num_layers,
             dropout=dropout, subsampling=subsampling, subsampling_factor=subsampling_factor,
-            shared_dropout=shared_dropout,
+            shared_dropout=shared_dropout, lstm=check_implementation(lstm),
         )
         if inter_classes is not None:  # only then: older checkpoints' descriptions stay as they were
             self.config["inter_classes"] = inter_classes
@@ -255,7 +133,9 @@ class BiLSTMCTC(nn.Module):
             raise ValueError(f"model.subsampling must be 'stack', 'conv' or 'none', got {subsampling!r}")
         lstm_in = self.frontend.output_dim if self.frontend is not None else input_dim
         self.input_dropout = SharedDropout(dropout, shared=shared_dropout)
-        self.lstm = BiLSTM(lstm_in, hidden_size, num_layers, dropout=dropout, shared_dropout=shared_dropout)
+        self.lstm = BiLSTM(
+            lstm_in, hidden_size, num_layers, dropout=dropout, shared_dropout=shared_dropout, implementation=lstm
+        )
         self.output_dropout = SharedDropout(dropout, shared=shared_dropout)
         self.classifier = nn.Linear(2 * hidden_size, num_classes)
         self.inter_classifier = nn.Linear(2 * hidden_size, inter_classes) if inter_classes else None
@@ -269,17 +149,20 @@ class BiLSTMCTC(nn.Module):
 
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T, F) features, (B,) frame counts -> (B, T', C) log-probs, (B,) output frame counts."""
-        outputs, _, lengths = self._encode(feats, lengths)
+        outputs, _, lengths = self._encode(feats, lengths, every_layer=False)
         return self._log_probs(outputs[-1]), lengths
 
     def _encode(
-        self, feats: torch.Tensor, lengths: torch.Tensor
+        self, feats: torch.Tensor, lengths: torch.Tensor, every_layer: bool = True
     ) -> tuple[list[torch.Tensor], torch.Tensor | None, torch.Tensor]:
-        """Front end + LSTMs: (every layer's output, the self-conditioning layer's log-probs or None, lengths)."""
+        """Front end + LSTMs: (every layer's output, or only the last's unless ``every_layer``; the
+        self-conditioning layer's log-probs or None; lengths)."""
         x = feats
         if self.frontend is not None:
             x, lengths = self.frontend(x, lengths)
         if self.condition_proj is None:
+            if not every_layer:  # the packed LSTM can then run all its layers in one call
+                return [self.lstm(self.input_dropout(x), lengths)], None, lengths
             return self.lstm.layer_outputs(self.input_dropout(x), lengths), None, lengths
         conditioned: list[torch.Tensor] = []
 

@@ -10,27 +10,42 @@ from __future__ import annotations
 
 import logging
 import sys
-from functools import partial
 from pathlib import Path
 
 import hydra
-import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
-from asr.data_check import check_manifests
-from asr.download import DownloadError
-from asr.features import LogMelFeatures
-from asr.model import BiLSTMCTC
+from asr.data.check import check_manifests
+from asr.data.download import DownloadError
+from asr.data.filter import UtteranceFilter
 
 log = logging.getLogger(__name__)
 
 STAGES = ("download", "manifests", "check", "tokenizer")
 
 
-def _output_frames(features: LogMelFeatures, model: BiLSTMCTC, samples: torch.Tensor) -> torch.Tensor:
-    return model.output_lengths(features.output_lengths(samples))
+def _corpus_stage(cfg: DictConfig, stage: str) -> dict[str, str] | None:
+    """The recipe's ``prepare`` target run for one stage (download or manifests)."""
+    if not cfg.get("prepare"):
+        log.info("stage %s: the recipe has no prepare step (prepare=null), nothing to do", stage)
+        return None
+    try:
+        return instantiate(cfg.prepare, stages=[stage])
+    except InstantiationException as err:  # Hydra's wrapper: the recipe's own error says what to do
+        if isinstance(err.__cause__, (FileNotFoundError, ValueError, DownloadError)):
+            raise err.__cause__ from None
+        raise
+
+
+def _check_stage(cfg: DictConfig) -> dict[str, dict]:
+    """The data check of the train, validation and evaluation manifests against the recipe's tokenizer and model."""
+    module = instantiate(cfg.module)(tokenizer=instantiate(cfg.tokenizer))
+    rule = UtteranceFilter(module.label_tokenizers, module.output_frames, module.features.config["sample_rate"])
+    manifests = {"train": cfg.data.train_manifest, "val": cfg.data.val_manifest, **(cfg.eval_manifests or {})}
+    manifests = {name: path for name, path in manifests.items() if path}
+    return check_manifests(manifests, rule, Path(cfg.data.train_manifest).parent)
 
 
 def run_stage(cfg: DictConfig, stage: str) -> dict:
@@ -47,28 +62,13 @@ def run_stage(cfg: DictConfig, stage: str) -> dict:
     result: dict = {}
     for s in STAGES if stage == "all" else (stage,):
         if s in ("download", "manifests"):
-            if not cfg.get("prepare"):
-                log.info("stage %s: the recipe has no prepare step (prepare=null), nothing to do", s)
-                continue
-            with open_dict(cfg):
-                cfg.prepare.stages = [s]
-            try:
-                result["manifests"] = instantiate(cfg.prepare)
-            except InstantiationException as err:  # Hydra's wrapper: the recipe's own error says what to do
-                if isinstance(err.__cause__, (FileNotFoundError, ValueError, DownloadError)):
-                    raise err.__cause__ from None
-                raise
+            manifests = _corpus_stage(cfg, s)
+            if manifests is not None:
+                result["manifests"] = manifests
         elif s == "tokenizer":
             result["tokenizer"] = instantiate(cfg.tokenizer).state_dict()
         else:
-            tokenizer = instantiate(cfg.tokenizer)
-            features = instantiate(cfg.features)
-            model = instantiate(cfg.model)(input_dim=features.n_mels, num_classes=tokenizer.num_classes)
-            manifests = {"train": cfg.data.train_manifest, "val": cfg.data.val_manifest, **cfg.eval_manifests}
-            out = Path(cfg.data.train_manifest).parent
-            frames = partial(_output_frames, features, model)
-            rate = features.config["sample_rate"]
-            result["check"] = check_manifests(dict(manifests), tokenizer, frames, out, rate)
+            result["check"] = _check_stage(cfg)
     return result
 
 

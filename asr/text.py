@@ -315,6 +315,11 @@ def tokenizer_from_state_dict(state: dict) -> Tokenizer:
     return kinds[kind].from_state_dict(state)
 
 
+def ctc_min_frames(ids: Sequence[int]) -> int:
+    """Fewest output frames CTC needs for a label: one per token, plus a blank between each repeated pair."""
+    return len(ids) + sum(a == b for a, b in zip(ids[:-1], ids[1:], strict=True))
+
+
 def ctc_collapse(ids: Sequence[int]) -> list[int]:
     """Best-path CTC rule: merge repeats, then drop blanks (0)."""
     out: list[int] = []

@@ -24,81 +24,13 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from asr.data import load_audio
+from asr.data.audio import load_audio
 from asr.decoding import Decoder
-from asr.module import ASRModule
+from asr.inference import long_log_probs, resolve_device
 from asr.text import Tokenizer
+from asr.training.module import ASRModule
 
 log = logging.getLogger(__name__)
-
-
-def frame_stride(module: ASRModule) -> int:
-    """Input samples per output frame: the feature hop times the model's subsampling."""
-    factor = int(module.model.output_lengths(torch.tensor([1_000_000]))) / 1_000_000
-    return int(round(module.features.hop_length / factor))
-
-
-def split_points(
-    wav: torch.Tensor, sample_rate: int, stride: int, chunk_seconds: float, search_seconds: float
-) -> list[int]:
-    """Cut positions (samples, multiples of ``stride``) so that no piece is longer than ``chunk_seconds``.
-
-    Each cut is placed at the start of the lowest-energy ``stride``-long frame in the last ``search_seconds``
-    of the piece (``search_seconds=0``: fixed windows).
-
-    Returns:
-        ``[0, cut_1, ..., len(wav)]``.
-    """
-    n = wav.numel()
-    max_len = max(stride, int(chunk_seconds * sample_rate) // stride * stride)
-    search = int(search_seconds * sample_rate) // stride * stride
-    cuts = [0]
-    while n - cuts[-1] > max_len:
-        start = cuts[-1]
-        end = start + max_len
-        lo = max(start + stride, end - search)
-        if lo < end:
-            energy = wav[lo:end].reshape(-1, stride).pow(2).mean(dim=1)  # (frames,)
-            cuts.append(lo + int(energy.argmin()) * stride)
-        else:
-            cuts.append(end)
-    cuts.append(n)
-    return cuts
-
-
-@torch.inference_mode()
-def long_log_probs(
-    module: ASRModule,
-    wav: torch.Tensor,
-    device: torch.device,
-    chunk_seconds: float = 30.0,
-    overlap_seconds: float = 1.0,
-    search_seconds: float = 5.0,
-    batch_seconds: float = 200.0,
-) -> torch.Tensor:
-    """(S,) waveform of any length -> (T, C) log-probs, computed piecewise and stitched (see module doc)."""
-    sr = module.features.config["sample_rate"]
-    stride = frame_stride(module)
-    cuts = split_points(wav, sr, stride, chunk_seconds, search_seconds)
-    ctx = int(overlap_seconds * sr) // stride * stride
-    pieces = []  # (context start, context end, frames to skip, frames to keep or None for all)
-    for i, (a, b) in enumerate(zip(cuts[:-1], cuts[1:], strict=True)):
-        s, e = max(0, a - ctx), min(wav.numel(), b + ctx)
-        last = i == len(cuts) - 2
-        pieces.append((s, e, (a - s) // stride, None if last else (b - a) // stride))
-    per_batch = max(1, int(batch_seconds // (chunk_seconds + 2 * overlap_seconds)))
-    out = []
-    for k in range(0, len(pieces), per_batch):
-        group = pieces[k : k + per_batch]
-        lengths = torch.tensor([e - s for s, e, _, _ in group])
-        audio = torch.zeros(len(group), int(lengths.max()))  # (B, S)
-        for j, (s, e, _, _) in enumerate(group):
-            audio[j, : e - s] = wav[s:e]
-        log_probs, out_lengths = module(audio.to(device), lengths.to(device))  # (B, T, C), (B,)
-        for j, (_, _, skip, keep) in enumerate(group):
-            valid = log_probs[j, : int(out_lengths[j])].float().cpu()
-            out.append(valid[skip:] if keep is None else valid[skip : skip + keep])
-    return torch.cat(out)
 
 
 def transcribe(
@@ -129,9 +61,7 @@ def transcribe(
             f"need chunk_seconds > 0, overlap_seconds >= 0, search_seconds >= 0; got {chunk_seconds}, "
             f"{overlap_seconds}, {search_seconds}"
         )
-    dev = torch.device(
-        "cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device
-    )
+    dev = resolve_device(device)
     module = ASRModule.load_for_inference(checkpoint, map_location=dev).to(dev)
     dec = decoder(module.tokenizer) if decoder is not None else module.decoder
     sr = module.features.config["sample_rate"]

@@ -10,10 +10,11 @@ import sys
 import jiwer
 import torch
 
-from asr.data import load_audio, read_manifest
-from asr.module import ASRModule
+from asr.data.audio import load_audio
+from asr.data.manifest import read_manifest
+from asr.inference import long_log_probs, split_points
 from asr.text import normalize_text
-from asr.transcribe import frame_stride, long_log_probs, split_points
+from asr.training.module import ASRModule
 
 
 def main(checkpoint: str, manifest: str, n: int = 20) -> None:
@@ -26,7 +27,7 @@ def main(checkpoint: str, manifest: str, n: int = 20) -> None:
     for chunk, overlap, search in [(600, 0, 0), (10, 1, 3), (10, 0, 3), (5, 1, 0), (5, 0, 0)]:
         log_probs = long_log_probs(module, wav, torch.device("cpu"), chunk, overlap, search)  # (T, C)
         hyp = module.decoder.decode(log_probs[None], torch.tensor([log_probs.shape[0]]))[0]
-        pieces = len(split_points(wav, 16000, frame_stride(module), chunk, search)) - 1
+        pieces = len(split_points(wav, 16000, module.samples_per_frame, chunk, search)) - 1
         print(f"{chunk} | {overlap} | {search} | {pieces} | {100 * jiwer.wer(ref, hyp):.2f}")
 
 

@@ -4,7 +4,7 @@
 
 A 960 h prepare reads ~281k FLAC headers; at N files/s it takes 281241 / N seconds. The tree is built
 once (real FLAC files written by soundfile, 0.5-2 s of noise each, 16 kHz) and reused on later runs; the
-timing covers asr.corpora.librispeech.read_subset: listing, transcript parsing, header reads, rejections.
+timing covers asr.data.corpora.librispeech.read_subset: listing, transcript parsing, header reads, rejections.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from asr.corpora.librispeech import read_subset
+from asr.data.corpora.librispeech import read_subset
 
 WORDS = "the of and to a in that he was it his i with as for had you not be her on at by which".split()
 

@@ -4,7 +4,7 @@
 
 - dropout, forward + backward, on one between-layer activation of an AN4 batch (B x T x 512 for a 3x256 BiLSTM;
   the recipe drops out 5 such tensors a step): torch's ``nn.functional.dropout`` (one Bernoulli draw per
-  element) vs ``asr.model.dropout`` (masks from 16-bit slices of 64-bit random integers);
+  element) vs ``asr.lstm.dropout`` (masks from 16-bit slices of 64-bit random integers);
 - one AdamW step over the AN4 recipe's parameters (~5.1 M): torch's default (foreach) vs ``fused=True``
   (what ``optim.optimizer.fused: null`` picks in 32-bit training).
 Prints medians over interleaved rounds, in ms, with the thread count.
@@ -24,7 +24,8 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from asr.model import BiLSTMCTC, dropout  # noqa: E402
+from asr.lstm import dropout  # noqa: E402
+from asr.model import BiLSTMCTC  # noqa: E402
 
 
 def per_call_ms(fn, steps: int) -> float:
@@ -57,7 +58,7 @@ def main() -> None:
     }
     cases = {
         "dropout 0.2, torch (Bernoulli per element)": lambda: nn.functional.dropout(x, 0.2, True).backward(grad),
-        "dropout 0.2, asr.model.dropout (16-bit integers)": lambda: dropout(x, 0.2).backward(grad),
+        "dropout 0.2, asr.lstm.dropout (16-bit integers)": lambda: dropout(x, 0.2).backward(grad),
         "AdamW step, foreach (torch default)": optimizers["foreach"].step,
         "AdamW step, fused": optimizers["fused"].step,
     }

@@ -27,8 +27,7 @@ from hydra.utils import instantiate
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from asr.data import BucketBatchSampler  # noqa: E402
-from asr.train import build_module  # noqa: E402
+from asr.data.sampler import BucketBatchSampler  # noqa: E402
 
 
 class StepTimer(L.Callback):
@@ -84,6 +83,9 @@ def main() -> None:
     tokenizer = instantiate(cfg.tokenizer)
     dm = instantiate(cfg.data, tokenizer=tokenizer)
 
+    def build_module():
+        return instantiate(cfg.module)(tokenizer=tokenizer)
+
     def run_pipeline() -> float:
         """DataModule + ASRModule + Trainer, as `make train` runs it (no logger, checkpoints or bar)."""
         L.seed_everything(0)
@@ -93,7 +95,7 @@ def main() -> None:
             logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
             gradient_clip_val=cfg.trainer.gradient_clip_val, use_distributed_sampler=False, callbacks=[timer],
         )
-        trainer.fit(build_module(cfg, tokenizer), datamodule=dm)
+        trainer.fit(build_module(), datamodule=dm)
         return timer.rate
 
     # the same batches (epoch 0's first `total`), decoded once and kept in memory for the bare loop
@@ -112,7 +114,7 @@ def main() -> None:
     def run_bare() -> float:
         """Features, model, CTC, backward, clip, AdamW step over the in-memory batches: nothing else."""
         L.seed_everything(0)
-        module = build_module(cfg, tokenizer)
+        module = build_module()
         optimizer = torch.optim.AdamW(module.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
         module.train()
         autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision.startswith("bf16"))

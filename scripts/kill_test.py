@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from asr.checkpointing import PARTIAL_SUFFIX, load_checkpoint
+from asr.training.checkpointing import PARTIAL_SUFFIX, load_checkpoint
 
 
 def _cmd(out: Path, overrides: list[str]) -> list[str]:

@@ -24,7 +24,7 @@ data=${DATA:-data/an4}
 run_dir=$(dirname "$(dirname "$(realpath "$ckpt")")")
 done_dir=$run_dir/decode
 lm_args="decoder.lexicon=$data/lm/lexicon.txt decoder.lm=$data/lm/3-gram.arpa"
-words=${WORDS:-data/lm/words.en.txt}  # wordfreq's most frequent English words (python -m asr.wordlist)
+words=${WORDS:-data/lm/words.en.txt}  # wordfreq's most frequent English words (python -m asr.lm.wordlist)
 splits="manifests={dev: $data/dev.jsonl, test: $data/test.jsonl}"
 mkdir -p "$done_dir"
 
@@ -49,7 +49,7 @@ run_stage 4 "beam + LM, sweep of lm_weight x word_score on dev/test (pick on dev
   decoder.lm_weight=0.5,1,1.5,2 decoder.word_score=-1,0,1
 
 spelling_lm() {  # the word list, then a 6-gram of the transcripts (x10) and 50,000 words spelled out
-  [ -s "$words" ] || "$py" -m asr.wordlist out="$words" top=100000
+  [ -s "$words" ] || "$py" -m asr.lm.wordlist out="$words" top=100000
   "$py" -m asr.lm manifest="$data/train.jsonl" out_dir="$data/lm_spell" order=6 \
     spell="$words" spell_top=50000 transcript_repeat=10
 }

@@ -1,0 +1,1 @@
+"""Data: manifests, audio, the dataset and its sampler, the DataModule, corpus layouts and downloads."""

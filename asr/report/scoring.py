@@ -1,0 +1,120 @@
+"""Score a checkpoint on manifests: per split ``hyps.txt``, ``refs.txt``, ``report.json``, the error analysis and an
+alignment picture under ``<out_dir>/<split>/``, and one WER table over all splits."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from asr.decoding import Decoder
+from asr.inference import cached_log_probs, decode_log_probs, resolve_device
+from asr.metrics import error_report
+from asr.report.alignment import save_sample_alignment
+from asr.report.analysis import write_error_analysis
+from asr.report.run_info import run_dir_of
+from asr.text import Tokenizer
+from asr.training.module import ASRModule
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_checkpoint(
+    checkpoint: str,
+    manifests: dict[str, str] | None = None,
+    out_dir: str | None = None,
+    device: str = "auto",
+    batch_seconds: float = 200.0,
+    progress: bool = True,
+    decoder: Callable[[Tokenizer], Decoder] | None = None,
+    decoder_settings: dict | None = None,
+    cache_dir: str | None = None,
+) -> dict[str, dict]:
+    """Decode each manifest with ``checkpoint`` and write ``<out_dir>/<name>/``: ``hyps.txt``, ``refs.txt``,
+    ``report.json``, the error analysis ``errors.{md,json}`` and ``alignment.png`` (:func:`write_split`).
+
+    Args:
+        checkpoint: a ``.ckpt`` written by ``asr.train``.
+        manifests: ``{name: path}``; empty/None = the eval manifests stored in the checkpoint.
+        out_dir: default ``<run dir>/decode`` (the checkpoint's ``checkpoints/`` folder's parent).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        batch_seconds: padded audio seconds per batch.
+        decoder: builds the decoder from the checkpoint's tokenizer (``None``: greedy).
+        decoder_settings: plain description of the decoder, copied into each report.
+        cache_dir: keep the model's log-probs in ``<cache_dir>/<name>.pt`` and reuse them while the
+            checkpoint and manifest are unchanged (``None``: no cache).
+
+    Returns:
+        ``{name: report}`` (see :func:`asr.metrics.error_report`, plus timings, ``rtf`` and paths).
+    """
+    dev = resolve_device(device)
+    module = ASRModule.load_for_inference(checkpoint, map_location=dev).to(dev)
+    dec = decoder(module.tokenizer) if decoder is not None else module.decoder
+    manifests = dict(manifests or module.eval_manifests)
+    if not manifests:
+        raise ValueError(
+            f"no manifests to evaluate: {checkpoint} stores none; pass manifests='{{test: path/to/test.jsonl}}'"
+        )
+    out = Path(out_dir) if out_dir else run_dir_of(checkpoint) / "decode"
+    settings = decoder_settings or {"name": type(dec).__name__}
+    reports = {}
+    for name, manifest in manifests.items():
+        if not Path(manifest).is_file():
+            raise FileNotFoundError(
+                f"manifest {name}={manifest} does not exist; "
+                f"pass manifests='{{{name}: path/to/{name}.jsonl}}'"
+            )
+        cache_file = str(Path(cache_dir) / f"{name}.pt") if cache_dir else None
+        data = cached_log_probs(module, checkpoint, manifest, dev, cache_file, batch_seconds, progress)
+        start = time.perf_counter()
+        hyps = decode_log_probs(dec, data["log_probs"])
+        report = error_report(data["refs"], hyps)
+        report.update(split=name, manifest=str(manifest), checkpoint=str(checkpoint), device=str(dev),
+                      decoder=settings, **_timings(data, time.perf_counter() - start))
+        write_split(out / name, module, data, hyps, report)
+        reports[name] = report
+    return reports
+
+
+def _timings(data: dict, search_seconds: float) -> dict:
+    """Decoding time and real-time factors of one split: the forward pass (when it ran) and the search."""
+    seconds, forward = data["audio_seconds"], data["forward_seconds"]
+    total = forward + search_seconds
+    return dict(
+        audio_seconds=round(seconds, 2), decode_seconds=round(total, 2), rtf=round(total / max(seconds, 1e-9), 5),
+        forward_seconds=round(forward, 3), search_seconds=round(search_seconds, 3),
+        search_rtf=round(search_seconds / max(seconds, 1e-9), 5), cached_log_probs=data["cached"],
+    )
+
+
+def write_split(split_dir: Path, module: ASRModule, data: dict, hyps: list[str], report: dict) -> None:
+    """``hyps.txt`` and ``refs.txt`` (sclite trn style: ``text (id)``), ``report.json``, ``errors.{md,json}`` and
+    ``alignment.png`` of one scored split."""
+    ids, refs = data["ids"], data["refs"]
+    split_dir.mkdir(parents=True, exist_ok=True)
+    (split_dir / "hyps.txt").write_text("".join(f"{h} ({i})\n" for i, h in zip(ids, hyps, strict=True)))
+    (split_dir / "refs.txt").write_text("".join(f"{r} ({i})\n" for i, r in zip(ids, refs, strict=True)))
+    (split_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_error_analysis(split_dir, ids, refs, hyps)  # worst utterances, top confusions
+    rate = module.features.config["sample_rate"]
+    frame_seconds = 1.0 / float(module.output_frames(torch.tensor([rate]))[0])
+    try:
+        save_sample_alignment(split_dir, ids, refs, data["log_probs"], module.tokenizer, frame_seconds)
+    except ValueError as err:  # a picture is not worth failing an evaluation for
+        log.warning("no alignment.png for %s: %s", split_dir.name, err)
+
+
+def format_table(reports: dict[str, dict]) -> str:
+    """One WER table for all splits."""
+    head = f"{'split':<12} {'utts':>5} {'words':>6} {'WER %':>7} {'CER %':>7} {'sub':>5} {'del':>5} {'ins':>5}"
+    rows = [head, "-" * len(head)]
+    for name, r in reports.items():
+        rows.append(
+            f"{name:<12} {r['utterances']:>5} {r['ref_words']:>6} {100 * r['wer']:>7.2f} {100 * r['cer']:>7.2f} "
+            f"{r['substitutions']:>5} {r['deletions']:>5} {r['insertions']:>5}"
+        )
+    return "\n".join(rows)

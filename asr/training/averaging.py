@@ -1,0 +1,181 @@
+"""Checkpoint averaging (as NeMo, SpeechBrain and icefall offer) and the model-selection rule built on it.
+
+- :func:`average_checkpoints`: the mean weights of several checkpoints of one run (``python -m asr.average``).
+- :class:`AverageBest`: an opt-in callback (``callbacks/average_best.yaml``) that keeps the k best epochs' weights
+  and, when training ends, averages them and decides between the mean and the single best epoch for ``best.ckpt``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as L
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from asr.inference import transcribe_manifest
+from asr.metrics import error_report
+from asr.training.checkpointing import atomic_torch_save, load_checkpoint
+from asr.training.module import CHECKPOINT_KEY, ASRModule
+
+log = logging.getLogger(__name__)
+
+SELECT_RULES = ("dev", "always")
+
+
+def _load(path: str | os.PathLike) -> dict[str, Any]:
+    ckpt = load_checkpoint(path)
+    if CHECKPOINT_KEY not in ckpt or "state_dict" not in ckpt:
+        raise ValueError(f"{path} is not an asr checkpoint (no '{CHECKPOINT_KEY}' entry)")
+    return ckpt
+
+
+def _score(ckpt: dict[str, Any]) -> float | None:
+    """The monitored score (e.g. val/wer) Lightning's ModelCheckpoint recorded when it saved this file, else the
+    validation WER the module stored in it (weights-only checkpoints keep no callback state)."""
+    for key, state in ckpt.get("callbacks", {}).items():
+        if key.startswith("ModelCheckpoint") and state.get("current_score") is not None:
+            return float(state["current_score"])
+    return float(ckpt["val_wer"]) if ckpt.get("val_wer") is not None else None
+
+
+def select_checkpoints(run_dir: str | os.PathLike, last: int = 0, best: int = 0) -> list[str]:
+    """The ``last`` newest (by global step) or ``best`` lowest-scoring checkpoints of a run.
+
+    Looks in ``<run_dir>/checkpoints`` and ``<run_dir>/checkpoints/top`` (the k best epochs that training keeps
+    with ``callbacks.average_best``); averaged checkpoints and duplicates of one step (``last.ckpt`` beside the file it
+    copies) are skipped.
+    """
+    if (last > 0) == (best > 0):
+        raise ValueError(f"give exactly one of last=N or best=N (got last={last}, best={best})")
+    found: dict[int, tuple[str, float | None]] = {}
+    ckpt_dir = Path(run_dir, "checkpoints")
+    for path in sorted(ckpt_dir.glob("*.ckpt")) + sorted(ckpt_dir.glob("top/*.ckpt")):
+        ckpt = _load(path)
+        if "averaged_from" in ckpt:
+            continue
+        found.setdefault(int(ckpt.get("global_step", -1)), (str(path), _score(ckpt)))
+    n = last or best
+    if len(found) < n:
+        raise ValueError(
+            f"{run_dir}/checkpoints holds {len(found)} distinct checkpoints, fewer than the {n} asked for; "
+            f"keep more during training (callbacks.average_best.k=N keeps the N best epochs) or ask for fewer"
+        )
+    if last:
+        return [found[step][0] for step in sorted(found)[-n:]]
+    scored = [(score, path) for path, score in found.values() if score is not None]
+    if len(scored) < n:
+        raise ValueError(f"only {len(scored)} checkpoints in {run_dir} record a score; use last={n} instead")
+    return [path for _, path in sorted(scored)[:n]]
+
+
+def average_checkpoints(paths: Sequence[str], output: str) -> str:
+    """Write a checkpoint whose float weights are the mean of ``paths``' (other tensors: the last one's).
+
+    Raises:
+        ValueError: the checkpoints describe different models.
+    """
+    if not paths:
+        raise ValueError("no checkpoints to average: give checkpoints=[a.ckpt,b.ckpt] or run_dir=... last=N")
+    first = _load(paths[0])
+    total = {k: v.double() if v.is_floating_point() else v for k, v in first["state_dict"].items()}
+    last = first
+    for path in paths[1:]:
+        ckpt = _load(path)
+        if ckpt[CHECKPOINT_KEY]["model"] != first[CHECKPOINT_KEY]["model"] or (
+            ckpt[CHECKPOINT_KEY]["tokenizer"] != first[CHECKPOINT_KEY]["tokenizer"]
+        ):
+            raise ValueError(
+                f"{path} describes another model than {paths[0]}; average checkpoints of one run"
+            )
+        for k, v in ckpt["state_dict"].items():
+            total[k] = total[k] + v.double() if v.is_floating_point() else v
+        last = ckpt
+    state = {
+        k: (v / len(paths)).to(last["state_dict"][k].dtype) if v.is_floating_point() else v
+        for k, v in total.items()
+    }
+    atomic_torch_save(
+        {
+            "state_dict": state,
+            CHECKPOINT_KEY: last[CHECKPOINT_KEY],
+            "global_step": last.get("global_step", 0),
+            "averaged_from": [str(p) for p in paths],
+        },
+        output,
+    )
+    return output
+
+
+class AverageBest(ModelCheckpoint):
+    """Keep the weights of the ``k`` best epochs by ``val/wer`` (``<dirpath>/epochNNN.ckpt``); when the fit ends,
+    write their mean and choose what ``best_path`` holds.
+
+    With ``select="dev"`` the mean replaces the best epoch in ``best_path`` if it scores a validation WER no higher
+    than the best epoch's; with ``select="always"`` it replaces it in any case (both are scored, for the log). The
+    best epoch's validation WER is the lowest of one noisy score per epoch, so it is biased low against the mean's:
+    "dev" keeps the single epoch more often than it deserves. The outcome is :attr:`selection`.
+
+    Args:
+        k: how many epochs to keep and average (>= 2).
+        select: ``"dev"`` or ``"always"``.
+        best_path: the ``best.ckpt`` that the best-epoch ModelCheckpoint writes.
+        val_manifest: the manifest both are scored on.
+        dirpath: where the k files go.
+    """
+
+    def __init__(self, k: int, select: str, best_path: str, val_manifest: str, dirpath: str) -> None:
+        if k < 2:
+            raise ValueError(f"callbacks.average_best.k must be >= 2 (the epochs to average), got {k}")
+        if select not in SELECT_RULES:
+            raise ValueError(f"callbacks.average_best.select={select!r}: use 'dev' (the mean of the k best epochs if "
+                             "it scores no worse on validation than the best epoch) or 'always'")
+        super().__init__(dirpath=dirpath, filename="epoch{epoch:03d}", auto_insert_metric_name=False,
+                         monitor="val/wer", mode="min", save_top_k=k, save_weights_only=True,
+                         enable_version_counter=False)
+        self.select, self.best_path, self.val_manifest = select, best_path, val_manifest
+        self.selection: dict[str, Any] = {"chosen": "epoch"}
+
+    @property
+    def state_key(self) -> str:
+        # beside the best-epoch ModelCheckpoint, which monitors the same metric, its resume state needs its own key
+        return self._generate_state_key(monitor=self.monitor, mode=self.mode, top_k=self.save_top_k)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero and Path(self.best_path).is_file():
+            self.selection = self.choose(trainer.strategy.root_device)
+
+    def choose(self, device: torch.device) -> dict[str, Any]:
+        """Average the kept epochs and put the chosen weights in ``best_path``.
+
+        Returns:
+            ``{"averaged": [paths, best first], "val_wer_average", "val_wer_best_epoch", "chosen": "average" |
+            "epoch"}``.
+        """
+        paths = sorted(self.best_k_models, key=lambda p: float(self.best_k_models[p]))
+        out: dict[str, Any] = {"averaged": paths, "val_wer_average": None, "val_wer_best_epoch": None,
+                               "chosen": "epoch"}
+        if len(paths) < 2:
+            return out
+        averaged = str(Path(self.best_path).with_name("averaged.ckpt"))
+        average_checkpoints(paths, averaged)
+        out["val_wer_average"] = self._val_wer(averaged, device)
+        out["val_wer_best_epoch"] = self._val_wer(self.best_path, device)
+        if self.select == "always" or out["val_wer_average"] <= out["val_wer_best_epoch"]:
+            os.replace(averaged, self.best_path)
+            out["chosen"] = "average"
+        else:
+            os.remove(averaged)
+        log.info("validation WER: mean of the %d best epochs %.4f, best epoch %.4f: best.ckpt is the %s", len(paths),
+                 out["val_wer_average"], out["val_wer_best_epoch"], "mean" if out["chosen"] == "average" else
+                 "best epoch")
+        return out
+
+    def _val_wer(self, path: str, device: torch.device) -> float:
+        module = ASRModule.load_for_inference(path, map_location=device).to(device)
+        _, refs, hyps, _ = transcribe_manifest(module, self.val_manifest, device, progress=False)
+        return error_report(refs, hyps)["wer"]

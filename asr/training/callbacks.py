@@ -1,0 +1,158 @@
+"""Lightning callbacks of every run: training throughput and where the time goes, late validation, and the CSV
+history kept across a resume."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as L
+import torch
+
+
+class ValidateFrom(L.Callback):
+    """Validation (and the scores best.ckpt is chosen by) only from ``fraction`` of ``trainer.max_epochs`` on; the
+    last epoch always. The epochs before it save ``last_path`` as they end (ModelCheckpoint saves it after
+    validation, which they skip), so a crash loses no more than with validation.
+
+    Model selection picks late epochs anyway under a decaying learning rate, and the early validations cost time.
+    Validation draws no random numbers, so the weights are those of a run validating every epoch.
+
+    Args:
+        fraction: in [0, 1), e.g. 0.5: validate in the second half of the run only; 0: every epoch.
+        last_path: the ``last.ckpt`` of the run.
+    """
+
+    def __init__(self, fraction: float, last_path: str | os.PathLike) -> None:
+        if not 0.0 <= fraction < 1.0:
+            raise ValueError(f"callbacks.validate_from.fraction={fraction!r} must be a fraction of "
+                             "trainer.max_epochs in [0, 1) (0.5: validate in the second half of the run only)")
+        self.fraction, self.last_path = float(fraction), Path(last_path)
+        self.first_epoch = 0
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.fraction == 0.0:
+            return
+        max_epochs = trainer.max_epochs
+        if max_epochs is None or max_epochs < 1:
+            raise ValueError(f"callbacks.validate_from.fraction={self.fraction} needs trainer.max_epochs (got "
+                             f"{max_epochs}); set it, or leave validate_from out of the callbacks")
+        self.first_epoch = min(int(self.fraction * max_epochs), max_epochs - 1)
+
+    def _skips(self, trainer: L.Trainer) -> bool:
+        return trainer.current_epoch < self.first_epoch
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning validates after epoch e when (e + 1) % check_val_every_n_epoch == 0
+        trainer.check_val_every_n_epoch = 10**9 if self._skips(trainer) else 1
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._skips(trainer):
+            trainer.save_checkpoint(self.last_path, weights_only=False)  # all of it, as last.ckpt always is
+
+
+class CSVHistory:
+    """Keeps ``metrics.csv`` rows across a resume.
+
+    Lightning's CSV logger deletes an existing ``metrics.csv`` when a run resumes in the same folder; this
+    reads the old rows first and, after the fit, puts back those from before the resumed step.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike) -> None:
+        self.path = Path(out_dir) / "logs" / "metrics.csv"
+        self.rows: list[dict[str, str]] = []
+        if self.path.is_file():
+            with self.path.open(newline="") as f:
+                self.rows = list(csv.DictReader(f))
+
+    def restore(self) -> None:
+        """Merge the saved rows (steps before the new ones) back into ``metrics.csv``."""
+        if not self.rows or not self.path.is_file():
+            return
+        with self.path.open(newline="") as f:
+            new = list(csv.DictReader(f))
+        first = min((int(r["step"]) for r in new if r.get("step")), default=None)
+        old = [r for r in self.rows if first is None or (r.get("step") and int(r["step"]) < first)]
+        fields = list(dict.fromkeys(k for r in old + new for k in r))
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(old + new)
+        os.replace(tmp, self.path)
+
+
+class ThroughputMonitor(L.Callback):
+    """Logs, every ``every_n_steps`` training steps, averaged over those steps:
+
+    - ``perf/audio_sec_per_sec``: seconds of (unpadded) audio trained on per wall-clock second,
+    - ``perf/padding``: fraction of the batch's audio samples that are padding,
+    - ``perf/data_wait``: fraction of wall time spent waiting for the next batch,
+    - ``perf/gpu_mem_gb``: peak GPU memory allocated (on CUDA only),
+
+    and shows in the progress bar (not the logs) ``audio_s/s`` and ``eta_min``, the minutes left in the whole fit
+    at the pace so far (validation included).
+
+    Args:
+        sample_rate: of the batch waveforms (to turn samples into seconds).
+        every_n_steps: logging period in optimiser steps.
+    """
+
+    def __init__(self, sample_rate: int = 16000, every_n_steps: int = 10) -> None:
+        self.sample_rate = sample_rate
+        self.every_n_steps = max(1, every_n_steps)
+        self._reset()
+        self._last_end: float | None = None
+        self._fit_start: float | None = None
+        self._fit_start_step = 0
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._fit_start = time.perf_counter()
+        self._fit_start_step = trainer.global_step  # a resumed fit times only its own steps
+
+    def _reset(self) -> None:
+        self._audio = 0.0
+        self._padded = 0.0
+        self._wait = 0.0
+        self._start = time.perf_counter()
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._reset()
+        self._last_end = time.perf_counter()
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self._last_end is not None:
+            self._wait += time.perf_counter() - self._last_end
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._audio += float(batch.audio_lengths.sum()) / self.sample_rate
+        self._padded += batch.audio.numel() / self.sample_rate
+        now = time.perf_counter()
+        self._last_end = now
+        if (batch_idx + 1) % self.every_n_steps:
+            return
+        elapsed = max(now - self._start, 1e-9)
+        metrics = {
+            "perf/audio_sec_per_sec": self._audio / elapsed,
+            "perf/padding": 1.0 - self._audio / max(self._padded, 1e-9),
+            "perf/data_wait": self._wait / elapsed,
+        }
+        if torch.cuda.is_available() and pl_module.device.type == "cuda":
+            metrics["perf/gpu_mem_gb"] = torch.cuda.max_memory_allocated(pl_module.device) / 2**30
+        bsz = batch.audio.shape[0]
+        pl_module.log_dict(metrics, on_step=True, on_epoch=False, batch_size=bsz)
+        bar = {"audio_s/s": metrics["perf/audio_sec_per_sec"]}
+        done = trainer.global_step - self._fit_start_step
+        total = trainer.estimated_stepping_batches  # inf when the fit has no step or epoch limit
+        if self._fit_start is not None and done > 0 and math.isfinite(total):
+            bar["eta_min"] = (now - self._fit_start) / done * max(total - trainer.global_step, 0) / 60
+        pl_module.log_dict(bar, on_step=True, on_epoch=False, prog_bar=True, logger=False, batch_size=bsz)
+        self._reset()

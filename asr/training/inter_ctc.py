@@ -1,0 +1,93 @@
+"""Intermediate CTC (Lee & Watanabe, 2021) and self-conditioned CTC (Nozaki & Komatsu, 2021): opt-in training
+losses on a lower LSTM layer. Off by default (``inter_ctc: null``); the AN4 recipe turns them on.
+
+In training the loss is ``(1 - weight) * CTC(last layer) + weight * CTC(layer)``; validation and decoding use the
+last layer only. With ``tokenizer="char"`` the lower layer predicts characters through an output layer of its own
+(under a word or sub-word model: hierarchical CTC). With ``self_condition`` that layer's class posteriors, through a
+linear layer, are added to its output before the next layer reads it, in training and decoding alike: the model
+itself changes (:class:`asr.model.BiLSTMCTC` ``condition_layer``), so checkpoints carry it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from asr.data.dataset import Batch
+from asr.text import CharTokenizer, Tokenizer
+
+if TYPE_CHECKING:
+    from asr.training.module import ASRModule
+
+
+class InterCTC:
+    """The intermediate CTC loss of one run.
+
+    Args:
+        weight: the lower layer's share of the training loss, in (0, 1).
+        num_layers: the model's LSTM layers (``${model.num_layers}``).
+        layer: the LSTM layer (1-based, below the last) of the loss; ``None``: the middle one,
+            ``(num_layers + 1) // 2``.
+        tokenizer: ``None`` (the model's own units through the shared output layer) or ``"char"`` (characters through
+            an output layer of its own).
+        self_condition: feed that layer's posteriors to the next layer (self-conditioned CTC).
+
+    Raises:
+        ValueError: naming the ``inter_ctc.*`` setting at fault.
+    """
+
+    def __init__(
+        self,
+        weight: float,
+        num_layers: int,
+        layer: int | None = None,
+        tokenizer: str | None = None,
+        self_condition: bool = False,
+    ) -> None:
+        if not 0.0 < weight < 1.0:
+            raise ValueError(f"inter_ctc.weight must be in (0, 1), got {weight}; inter_ctc=null turns it off")
+        if num_layers < 2:
+            raise ValueError(f"intermediate CTC needs model.num_layers >= 2, got {num_layers}: add inter_ctc=null to "
+                             "train one layer")
+        layer = (num_layers + 1) // 2 if layer is None else layer  # the middle layer: 2 of 3, 1 of 2, 3 of 5
+        if not 1 <= layer < num_layers:
+            raise ValueError(f"inter_ctc.layer must be 1..{num_layers - 1} (below model.num_layers={num_layers}) or "
+                             f"null (the middle layer), got {layer}")
+        if tokenizer not in (None, "char"):
+            raise ValueError(f"inter_ctc.tokenizer must be null or char, got {tokenizer!r}")
+        self.weight, self.layer, self.self_condition = float(weight), int(layer), bool(self_condition)
+        self.tokenizer: Tokenizer | None = CharTokenizer() if tokenizer == "char" else None
+
+    def model_options(self) -> dict[str, Any]:
+        """What the model needs for this loss: its own output layer (``inter_classes``) and the self-conditioned
+        layer (``condition_layer``)."""
+        options: dict[str, Any] = {}
+        if self.tokenizer is not None:
+            options["inter_classes"] = self.tokenizer.num_classes
+        if self.self_condition:
+            options["condition_layer"] = self.layer
+        return options
+
+    def loss(self, module: ASRModule, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training loss and, within it, the last layer's CTC."""
+        feats, frame_lengths = module.features(batch.audio, batch.audio_lengths)
+        if module.augment is not None:
+            feats = module.augment(feats, frame_lengths)
+        log_probs, inter, lengths = module.model.forward_with_intermediate(feats, frame_lengths, self.layer)
+        final = module.ctc_loss(log_probs, lengths, batch)
+        inter_batch = batch if self.tokenizer is None else retokenize(batch, module.tokenizer, self.tokenizer)
+        return (1 - self.weight) * final + self.weight * module.ctc_loss(inter, lengths, inter_batch), final
+
+
+def retokenize(batch: Batch, source: Tokenizer, target: Tokenizer) -> Batch:
+    """``batch`` with its targets re-encoded by ``target`` (the text decoded from ``source``'s ids)."""
+    ids = [
+        target.encode(source.decode(t[:n]))
+        for t, n in zip(batch.targets.tolist(), batch.target_lengths.tolist(), strict=True)
+    ]
+    lengths = torch.tensor([len(i) for i in ids], dtype=torch.long, device=batch.targets.device)
+    targets = torch.zeros(len(ids), max(1, int(lengths.max())), dtype=torch.long, device=batch.targets.device)
+    for row, i in enumerate(ids):
+        targets[row, : len(i)] = torch.tensor(i, dtype=torch.long)
+    return batch._replace(targets=targets, target_lengths=lengths)
