@@ -9,18 +9,18 @@ The result loads like any checkpoint (``python -m asr.evaluate checkpoint=<outpu
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from asr.cli import user_errors
 from asr.training.averaging import average_checkpoints, select_checkpoints
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="average")
 def main(cfg: DictConfig) -> None:
-    try:
+    with user_errors():
         if cfg.checkpoints:
             paths = [str(p) for p in OmegaConf.to_container(cfg.checkpoints)]
         elif cfg.run_dir:
@@ -32,9 +32,6 @@ def main(cfg: DictConfig) -> None:
         kind = f"last{cfg.last}" if cfg.last else f"best{cfg.best}" if cfg.best else f"avg{len(paths)}"
         output = cfg.output or str(Path(paths[-1]).parent / f"averaged_{kind}.ckpt")
         average_checkpoints(paths, output)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
     print(f"averaged {len(paths)} checkpoints -> {output}")
 
 

@@ -13,7 +13,6 @@ forward pass per split and one search per point.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import hydra
@@ -22,6 +21,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from asr.cli import user_errors
 from asr.report.run_info import run_dir_of
 from asr.report.scoring import evaluate_checkpoint, format_table
 
@@ -55,7 +55,7 @@ def _out_dir(cfg: DictConfig) -> str:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
 def main(cfg: DictConfig) -> dict[str, dict]:
     out_dir = _out_dir(cfg)
-    try:
+    with user_errors():
         reports = evaluate_checkpoint(
             checkpoint=cfg.checkpoint,
             manifests=OmegaConf.to_container(cfg.manifests) if cfg.manifests else None,
@@ -66,9 +66,6 @@ def main(cfg: DictConfig) -> dict[str, dict]:
             decoder_settings=_decoder_settings(cfg),
             cache_dir=cfg.cache_dir,
         )
-    except (FileNotFoundError, ValueError, ImportError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
     print(format_table(reports))
     print(f"per-split hyps.txt, refs.txt, report.json under {Path(out_dir)}")
     return reports

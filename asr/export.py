@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import warnings
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from asr.cli import user_errors
 from asr.decoding import decoder_tokens
 from asr.features import LogMelFeatures
 from asr.training.module import ASRModule
@@ -135,11 +135,8 @@ def export(checkpoint: str, fmt: str = "onnx", output: str | None = None, opset:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="export")
 def main(cfg: DictConfig) -> None:
-    try:
+    with user_errors():
         out = export(cfg.checkpoint, cfg.format, cfg.output, cfg.opset)
-    except (FileNotFoundError, ValueError, ImportError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
     print(f"wrote {out} (and {out}.tokens.txt)")
 
 

@@ -127,25 +127,6 @@ def decode_log_probs(decoder: Decoder, log_probs: list[torch.Tensor], batch_size
     return hyps
 
 
-@torch.inference_mode()
-def transcribe_manifest(
-    module: ASRModule,
-    manifest: str,
-    device: torch.device,
-    batch_seconds: float = 200.0,
-    progress: bool = True,
-    decoder: Decoder | None = None,
-) -> tuple[list[str], list[str], list[str], float]:
-    """Decode every utterance of a manifest (greedy unless ``decoder`` is given).
-
-    Returns:
-        (ids, refs, hyps, seconds of audio), in manifest order; refs are normalised manifest texts.
-    """
-    data = compute_log_probs(module, manifest, device, batch_seconds, progress)
-    hyps = decode_log_probs(decoder or module.decoder, data["log_probs"])
-    return data["ids"], data["refs"], hyps, data["audio_seconds"]
-
-
 def split_points(
     wav: torch.Tensor, sample_rate: int, stride: int, chunk_seconds: float, search_seconds: float
 ) -> list[int]:

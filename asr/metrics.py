@@ -12,36 +12,25 @@ from typing import NamedTuple
 import jiwer
 
 
-class ErrorCounts(NamedTuple):
-    """Edit counts of a set of utterances, words and characters (normalised text)."""
+class Edits(NamedTuple):
+    """Edit counts of a set of utterances, in words or in characters."""
 
     hits: int
     substitutions: int
     deletions: int
     insertions: int
-    char_hits: int
-    char_substitutions: int
-    char_deletions: int
-    char_insertions: int
 
     @property
-    def word_errors(self) -> int:
+    def errors(self) -> int:
         return self.substitutions + self.deletions + self.insertions
 
     @property
-    def ref_words(self) -> int:
+    def reference(self) -> int:
+        """Length of the references (words or characters)."""
         return self.hits + self.substitutions + self.deletions
 
-    @property
-    def char_errors(self) -> int:
-        return self.char_substitutions + self.char_deletions + self.char_insertions
 
-    @property
-    def ref_chars(self) -> int:
-        return self.char_hits + self.char_substitutions + self.char_deletions
-
-
-def error_counts(refs: Sequence[str], hyps: Sequence[str]) -> ErrorCounts:
+def error_counts(refs: Sequence[str], hyps: Sequence[str]) -> tuple[Edits, Edits]:
     """Word and character edits of ``hyps`` against ``refs`` (normalised text, one pair per utterance).
 
     An empty reference is scored as a lone space (jiwer rejects empty references), so every word of its
@@ -54,8 +43,8 @@ def error_counts(refs: Sequence[str], hyps: Sequence[str]) -> ErrorCounts:
     refs = [r if r.strip() else " " for r in refs]
     w = jiwer.process_words(list(refs), list(hyps))
     c = jiwer.process_characters(list(refs), list(hyps))
-    return ErrorCounts(w.hits, w.substitutions, w.deletions, w.insertions,
-                       c.hits, c.substitutions, c.deletions, c.insertions)
+    return (Edits(w.hits, w.substitutions, w.deletions, w.insertions),
+            Edits(c.hits, c.substitutions, c.deletions, c.insertions))
 
 
 def error_report(refs: Sequence[str], hyps: Sequence[str]) -> dict:
@@ -65,18 +54,18 @@ def error_report(refs: Sequence[str], hyps: Sequence[str]) -> dict:
         ``{"wer", "cer", "substitutions", "deletions", "insertions", "hits", "ref_words", "ref_chars",
         "char_substitutions", "char_deletions", "char_insertions", "utterances"}``.
     """
-    n = error_counts(refs, hyps)
+    words, chars = error_counts(refs, hyps)
     return {
-        "wer": n.word_errors / max(n.ref_words, 1),
-        "cer": n.char_errors / max(n.ref_chars, 1),
-        "substitutions": n.substitutions,
-        "deletions": n.deletions,
-        "insertions": n.insertions,
-        "hits": n.hits,
-        "ref_words": n.ref_words,
-        "ref_chars": n.ref_chars,
-        "char_substitutions": n.char_substitutions,
-        "char_deletions": n.char_deletions,
-        "char_insertions": n.char_insertions,
+        "wer": words.errors / max(words.reference, 1),
+        "cer": chars.errors / max(chars.reference, 1),
+        "substitutions": words.substitutions,
+        "deletions": words.deletions,
+        "insertions": words.insertions,
+        "hits": words.hits,
+        "ref_words": words.reference,
+        "ref_chars": chars.reference,
+        "char_substitutions": chars.substitutions,
+        "char_deletions": chars.deletions,
+        "char_insertions": chars.insertions,
         "utterances": len(refs),
     }

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import hydra
@@ -17,6 +16,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from asr.cli import user_errors
 from asr.data.check import check_manifests
 from asr.data.download import DownloadError
 from asr.data.filter import UtteranceFilter
@@ -74,11 +74,8 @@ def run_stage(cfg: DictConfig, stage: str) -> dict:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="prepare")
 def main(cfg: DictConfig) -> None:
-    try:
+    with user_errors(DownloadError):
         result = run_stage(cfg, cfg.stage)
-    except (FileNotFoundError, ValueError, DownloadError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
     for name, path in (result.get("manifests") or {}).items():
         print(f"{name}: {path}")
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
 from pytorch_lightning.utilities import rank_zero_only
 
+from asr.cli import user_errors
 from asr.data.check import check_manifests
 from asr.data.download import DownloadError
 from asr.data.filter import UtteranceFilter
@@ -185,13 +185,8 @@ def _evaluate_and_report(cfg: DictConfig, module: ASRModule, trainer: L.Trainer,
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
-    try:
+    with user_errors(TrainingDiverged, CheckpointWriteError, InstantiationException, DownloadError):
         result = train(cfg)
-    except (FileNotFoundError, ValueError, TrainingDiverged, CheckpointWriteError, InstantiationException,
-            DownloadError) as err:
-        log.error("%s", err)
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
     # The value Hydra sweepers optimise: best dev WER.
     return result["best_val_wer"]
 

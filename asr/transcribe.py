@@ -24,6 +24,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from asr.cli import user_errors
 from asr.data.audio import load_audio
 from asr.decoding import Decoder
 from asr.inference import long_log_probs, resolve_device
@@ -96,11 +97,10 @@ def format_results(results: list[dict[str, Any]], fmt: str) -> str:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="transcribe")
 def main(cfg: DictConfig) -> None:
-    if cfg.format not in ("text", "json"):
-        print(f"error: format must be 'text' or 'json', got {cfg.format!r}", file=sys.stderr)
-        sys.exit(2)
     audio = OmegaConf.to_container(cfg.audio) if OmegaConf.is_list(cfg.audio) else [cfg.audio]
-    try:
+    with user_errors():
+        if cfg.format not in ("text", "json"):
+            raise ValueError(f"format must be 'text' or 'json', got {cfg.format!r}")
         results = transcribe(
             checkpoint=cfg.checkpoint,
             audio=[str(a) for a in audio],
@@ -111,9 +111,6 @@ def main(cfg: DictConfig) -> None:
             search_seconds=cfg.search_seconds,
             batch_seconds=cfg.batch_seconds,
         )
-    except (FileNotFoundError, ValueError, ImportError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
     text = format_results(results, cfg.format)
     if cfg.output:
         Path(cfg.output).parent.mkdir(parents=True, exist_ok=True)

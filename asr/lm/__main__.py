@@ -6,18 +6,17 @@
 
 from __future__ import annotations
 
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
+from asr.cli import user_errors
 from asr.lm.ngram import build_lm
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="lm")
 def main(cfg: DictConfig) -> None:
     manifests = [cfg.manifest] if isinstance(cfg.manifest, str) else list(cfg.manifest)
-    try:
+    with user_errors():
         paths = build_lm(
             manifests,
             cfg.out_dir,
@@ -26,9 +25,6 @@ def main(cfg: DictConfig) -> None:
             spell_top=cfg.spell_top,
             transcript_repeat=cfg.transcript_repeat,
         )
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
     print(f"decoder=beam_lm decoder.lexicon={paths['lexicon']} decoder.lm={paths['lm']}")
 
 

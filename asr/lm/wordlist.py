@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
+
+from asr.cli import user_errors
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +44,8 @@ def write_wordlist(out: str | os.PathLike, lang: str = "en", top: int = 100_000)
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="wordlist")
 def main(cfg: DictConfig) -> None:
-    try:
+    with user_errors():
         path = write_wordlist(cfg.out, cfg.lang, cfg.top)
-    except (ImportError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
     print(f"spell={path}")
 
 

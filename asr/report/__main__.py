@@ -1,23 +1,33 @@
-"""(Re)build a run's report: ``python -m asr.report exp/an4/<run>`` (or ``make report RUN=exp/an4/<run>``)."""
+"""Rebuild what a run, or a set of runs, left to read.
+
+    python -m asr.report exp/an4/<run>                       # <run>/report.md and its plots (make report RUN=...)
+    python -m asr.report --seeds exp/an4/multirun_<time>     # WER mean ± std over the seeds of the runs below
+"""
 
 from __future__ import annotations
 
 import argparse
-import sys
 
+from asr.cli import user_errors
 from asr.report.run_report import build_report
+from asr.report.seeds import write_summary
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="(Re)build <run dir>/report.md and its plots.")
-    parser.add_argument("run_dir", help="exp/<recipe>/<run>: a run dir written by asr.train")
+    parser = argparse.ArgumentParser(description="(Re)build <run dir>/report.md and its plots, or with --seeds "
+                                                 "the WER mean ± std over seeds of the run dirs below a folder.")
+    parser.add_argument("folder", help="exp/<recipe>/<run> (a run dir written by asr.train), or with --seeds "
+                                       "exp/<recipe>/multirun_<time> or any folder holding run dirs")
+    parser.add_argument("--seeds", action="store_true",
+                        help="write and print <folder>/seeds.md: a single-seed WER is not a result")
     args = parser.parse_args(argv)
-    try:
-        path = build_report(args.run_dir)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    print(f"report: {path}")
+    with user_errors():
+        if args.seeds:
+            path = write_summary(args.folder)
+            print(path.read_text(), end="")
+        else:
+            path = build_report(args.folder)
+    print(f"{'summary' if args.seeds else 'report'}: {path}")
 
 
 if __name__ == "__main__":

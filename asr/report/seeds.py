@@ -1,7 +1,7 @@
 """WER mean ± std over runs that differ only by their seed: a single-seed WER is not a result.
 
     python -m asr.train -m recipe=an4 seed=1,2,3       # trains 3 runs, then prints and writes seeds.md
-    python -m asr.seeds exp/an4/multirun_<time>         # the same summary for any folder of run dirs
+    python -m asr.report --seeds exp/an4/multirun_<time>   # the same summary for any folder of run dirs
 
 Runs are grouped by their Hydra overrides without ``seed`` (``-m seed=1,2,3 optim.optimizer.lr=1e-3,3e-3``
 gives one row per learning rate per split); each row averages the greedy ``decode/<split>/report.json``.
@@ -103,7 +103,7 @@ def write_summary(root: str | os.PathLike) -> Path:
     """:func:`summarize` into ``<root>/seeds.md``; returns its path."""
     path = Path(root) / "seeds.md"
     path.write_text(
-        f"WER/CER mean ± sample std over seeds (greedy, best.ckpt); rebuild: python -m asr.seeds {root}\n\n"
+        f"WER/CER mean ± sample std over seeds (greedy, best.ckpt); rebuild: python -m asr.report --seeds {root}\n\n"
         f"{summarize(root)}\n"
     )
     return path

@@ -17,7 +17,7 @@ import pytorch_lightning as L
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from asr.inference import transcribe_manifest
+from asr.inference import compute_log_probs, decode_log_probs
 from asr.metrics import error_report
 from asr.training.checkpointing import atomic_torch_save, load_checkpoint
 from asr.training.module import CHECKPOINT_KEY, ASRModule
@@ -177,5 +177,5 @@ class AverageBest(ModelCheckpoint):
 
     def _val_wer(self, path: str, device: torch.device) -> float:
         module = ASRModule.load_for_inference(path, map_location=device).to(device)
-        _, refs, hyps, _ = transcribe_manifest(module, self.val_manifest, device, progress=False)
-        return error_report(refs, hyps)["wer"]
+        data = compute_log_probs(module, self.val_manifest, device, progress=False)
+        return error_report(data["refs"], decode_log_probs(module.decoder, data["log_probs"]))["wer"]

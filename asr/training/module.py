@@ -148,8 +148,8 @@ class ASRModule(L.LightningModule):
             normalize_text(self.tokenizer.decode(t[:n].tolist()))
             for t, n in zip(batch.targets.cpu(), batch.target_lengths.cpu(), strict=True)
         ]
-        n = error_counts(refs, hyps)
-        counts = torch.tensor([n.word_errors, n.ref_words, n.char_errors, n.ref_chars], dtype=torch.float64,
+        words, chars = error_counts(refs, hyps)
+        counts = torch.tensor([words.errors, words.reference, chars.errors, chars.reference], dtype=torch.float64,
                               device=self.device)
         self._counts[stage] = self._counts.get(stage, torch.zeros_like(counts)) + counts
 
