@@ -32,8 +32,8 @@ class ASRDataModule(L.LightningDataModule):
         num_workers: loader processes (0 = decode in the main process).
         speed_perturb: speed factors drawn per training utterance and read (e.g. ``[0.9, 1.0, 1.1]``).
         cache_audio: decode the training audio, and its speed-perturbed copies, into memory once at setup
-            (shared with the loader workers): no epoch reads, decodes or resamples a file again. ~4 MB a
-            minute of 16 kHz audio per speed; AN4 with 3 speeds ~0.5 GB. For small corpora only.
+            (shared with the loader workers): no epoch reads, decodes or resamples a file again. 4 bytes a
+            sample per speed kept in memory: for small corpora only.
         seed: seed of the per-epoch shuffle.
         output_frames: samples -> model output frames ((N,) tensors); when given, training utterances too
             short for their label under CTC are dropped and counted (:mod:`asr.data.filter`).

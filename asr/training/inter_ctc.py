@@ -1,5 +1,5 @@
 """Intermediate CTC (Lee & Watanabe, 2021) and self-conditioned CTC (Nozaki & Komatsu, 2021): opt-in training
-losses on a lower LSTM layer. Off by default (``inter_ctc: null``); the AN4 recipe turns them on.
+losses on a lower LSTM layer. Off by default (``inter_ctc=none``); ``inter_ctc=ctc`` or ``self_conditioned`` turn them on.
 
 In training the loss is ``(1 - weight) * CTC(last layer) + weight * CTC(layer)``; validation and decoding use the
 last layer only. With ``tokenizer="char"`` the lower layer predicts characters through an output layer of its own
@@ -46,9 +46,9 @@ class InterCTC:
         self_condition: bool = False,
     ) -> None:
         if not 0.0 < weight < 1.0:
-            raise ValueError(f"inter_ctc.weight must be in (0, 1), got {weight}; inter_ctc=null turns it off")
+            raise ValueError(f"inter_ctc.weight must be in (0, 1), got {weight}; inter_ctc=none turns it off")
         if num_layers < 2:
-            raise ValueError(f"intermediate CTC needs model.num_layers >= 2, got {num_layers}: add inter_ctc=null to "
+            raise ValueError(f"intermediate CTC needs model.num_layers >= 2, got {num_layers}: add inter_ctc=none to "
                              "train one layer")
         layer = (num_layers + 1) // 2 if layer is None else layer  # the middle layer: 2 of 3, 1 of 2, 3 of 5
         if not 1 <= layer < num_layers:
