@@ -1,5 +1,6 @@
 """Intermediate CTC (Lee & Watanabe, 2021) and self-conditioned CTC (Nozaki & Komatsu, 2021): opt-in training
-losses on a lower LSTM layer. Off by default (``inter_ctc=none``); ``inter_ctc=ctc`` or ``self_conditioned`` turn them on.
+losses on a lower LSTM layer. Off by default (``inter_ctc=none``); ``inter_ctc=ctc`` or ``self_conditioned``
+turns them on.
 
 In training the loss is ``(1 - weight) * CTC(last layer) + weight * CTC(layer)``; validation and decoding use the
 last layer only. With ``tokenizer="char"`` the lower layer predicts characters through an output layer of its own
