@@ -22,6 +22,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
+from pytorch_lightning.loggers import Logger
 from pytorch_lightning.utilities import rank_zero_only
 
 from asr.cli import user_errors
@@ -74,12 +75,13 @@ def instantiate_all(section: DictConfig | None) -> dict[str, Any]:
     return {name: instantiate(node) for name, node in (section or {}).items() if node is not None}
 
 
-def build_trainer(cfg: DictConfig, callbacks: dict[str, L.Callback], extra: Sequence[L.Callback]) -> L.Trainer:
+def build_trainer(cfg: DictConfig, callbacks: dict[str, L.Callback], loggers: dict[str, Logger],
+                  extra: Sequence[L.Callback] = ()) -> L.Trainer:
     """The Trainer of ``cfg.trainer`` with the run's callbacks and loggers; ``trainer.enable_progress_bar=false``
     leaves the progress bar callback out."""
     bar = cfg.trainer.get("enable_progress_bar", True)
     kept = [c for c in callbacks.values() if bar or not isinstance(c, ProgressBar)]
-    return instantiate(cfg.trainer, callbacks=[*kept, *extra], logger=list(instantiate_all(cfg.logger).values()),
+    return instantiate(cfg.trainer, callbacks=[*kept, *extra], logger=list(loggers.values()),
                        plugins=[AtomicCheckpointIO()])
 
 
@@ -112,7 +114,8 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
     """
     L.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
-    callbacks = instantiate_all(cfg.callbacks)  # a bad callback setting fails before any data is touched
+    # a bad callback or logger setting (or a logger's package missing) fails before any data is touched
+    callbacks, loggers = instantiate_all(cfg.callbacks), instantiate_all(cfg.logger)
     if cfg.get("prepare"):
         instantiate(cfg.prepare)
     check_manifests_exist(cfg)
@@ -123,7 +126,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
     (out_dir / "tokenizer.json").write_text(json.dumps(tokenizer.state_dict()) + "\n")
     module: ASRModule = instantiate(cfg.module)(tokenizer=tokenizer)
     datamodule = prepare_inputs(cfg, module, out_dir)
-    trainer = build_trainer(cfg, callbacks, extra_callbacks)
+    trainer = build_trainer(cfg, callbacks, loggers, extra_callbacks)
     start = time.perf_counter()
     history = CSVHistory(out_dir)  # the CSV logger would drop the rows of the run being resumed
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(cfg.resume, out_dir / "checkpoints"))

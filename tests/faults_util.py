@@ -1,30 +1,42 @@
-"""Helpers of the fault-injection tests: a small AN4-layout corpus built from the real AN4 audio."""
+"""Helpers of the fault-injection tests: a small AN4-layout corpus built from real AN4 audio (the committed fixture's,
+or the full corpus's)."""
 
 from __future__ import annotations
 
+import itertools
 import shutil
 from pathlib import Path
 
-from asr.data import read_manifest
+from asr.data.manifest import Utterance, read_manifest
 
 
-def an4_tree(an4_dir: Path, dest: Path, n_train: int, n_test: int) -> dict[str, dict]:
-    """Copy ``n_train``/``n_test`` real AN4 utterances into an AN4-layout tree ``dest`` (ready to prepare).
+def _cycle(utts: list[Utterance], n: int) -> list[tuple[Utterance, int]]:
+    """``n`` of ``utts`` with the pass each comes from: all of them once, then again (pass 1, 2, ...) as needed."""
+    return list(itertools.islice(((u, k) for k in itertools.count() for u in utts), n))
+
+
+def an4_tree(prepared: Path, dest: Path, n_train: int, n_test: int) -> dict[str, dict]:
+    """Copy ``n_train``/``n_test`` real AN4 utterances of a prepared corpus (``train``+``dev`` / ``test``) into an
+    AN4-layout tree ``dest`` (ready to prepare). When more are asked for than the corpus has, its files are copied
+    again as other speakers (``<spk>c<k>/<id>-c<k>``): the same real audio under new ids.
 
     Returns:
         ``{id: {"path": audio Path, "text": TEXT, "split": "train"|"test", "fid": fileid}}``, the caller may
         damage the files or edit ``text`` and then call :func:`write_etc`.
     """
     utts = {}
-    train = read_manifest(an4_dir / "train.jsonl") + read_manifest(an4_dir / "dev.jsonl")
-    for split, chosen in (("train", train[:n_train]), ("test", read_manifest(an4_dir / "test.jsonl")[:n_test])):
-        for u in chosen:
+    train = read_manifest(prepared / "train.jsonl") + read_manifest(prepared / "dev.jsonl")
+    test = read_manifest(prepared / "test.jsonl")
+    for split, chosen in (("train", _cycle(train, n_train)), ("test", _cycle(test, n_test))):
+        for u, k in chosen:
             src = Path(u.audio_filepath)
-            fid = f"{src.parent.parent.name}/{src.parent.name}/{u.id}"
+            suffix = f"c{k}" if k else ""
+            uid = f"{u.id}-{suffix}" if k else u.id
+            fid = f"{src.parent.parent.name}/{src.parent.name}{suffix}/{uid}"
             dst = dest / "an4" / "wav" / (fid + ".sph")
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dst)
-            utts[u.id] = {"path": dst, "text": u.text.upper(), "split": split, "fid": fid}
+            utts[uid] = {"path": dst, "text": u.text.upper(), "split": split, "fid": fid}
     (dest / ".extracted").touch()  # prepare() then neither downloads nor extracts
     return utts
 

@@ -7,18 +7,14 @@ import pytest
 import soundfile as sf
 import torch
 
-from asr.data import (
-    ASRDataModule,
-    AudioDataset,
-    BucketBatchSampler,
-    LoadFailure,
-    Utterance,
-    collate,
-    load_audio,
-    read_manifest,
-    write_manifest,
-)
-from asr.text import CharTokenizer
+from asr.data.audio import load_audio
+from asr.data.check import check_manifest, check_manifests, format_check
+from asr.data.datamodule import ASRDataModule
+from asr.data.dataset import AudioDataset, LoadFailure, collate
+from asr.data.filter import UtteranceFilter
+from asr.data.manifest import Utterance, read_manifest, write_manifest
+from asr.data.sampler import BucketBatchSampler
+from asr.text import CharTokenizer, WordTokenizer
 
 
 def test_manifest_roundtrip_resolves_relative_paths(tmp_path):
@@ -47,16 +43,16 @@ def test_manifest_errors_name_file_and_line(tmp_path):
         read_manifest(bad)
 
 
-def test_load_audio_sphere(an4_dir):
-    utt = read_manifest(an4_dir / "test.jsonl")[0]
+def test_load_audio_sphere(tiny_dir):
+    utt = read_manifest(tiny_dir / "test.jsonl")[0]
     wav = load_audio(utt.audio_filepath)
     assert wav.dtype == torch.float32 and wav.ndim == 1
     assert abs(wav.numel() / 16000 - utt.duration) < 1e-3
     assert 0 < wav.abs().max() <= 1.0
 
 
-def test_load_audio_downmixes_and_resamples(an4_dir, tmp_path):
-    utt = read_manifest(an4_dir / "test.jsonl")[0]
+def test_load_audio_downmixes_and_resamples(tiny_dir, tmp_path):
+    utt = read_manifest(tiny_dir / "test.jsonl")[0]
     ref = load_audio(utt.audio_filepath).numpy()
     # stereo at 8 kHz, 16-bit FLAC: must come back mono at 16 kHz with the same duration
     stereo = np.stack([ref[::2], ref[::2]], axis=1)
@@ -135,8 +131,8 @@ def test_bucket_sampler_ddp_ranks_disjoint_equal_steps():
         assert {i for p in evals for b in p for i in b} == set(range(301))  # evaluation sees everything
 
 
-def test_datamodule_drops_unencodable_text(an4_dir, tmp_path):
-    utts = read_manifest(an4_dir / "dev.jsonl")[:6]
+def test_datamodule_drops_unencodable_text(tiny_dir, tmp_path):
+    utts = read_manifest(tiny_dir / "train.jsonl")[:6]
     bad = [
         Utterance(u.audio_filepath, u.duration, t, u.id, u.speaker)
         for u, t in zip(utts[:2], ["", "caf\u00e9"], strict=True)
@@ -145,19 +141,41 @@ def test_datamodule_drops_unencodable_text(an4_dir, tmp_path):
     dm = ASRDataModule(CharTokenizer(), str(tmp_path / "m.jsonl"), str(tmp_path / "m.jsonl"), num_workers=0)
     dm.setup("fit")
     assert len(dm.datasets["train"]) == 4
+    reasons = {r["id"]: r["reason"] for r in dm.rejected if r["split"] == "train"}
+    assert reasons == {utts[0].id: "empty text", utts[1].id: "characters outside the tokenizer: '\u00e9'"}
     batch = next(iter(dm.train_dataloader()))
     assert batch.audio.shape[0] == batch.targets.shape[0] >= 1
 
 
-def test_dataset_reads_real_an4(an4_dir):
-    utts = read_manifest(an4_dir / "train.jsonl")[:3]
+def test_datamodule_rejects_text_the_intermediate_tokenizer_cannot_encode(tiny_dir, tmp_path):
+    """A word model can hold a word the characters of its intermediate CTC cannot spell ("café" as a word class):
+    with that tokenizer in extra_tokenizers the utterance is left out with its reason, not a crash mid-epoch."""
+    utts = read_manifest(tiny_dir / "train.jsonl")[:4]
+    odd = Utterance(utts[0].audio_filepath, utts[0].duration, "caf\u00e9 yes", "odd", utts[0].speaker)
+    write_manifest(tmp_path / "m.jsonl", [odd, *utts[1:]])
+    words = WordTokenizer(words=["caf\u00e9", "yes", "no", "go", "stop", "help", "start"])
+    assert words.encode("caf\u00e9 yes") == [1, 2]
+    alone = ASRDataModule(words, str(tmp_path / "m.jsonl"), str(tmp_path / "m.jsonl"), num_workers=0)
+    alone.setup("fit")
+    assert "odd" in [u.id for u in alone.datasets["train"].utterances]
+    both = ASRDataModule(words, str(tmp_path / "m.jsonl"), str(tmp_path / "m.jsonl"), num_workers=0,
+                         extra_tokenizers=[CharTokenizer()])
+    both.setup("fit")
+    assert "odd" not in [u.id for u in both.datasets["train"].utterances]
+    assert [(r["id"], r["split"], r["reason"]) for r in both.rejected] == [
+        ("odd", "train", "characters outside the tokenizer: '\u00e9'"), ("odd", "val", "characters outside the "
+                                                                        "tokenizer: '\u00e9'")]
+
+
+def test_dataset_reads_real_an4(tiny_dir):
+    utts = read_manifest(tiny_dir / "train.jsonl")[:3]
     ds = AudioDataset(utts, CharTokenizer())
     wav, tokens, uid = ds[0]
     assert uid == utts[0].id and CharTokenizer().decode(tokens.tolist()) == utts[0].text
 
 
-def test_speed_perturbation_changes_length_by_factor(an4_dir):
-    utt = read_manifest(an4_dir / "test.jsonl")[:1]
+def test_speed_perturbation_changes_length_by_factor(tiny_dir):
+    utt = read_manifest(tiny_dir / "test.jsonl")[:1]
     n = AudioDataset(utt, CharTokenizer())[0][0].numel()
     for factor in (0.9, 1.1):
         wav, tokens, _ = AudioDataset(utt, CharTokenizer(), speed_perturb=[factor])[0]
@@ -167,10 +185,10 @@ def test_speed_perturbation_changes_length_by_factor(an4_dir):
         AudioDataset(utt, CharTokenizer(), speed_perturb=[3.0])
 
 
-def test_audio_cache_serves_later_reads_from_memory(an4_dir, tmp_path):
+def test_audio_cache_serves_later_reads_from_memory(tiny_dir, tmp_path):
     """data.cache_audio: the second read of an utterance neither opens its file nor decodes it again, returns the
     same samples, and speed perturbation still applies to the cached waveform."""
-    src = read_manifest(an4_dir / "test.jsonl")[0]
+    src = read_manifest(tiny_dir / "test.jsonl")[0]
     copy = tmp_path / "a.sph"
     copy.write_bytes(open(src.audio_filepath, "rb").read())
     utt = [Utterance(str(copy), src.duration, src.text, src.id)]
@@ -186,11 +204,11 @@ def test_audio_cache_serves_later_reads_from_memory(an4_dir, tmp_path):
     assert torch.equal(perturbed.cache[0], first)  # the cache keeps the unperturbed samples
 
 
-def test_filled_cache_serves_every_speed_to_loader_workers(an4_dir, tmp_path):
+def test_filled_cache_serves_every_speed_to_loader_workers(tiny_dir, tmp_path):
     """data.cache_audio with speed perturbation: setup decodes each training file and resamples it to every speed
     once, in the main process; the forked loader worker then serves all three speeds with the files gone."""
     utts = []
-    for u in read_manifest(an4_dir / "dev.jsonl")[:6]:
+    for u in read_manifest(tiny_dir / "train.jsonl")[:6]:
         copy = tmp_path / f"{u.id}.sph"
         copy.write_bytes(open(u.audio_filepath, "rb").read())
         utts.append(Utterance(str(copy), u.duration, u.text, u.id, u.speaker))
@@ -223,3 +241,60 @@ def test_filled_cache_serves_every_speed_to_loader_workers(an4_dir, tmp_path):
     assert max(len(s) for s in lengths.values()) >= 2  # speeds are still drawn per read
     with pytest.raises(ValueError, match="cache_audio"):
         AudioDataset(utts, CharTokenizer()).fill_cache()
+
+
+# ----------------------------------------------------------------------- the data check: the same rule as training
+def test_data_check_and_datamodule_drop_utterances_too_short_for_ctc(tiny_dir, tmp_path):
+    audio = read_manifest(tiny_dir / "test.jsonl")[0].audio_filepath
+    manifest = tmp_path / "m.jsonl"
+    write_manifest(manifest, [
+        Utterance(audio, 2.0, "hello world", "ok"),
+        Utterance(audio, 0.2, "a much too long label for a fifth of a second", "short"),
+        Utterance(audio, 2.0, "numbers 42", "digits"),
+    ])
+    tok = CharTokenizer()
+
+    def frames(samples):
+        return samples // 160 // 4  # 10 ms hop, 4x subsampling: 5 frames in 0.2 s
+
+    report = check_manifest(manifest, UtteranceFilter([tok], frames))
+    assert report["utterances"] == 3 and abs(report["hours"] - 4.2 / 3600) < 1e-4
+    assert report["unknown_chars"] == {"2": 1, "4": 1} and report["unusable_text"] == 1
+    assert report["too_short"] == 1 and report["too_short_utts"][0]["id"] == "short"
+    assert report["histogram"]["<1s"] == 1 and report["histogram"]["<5s"] == 2
+    assert "inter_too_short" not in report
+    dm = ASRDataModule(tok, str(manifest), str(manifest), output_frames=frames, num_workers=0)
+    dm.setup("fit")
+    assert [u.id for u in dm.datasets["train"].utterances] == ["ok"]
+    train_reasons = {r["id"]: r["reason"] for r in dm.rejected if r["split"] == "train"}
+    assert train_reasons["short"].startswith("too short for its label under CTC (5 frames <")
+    assert len(dm.datasets["val"].utterances) == 2  # evaluation keeps them: they still count in the WER
+    with pytest.raises(ValueError, match="needs at least the model's tokenizer"):
+        UtteranceFilter([])
+
+
+def test_data_check_counts_utterances_too_short_for_the_intermediate_labels(tiny_dir, tmp_path):
+    audio = read_manifest(tiny_dir / "test.jsonl")[0].audio_filepath
+    manifest = tmp_path / "m.jsonl"
+    write_manifest(manifest, [
+        Utterance(audio, 1.0, "seven", "fits"),  # 12 frames: 1 word, 5 characters
+        Utterance(audio, 1.0, "three three seven eight nine", "words_only"),  # 5 words fit, 28 characters not
+    ])
+    words = WordTokenizer(words=["seven", "three", "eight", "nine"])
+
+    def frames(samples):
+        return samples // 160 // 8  # 10 ms hop, 8x subsampling: 12 frames in 1 s
+
+    report = check_manifest(manifest, UtteranceFilter([words, CharTokenizer()], frames))
+    assert report["too_short"] == 0 and report["inter_too_short"] == 1
+    assert "inter_too_short" not in check_manifest(manifest, UtteranceFilter([words], frames))
+    assert "too short for their intermediate-CTC label: 1 (kept" in format_check("train", report)
+
+
+def test_check_manifests_writes_the_report_the_run_keeps(tiny_dir, tmp_path):
+    rule = UtteranceFilter([CharTokenizer()], lambda n: n // 160 // 3)
+    reports = check_manifests({"train": str(tiny_dir / "train.jsonl"), "val": str(tiny_dir / "dev.jsonl")}, rule,
+                              tmp_path)
+    assert json.loads((tmp_path / "data_check.json").read_text()) == reports
+    assert reports["train"]["utterances"] == 25 and reports["val"]["utterances"] == 5
+    assert reports["train"]["unknown_chars"] == {} and reports["train"]["too_short"] == 0

@@ -1,4 +1,5 @@
-"""Two CPU processes under Lightning DDP (gloo) on real AN4: distinct batches per rank, equal step counts."""
+"""Two CPU processes under Lightning DDP (gloo) on the committed AN4 fixture: distinct batches per rank, equal step
+counts."""
 
 import json
 import os
@@ -9,7 +10,7 @@ import textwrap
 from tests.conftest import ROOT
 
 
-def test_ddp_two_cpu_ranks_see_disjoint_data_and_same_steps(an4_dir, tmp_path):
+def test_ddp_two_cpu_ranks_see_disjoint_data_and_same_steps(tiny_dir, tmp_path):
     script = tmp_path / "ddp_run.py"
     script.write_text(
         textwrap.dedent(
@@ -31,7 +32,7 @@ def test_ddp_two_cpu_ranks_see_disjoint_data_and_same_steps(an4_dir, tmp_path):
                     out.write_text(json.dumps({{"ids": self.ids, "global_step": trainer.global_step,
                                                "world_size": trainer.world_size}}))
 
-            cfg = tiny_train_cfg(Path({str(an4_dir)!r}), Path({str(tmp_path / "run")!r}), [
+            cfg = tiny_train_cfg(Path({str(tiny_dir)!r}), Path({str(tmp_path / "run")!r}), [
                 "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp",
                 "trainer.max_epochs=2", "trainer.limit_train_batches=4", "eval_manifests=null",
             ])

@@ -1,4 +1,5 @@
-"""Decoders, the n-gram LM writer, evaluate's log-prob cache and sweeps, on AN4 transcripts and audio."""
+"""Decoders, the n-gram LM writer, evaluate's log-prob cache and sweeps, on AN4 transcripts and audio: the committed
+fixture's, and the full corpus's for the LM tests that need its language (names, numbers, commands in context)."""
 
 import json
 import math
@@ -10,10 +11,10 @@ from collections import defaultdict
 import pytest
 import torch
 
-from asr.data import read_manifest, write_manifest
+from asr.data.manifest import read_manifest, write_manifest
 from asr.decoding import BeamSearchDecoder, GreedyDecoder
-from asr.evaluate import evaluate
-from asr.lm import BOS, build_lm, spelled_words
+from asr.lm.ngram import BOS, build_lm, spelled_words
+from asr.report.scoring import evaluate_checkpoint
 from asr.text import CharTokenizer, WordTokenizer, normalize_text
 from tests.conftest import ROOT
 
@@ -38,8 +39,22 @@ def emissions_for(
 
 
 @pytest.fixture(scope="module")
+def tiny_lm(tiny_dir, tmp_path_factory):
+    return build_lm([str(tiny_dir / "train.jsonl")], str(tmp_path_factory.mktemp("lm")), order=3)
+
+
+@pytest.fixture(scope="module")
 def an4_lm(an4_dir, tmp_path_factory):
     return build_lm([str(an4_dir / "train.jsonl")], str(tmp_path_factory.mktemp("lm")), order=3)
+
+
+# per corpus: histories to check the LM's normalisation on, and a misspelt sentence with the one the lexicon + LM
+# should correct it to
+CORPORA = {
+    "tiny": ([(), (BOS,), ("stop",), (BOS, "go"), ("zzz", "yes")], "stap", "stop"),
+    "an4": ([(), (BOS,), ("rubout",), (BOS, "rubout"), ("three", "nine"), ("zzz", "enter")], "rubout thrie nine",
+            "rubout three nine"),
+}
 
 
 def read_arpa(path):
@@ -67,33 +82,50 @@ def arpa_prob(tables, history, word):
     return 10**bow * arpa_prob(tables, history[1:], word)
 
 
-def test_arpa_lm_is_normalised_and_covers_training_words(an4_lm, an4_dir):
-    tables = read_arpa(an4_lm["lm"])
+@pytest.mark.parametrize("corpus", CORPORA)
+def test_arpa_lm_is_normalised_and_covers_training_words(corpus, request):
+    data, lm = request.getfixturevalue(f"{corpus}_dir"), request.getfixturevalue(f"{corpus}_lm")
+    tables = read_arpa(lm["lm"])
     words = [w for (w,) in tables[1] if w != BOS]
-    train_words = {w for u in read_manifest(an4_dir / "train.jsonl") for w in normalize_text(u.text).split()}
+    train_words = {w for u in read_manifest(data / "train.jsonl") for w in normalize_text(u.text).split()}
     assert train_words <= set(words) and "<unk>" in words and "</s>" in words
-    lexicon = [line.split()[0] for line in open(an4_lm["lexicon"])]
+    lexicon = [line.split()[0] for line in open(lm["lexicon"])]
     assert sorted(lexicon) == sorted(train_words)
-    for history in [(), (BOS,), ("rubout",), (BOS, "rubout"), ("three", "nine"), ("zzz", "enter")]:
+    for history in CORPORA[corpus][0]:
         total = sum(arpa_prob(tables, history, w) for w in words)
         assert math.isclose(total, 1.0, abs_tol=1e-4), (history, total)
 
 
-def test_greedy_and_beam_decode_a_clean_path(an4_dir, an4_lm):
+def test_greedy_and_beam_decode_a_clean_path(tiny_dir, tiny_lm):
     tok = CharTokenizer()
-    texts = [normalize_text(u.text) for u in read_manifest(an4_dir / "test.jsonl")[:8]]
+    texts = [normalize_text(u.text) for u in read_manifest(tiny_dir / "test.jsonl")] + ["help stop", "no no yes"]
     log_probs, lengths = emissions_for(texts, tok)
     assert GreedyDecoder(tok).decode(log_probs, lengths) == texts
     assert BeamSearchDecoder(tok, beam_size=10).decode(log_probs, lengths) == texts
-    in_lexicon = [t for t in texts if set(t.split()) <= {line.split()[0] for line in open(an4_lm["lexicon"])}]
+    in_lexicon = [t for t in texts if set(t.split()) <= {line.split()[0] for line in open(tiny_lm["lexicon"])}]
+    assert in_lexicon == texts
     lp, n = emissions_for(in_lexicon, tok)
     assert (
-        BeamSearchDecoder(tok, beam_size=10, lexicon=an4_lm["lexicon"], lm=an4_lm["lm"]).decode(lp, n)
+        BeamSearchDecoder(tok, beam_size=10, lexicon=tiny_lm["lexicon"], lm=tiny_lm["lm"]).decode(lp, n)
         == in_lexicon
     )
 
 
+def test_word_model_greedy_and_beam_on_the_fixture(tiny_dir, tiny_lm):
+    tok = WordTokenizer(train_manifest=str(tiny_dir / "train.jsonl"))
+    texts = [normalize_text(u.text) for u in read_manifest(tiny_dir / "test.jsonl")] + ["help stop go"]
+    texts.append("november go one")  # words the vocabulary lacks: spelled with characters
+    log_probs, lengths = emissions_for(texts, tok)
+    assert GreedyDecoder(tok).decode(log_probs, lengths) == texts
+    assert BeamSearchDecoder(tok, beam_size=10).decode(log_probs, lengths) == texts
+    # the lexicon is not needed (the word classes are one) and not used; the LM scores each class as its word
+    beam_lm = BeamSearchDecoder(tok, beam_size=10, lexicon=tiny_lm["lexicon"], lm=tiny_lm["lm"], lm_weight=1.0)
+    assert beam_lm.decode(log_probs, lengths) == texts
+    assert BeamSearchDecoder(tok, beam_size=10, lm=tiny_lm["lm"]).decode(log_probs, lengths) == texts
+
+
 def test_word_model_greedy_and_beam(an4_dir, an4_lm):
+    """The LM's context at work over word classes: AN4's sentences (commands, spelled names, numbers)."""
     tok = WordTokenizer(train_manifest=str(an4_dir / "train.jsonl"))
     texts = [normalize_text(u.text) for u in read_manifest(an4_dir / "test.jsonl")[:12]]
     texts.append("november thirteen one")  # words the vocabulary lacks: spelled with characters
@@ -130,7 +162,7 @@ def test_word_model_greedy_and_beam(an4_dir, an4_lm):
 
 
 def test_spelling_lm_from_a_word_list_corrects_a_spelled_letter(an4_dir, an4_lm, tmp_path):
-    from asr.wordlist import write_wordlist
+    from asr.lm.wordlist import write_wordlist
 
     words = write_wordlist(tmp_path / "words.txt", "en", top=3000)
     lines = [line.split("\t") for line in words.read_text().splitlines()]
@@ -163,27 +195,30 @@ def test_spelling_lm_from_a_word_list_corrects_a_spelled_letter(an4_dir, an4_lm,
     assert os.stat(paths["lm"]).st_mtime_ns == mtime
     build_lm([str(an4_dir / "train.jsonl")], str(out), order=5, spell=str(words), spell_top=100)
     assert ("m", "a", "r", "k", "e") not in read_arpa(paths["lm"])[5]  # "market" is not in the top 100
-    with pytest.raises(FileNotFoundError, match="spell=.*asr.wordlist"):
+    with pytest.raises(FileNotFoundError, match="spell=.*asr.lm.wordlist"):
         spelled_words(tmp_path / "missing.txt")
     (tmp_path / "digits.txt").write_text("2026\ndon't\n")
     with pytest.raises(ValueError, match="no word of only the letters a-z"):
         spelled_words(tmp_path / "digits.txt")
 
 
-def test_lexicon_and_lm_correct_a_misspelling(an4_lm):
+@pytest.mark.parametrize("corpus", CORPORA)
+def test_lexicon_and_lm_correct_a_misspelling(corpus, request):
+    lm = request.getfixturevalue(f"{corpus}_lm")
+    _, wrong, right = CORPORA[corpus]
     tok = CharTokenizer()
-    log_probs, lengths = emissions_for(["rubout thrie nine"], tok, peak=0.6)
-    assert BeamSearchDecoder(tok, beam_size=20).decode(log_probs, lengths) == ["rubout thrie nine"]
-    beam_lm = BeamSearchDecoder(tok, beam_size=20, lexicon=an4_lm["lexicon"], lm=an4_lm["lm"], lm_weight=1.0)
-    assert beam_lm.decode(log_probs, lengths) == ["rubout three nine"]
+    log_probs, lengths = emissions_for([wrong], tok, peak=0.6)
+    assert BeamSearchDecoder(tok, beam_size=20).decode(log_probs, lengths) == [wrong]
+    beam_lm = BeamSearchDecoder(tok, beam_size=20, lexicon=lm["lexicon"], lm=lm["lm"], lm_weight=1.0)
+    assert beam_lm.decode(log_probs, lengths) == [right]
 
 
-def test_decoder_errors_name_the_setting(tmp_path, an4_lm):
+def test_decoder_errors_name_the_setting(tmp_path, tiny_lm):
     tok = CharTokenizer()
     with pytest.raises(ValueError, match="decoder.lexicon"):
-        BeamSearchDecoder(tok, lm=an4_lm["lm"])
+        BeamSearchDecoder(tok, lm=tiny_lm["lm"])
     with pytest.raises(FileNotFoundError, match="decoder.lm="):
-        BeamSearchDecoder(tok, lexicon=an4_lm["lexicon"], lm=str(tmp_path / "missing.arpa"))
+        BeamSearchDecoder(tok, lexicon=tiny_lm["lexicon"], lm=str(tmp_path / "missing.arpa"))
     with pytest.raises(FileNotFoundError, match="decoder.lexicon="):
         BeamSearchDecoder(tok, lexicon=str(tmp_path / "missing.txt"))
     (tmp_path / "upper.txt").write_text("ÉCOLE\n")
@@ -191,14 +226,14 @@ def test_decoder_errors_name_the_setting(tmp_path, an4_lm):
         BeamSearchDecoder(tok, lexicon=str(tmp_path / "upper.txt"))
 
 
-def test_evaluate_caches_log_probs_per_split(tiny_checkpoint, an4_dir, tmp_path):
-    manifests = {"test": str(an4_dir / "test.jsonl")}
+def test_evaluate_caches_log_probs_per_split(tiny_checkpoint, tiny_dir, tmp_path):
+    manifests = {"test": str(tiny_dir / "test.jsonl")}
     cache = tmp_path / "cache"
-    first = evaluate(
+    first = evaluate_checkpoint(
         str(tiny_checkpoint), manifests, str(tmp_path / "a"), "cpu", progress=False, cache_dir=str(cache)
     )
     assert (cache / "test.pt").is_file() and not first["test"]["cached_log_probs"]
-    again = evaluate(
+    again = evaluate_checkpoint(
         str(tiny_checkpoint),
         manifests,
         str(tmp_path / "b"),
@@ -214,15 +249,15 @@ def test_evaluate_caches_log_probs_per_split(tiny_checkpoint, an4_dir, tmp_path)
     # beam size 1 without LM keeps the single best prefix: here the same text as greedy
     assert (tmp_path / "a/test/hyps.txt").read_text() == (tmp_path / "b/test/hyps.txt").read_text()
     os.utime(tiny_checkpoint)  # a rewritten checkpoint invalidates the cache
-    third = evaluate(
+    third = evaluate_checkpoint(
         str(tiny_checkpoint), manifests, str(tmp_path / "c"), "cpu", progress=False, cache_dir=str(cache)
     )
     assert not third["test"]["cached_log_probs"]
 
 
-def test_cli_sweep_writes_one_report_per_point_and_a_summary(tiny_checkpoint, an4_dir, an4_lm, tmp_path):
+def test_cli_sweep_writes_one_report_per_point_and_a_summary(tiny_checkpoint, tiny_dir, tiny_lm, tmp_path):
     subset = tmp_path / "test10.jsonl"
-    write_manifest(subset, read_manifest(an4_dir / "test.jsonl")[:10])
+    write_manifest(subset, read_manifest(tiny_dir / "train.jsonl")[:10])
     sweep = tmp_path / "sweep"
     proc = subprocess.run(
         [
@@ -236,8 +271,8 @@ def test_cli_sweep_writes_one_report_per_point_and_a_summary(tiny_checkpoint, an
             f"cache_dir={tmp_path / 'cache'}",
             f"hydra.sweep.dir={sweep}",
             "decoder=beam_lm",
-            f"decoder.lexicon={an4_lm['lexicon']}",
-            f"decoder.lm={an4_lm['lm']}",
+            f"decoder.lexicon={tiny_lm['lexicon']}",
+            f"decoder.lm={tiny_lm['lm']}",
             "decoder.beam_size=5",
             "decoder.lm_weight=0.5,1",
             "decoder.word_score=-1,0,1",
@@ -259,35 +294,35 @@ def test_cli_sweep_writes_one_report_per_point_and_a_summary(tiny_checkpoint, an
     assert "summary.md" in proc.stdout
 
 
-def test_librispeech_style_files_upper_case_lm_and_phonetic_lexicon(an4_dir, tmp_path):
+def test_librispeech_style_files_upper_case_lm_and_phonetic_lexicon(tiny_dir, tmp_path):
     """LibriSpeech's resource-11 files: upper-case ARPA words, a phonetic lexicon (only the word is read)."""
-    from asr.lm import kneser_ney, write_arpa
+    from asr.lm.ngram import kneser_ney, write_arpa
 
-    sentences = [normalize_text(u.text).upper().split() for u in read_manifest(an4_dir / "train.jsonl")]
+    sentences = [normalize_text(u.text).upper().split() for u in read_manifest(tiny_dir / "train.jsonl")]
     write_arpa(kneser_ney(sentences, order=2), tmp_path / "lm.arpa")
     words = sorted({w for s in sentences for w in s})
     (tmp_path / "lexicon.txt").write_text("".join(f"{w} HH AH0 L OW1\n{w} HH EH0 L OW1\n" for w in words))
     tok = CharTokenizer()
-    log_probs, lengths = emissions_for(["rubout thrie nine"], tok, peak=0.6)
+    log_probs, lengths = emissions_for(["stap"], tok, peak=0.6)
     lexicon, lm = str(tmp_path / "lexicon.txt"), str(tmp_path / "lm.arpa")
     dec = BeamSearchDecoder(tok, beam_size=20, lexicon=lexicon, lm=lm)
-    assert dec.decode(log_probs, lengths) == ["rubout three nine"]
+    assert dec.decode(log_probs, lengths) == ["stop"]
 
 
-def test_lexicon_free_beam_search_with_sentencepiece_pieces(an4_dir, an4_lm, tmp_path):
+def test_lexicon_free_beam_search_with_sentencepiece_pieces(tiny_dir, tiny_lm, tmp_path):
     from asr.text import SentencePieceTokenizer
 
-    tok = SentencePieceTokenizer(tmp_path / "bpe.model", an4_dir / "train.jsonl", vocab_size=64)
-    texts = [normalize_text(u.text) for u in read_manifest(an4_dir / "test.jsonl")[:8]]
+    tok = SentencePieceTokenizer(tmp_path / "bpe.model", tiny_dir / "train.jsonl", vocab_size=30)
+    texts = [normalize_text(u.text) for u in read_manifest(tiny_dir / "test.jsonl")] + ["yes help go"]
     log_probs, lengths = emissions_for(texts, tok)
     assert GreedyDecoder(tok).decode(log_probs, lengths) == texts
     assert BeamSearchDecoder(tok, beam_size=10).decode(log_probs, lengths) == texts
     with pytest.raises(ValueError, match="decoder.lexicon needs a character model"):
-        BeamSearchDecoder(tok, lexicon=an4_lm["lexicon"], lm=an4_lm["lm"])
+        BeamSearchDecoder(tok, lexicon=tiny_lm["lexicon"], lm=tiny_lm["lm"])
 
 
 def test_run_dir_of_a_checkpoint(tmp_path):
-    from asr.evaluate import run_dir_of
+    from asr.report.run_info import run_dir_of
 
     run = tmp_path / "exp" / "an4" / "run1"
     assert run_dir_of(run / "checkpoints" / "best.ckpt") == run.resolve()

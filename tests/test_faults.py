@@ -1,7 +1,8 @@
 """Fault injection, one test (or more) per row of the reliability table (issue 5).
 
-Real files, real SIGKILLs of real processes, a real (tmpfs) full disk where the test runs as root, and a
-real Lightning Trainer on CPU. The slow ones (kill-and-resume AN4 training, the 200-file fuzz) are marked.
+Real files (the committed AN4 fixture's audio, damaged), real SIGKILLs of real processes, a real (tmpfs) full disk
+where the test runs as root, and a real Lightning Trainer on CPU. The slow one (kill-and-resume AN4 training) is in
+test_faults_slow.py.
 """
 
 from __future__ import annotations
@@ -26,15 +27,18 @@ import pytorch_lightning as L
 import soundfile as sf
 import torch
 
-from asr.checkpointing import CheckpointWriteError, atomic_torch_save, load_checkpoint, remove_partials
-from asr.corpora.an4 import prepare
-from asr.data import ASRDataModule, AudioDataset, Utterance, collate, load_audio, probe_audio, read_manifest
-from asr.download import extract_tar
-from asr.guards import TrainingDiverged
-from asr.module import CHECKPOINT_KEY, ASRModule
-from asr.text import CharTokenizer
+from asr.data.audio import load_audio, probe_audio
+from asr.data.corpora.an4 import prepare
+from asr.data.datamodule import ASRDataModule
+from asr.data.dataset import AudioDataset, collate
+from asr.data.download import extract_tar
+from asr.data.manifest import Utterance, read_manifest
+from asr.text import CharTokenizer, WordTokenizer, normalize_text
 from asr.train import train
-from tests.conftest import ROOT, SHARED, tiny_train_cfg
+from asr.training.checkpointing import CheckpointWriteError, atomic_torch_save, load_checkpoint, remove_partials
+from asr.training.guards import TrainingDiverged
+from asr.training.module import CHECKPOINT_KEY, ASRModule
+from tests.conftest import ROOT, tiny_recipe_overrides, tiny_train_cfg
 from tests.faults_util import an4_tree, write_etc
 
 FAST = ["eval_manifests={}", "data_check=false"]
@@ -50,8 +54,8 @@ def _last(rows: list[dict], key: str) -> float:
 
 
 # --------------------------------------------------------------- audio corrupt / empty / truncated / missing
-def test_prepare_rejects_corrupt_empty_truncated_missing_with_reasons(an4_dir, tmp_path):
-    utts = an4_tree(an4_dir, tmp_path, n_train=12, n_test=4)
+def test_prepare_rejects_corrupt_empty_truncated_missing_with_reasons(tiny_dir, tmp_path):
+    utts = an4_tree(tiny_dir, tmp_path, n_train=12, n_test=4)
     ids = list(utts)
     damage = {ids[0]: "garbage", ids[1]: "empty", ids[2]: "truncated", ids[3]: "missing", ids[4]: "no-text"}
     utts[ids[0]]["path"].write_bytes(b"\x00garbage" * 100)
@@ -71,8 +75,8 @@ def test_prepare_rejects_corrupt_empty_truncated_missing_with_reasons(an4_dir, t
     assert kept == set(ids) - set(damage)
 
 
-def test_probe_audio_catches_truncated_wav_and_flac(an4_dir, tmp_path):
-    ref = load_audio(read_manifest(an4_dir / "test.jsonl")[0].audio_filepath).numpy()
+def test_probe_audio_catches_truncated_wav_and_flac(tiny_dir, tmp_path):
+    ref = load_audio(read_manifest(tiny_dir / "test.jsonl")[0].audio_filepath).numpy()
     for ext in ("wav", "flac"):
         sf.write(tmp_path / f"ok.{ext}", ref, 16000)
         assert probe_audio(tmp_path / f"ok.{ext}")[1] is None
@@ -82,21 +86,21 @@ def test_probe_audio_catches_truncated_wav_and_flac(an4_dir, tmp_path):
         assert info is None and ("truncated" in reason or "unreadable" in reason)
 
 
-def test_load_time_failures_are_dropped_counted_logged_once(an4_dir, tmp_path, caplog):
+def test_load_time_failures_are_dropped_counted_logged_once(tiny_dir, tmp_path, caplog):
     """Files that break after prepare: the batch drops them, the run goes on, each is logged once."""
     data = tmp_path / "data"
     data.mkdir()
-    train_utts = read_manifest(an4_dir / "train.jsonl")[:40]
+    train_utts = read_manifest(tiny_dir / "train.jsonl")
     victims = {}
     for i, u in enumerate(train_utts[:6]):
         dst = data / f"{u.id}.sph"
         dst.write_bytes(Path(u.audio_filepath).read_bytes())
         train_utts[i] = Utterance(str(dst), u.duration, u.text, u.id, u.speaker)
         victims[u.id] = dst
-    from asr.data import write_manifest
+    from asr.data.manifest import write_manifest
 
     write_manifest(data / "train.jsonl", train_utts)
-    write_manifest(data / "dev.jsonl", read_manifest(an4_dir / "dev.jsonl")[:10])
+    write_manifest(data / "dev.jsonl", read_manifest(tiny_dir / "dev.jsonl"))
     # damage after the manifest was written: missing, zero bytes, random bytes, NaN samples
     kinds = ["missing", "empty", "random", "nan", "missing", "random"]
     for path, kind in zip(victims.values(), kinds, strict=True):
@@ -110,12 +114,12 @@ def test_load_time_failures_are_dropped_counted_logged_once(an4_dir, tmp_path, c
             path.unlink()
             sf.write(path.with_suffix(".sph"), np.full(8000, np.nan, dtype=np.float32), 16000, format="WAV",
                      subtype="FLOAT")
-    cfg = tiny_train_cfg(an4_dir, tmp_path / "run", [
+    cfg = tiny_train_cfg(tiny_dir, tmp_path / "run", [
         f"data.train_manifest={data / 'train.jsonl'}", f"data.val_manifest={data / 'dev.jsonl'}",
         "data.test_manifest=null", "trainer.max_epochs=2", "trainer.limit_train_batches=null",
         "data.max_batch_seconds=30", *FAST,
     ])
-    with caplog.at_level("WARNING", logger="asr.guards"):
+    with caplog.at_level("WARNING", logger="asr.training.guards"):
         result = train(cfg)
     assert result["epochs"] == 2  # the run went on, two full epochs
     load_drops = {r["id"]: r["reason"] for r in result["rejected"] if r["split"] == "load"}
@@ -139,8 +143,8 @@ def test_batch_of_only_failed_loads_is_skipped(tmp_path):
     (8000, 2, "PCM_16", "WAV"), (44100, 1, "FLOAT", "WAV"), (16000, 1, "PCM_U8", "WAV"),
     (22050, 2, "PCM_24", "FLAC"), (16000, 1, "DOUBLE", "WAV"), (48000, 6, "PCM_32", "WAV"),
 ])
-def test_formats_are_converted_never_misread(an4_dir, tmp_path, rate, channels, subtype, fmt):
-    ref = load_audio(read_manifest(an4_dir / "test.jsonl")[0].audio_filepath).numpy()
+def test_formats_are_converted_never_misread(tiny_dir, tmp_path, rate, channels, subtype, fmt):
+    ref = load_audio(read_manifest(tiny_dir / "test.jsonl")[0].audio_filepath).numpy()
     import torchaudio.functional as AF
 
     x = AF.resample(torch.from_numpy(ref), 16000, rate).numpy() if rate != 16000 else ref
@@ -155,8 +159,8 @@ def test_formats_are_converted_never_misread(an4_dir, tmp_path, rate, channels, 
 
 
 # ------------------------------------------------------------------- transcripts; CTC too short for label
-def test_bad_transcripts_and_ctc_too_short_are_dropped_counted_listed(an4_dir, tmp_path, caplog):
-    src = read_manifest(an4_dir / "test.jsonl")
+def test_bad_transcripts_and_ctc_too_short_are_dropped_counted_listed(tiny_dir, tmp_path, caplog):
+    src = read_manifest(tiny_dir / "test.jsonl") + read_manifest(tiny_dir / "dev.jsonl")
     short = min(src, key=lambda u: u.duration)
     rows = [
         Utterance(src[0].audio_filepath, src[0].duration, "", "empty"),
@@ -165,7 +169,7 @@ def test_bad_transcripts_and_ctc_too_short_are_dropped_counted_listed(an4_dir, t
         Utterance(short.audio_filepath, short.duration, "a" * 400, "tooshort"),
         *src[3:8],
     ]
-    from asr.data import write_manifest
+    from asr.data.manifest import write_manifest
 
     write_manifest(tmp_path / "m.jsonl", rows)
     module = ASRModule(CharTokenizer(), __import__("asr.features").features.LogMelFeatures(),
@@ -216,10 +220,10 @@ class _Weights(L.Callback):
         self.snapshots[trainer.global_step] = torch.cat([p.detach().flatten() for p in pl_module.parameters()])
 
 
-def test_nan_loss_and_inf_grad_steps_are_skipped_counted_logged(an4_dir, tmp_path, caplog):
+def test_nan_loss_and_inf_grad_steps_are_skipped_counted_logged(tiny_dir, tmp_path, caplog):
     weights = _Weights()
-    cfg = tiny_train_cfg(an4_dir, tmp_path, ["trainer.limit_train_batches=6", *FAST])
-    with caplog.at_level("WARNING", logger="asr.guards"):
+    cfg = tiny_train_cfg(tiny_dir, tmp_path, ["trainer.limit_train_batches=6", *FAST])
+    with caplog.at_level("WARNING", logger="asr.training.guards"):
         result = train(cfg, extra_callbacks=[_PoisonBatch({1}), _PoisonGrad({3}), weights])
     assert result["skipped_steps"] == 2 and result["epochs"] == 1
     snaps = weights.snapshots  # keyed by global_step after the step
@@ -232,43 +236,88 @@ def test_nan_loss_and_inf_grad_steps_are_skipped_counted_logged(an4_dir, tmp_pat
     assert all(torch.isfinite(t).all() for t in ckpt["state_dict"].values())
 
 
-def test_consecutive_bad_steps_stop_the_run_with_a_clear_message(an4_dir, tmp_path):
-    cfg = tiny_train_cfg(an4_dir, tmp_path, ["max_consecutive_bad_steps=3", *FAST])
-    with pytest.raises(TrainingDiverged, match=r"3 consecutive steps .* max_consecutive_bad_steps=3"):
+def test_consecutive_bad_steps_stop_the_run_with_a_clear_message(tiny_dir, tmp_path):
+    cfg = tiny_train_cfg(tiny_dir, tmp_path, ["callbacks.non_finite.max_consecutive=3", *FAST])
+    with pytest.raises(TrainingDiverged, match=r"3 consecutive steps .* callbacks.non_finite.max_consecutive=3"):
         train(cfg, extra_callbacks=[_PoisonBatch(None)])
 
 
 # --------------------------------------------------------------------- kill -9 mid-write, disk full
-_WRITER = textwrap.dedent("""
-    import sys, torch
-    from asr.checkpointing import atomic_torch_save
-    i = 0
-    while True:
-        i += 1
-        atomic_torch_save({"version": i, "w": torch.full((4_000_000,), float(i))}, sys.argv[1])
-        print(i, flush=True)
+# One process pays for the imports once (module-scoped), then forks a child per command read from stdin:
+#   "loop <path>": the child rewrites a 16 MB checkpoint at <path> in a loop, printing "<its pid> <version>" after
+#                  each write, until it is killed;
+#   "fsize <path>": the child saves a small checkpoint, limits its file size (RLIMIT_FSIZE) and saves a larger one,
+#                   printing the CheckpointWriteError's errno and message.
+# After each child is gone the server prints "reaped".
+_WRITERS = textwrap.dedent("""
+    import os, resource, signal, sys, torch
+    from asr.training.checkpointing import CheckpointWriteError, atomic_torch_save
+    for line in sys.stdin:
+        command, path = line.split()
+        pid = os.fork()
+        if pid == 0 and command == "loop":
+            i = 0
+            while True:
+                i += 1
+                atomic_torch_save({"version": i, "w": torch.full((4_000_000,), float(i))}, path)
+                print(os.getpid(), i, flush=True)
+        if pid == 0:
+            atomic_torch_save({"w": torch.ones(10)}, path)
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+            try:
+                atomic_torch_save({"w": torch.zeros(1_000_000)}, path)
+            except CheckpointWriteError as err:
+                print(err.errno, err, flush=True)
+            os._exit(0)
+        os.waitpid(pid, 0)
+        print("reaped", flush=True)
 """)
 
 
-def test_kill9_during_checkpoint_writes_leaves_last_good_checkpoint(tmp_path):
+@pytest.fixture(scope="module")
+def writers():
+    """The fork server above: ``send(command, path)`` starts a child and returns the server's stdout."""
+    server = subprocess.Popen([sys.executable, "-c", _WRITERS], cwd=ROOT, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+    def send(command: str, path: Path):
+        server.stdin.write(f"{command} {path}\n")
+        server.stdin.flush()
+        return server.stdout
+
+    yield send
+    server.stdin.close()
+    server.wait(timeout=60)
+
+
+def _until_reaped(out) -> list[str]:
+    """The server's lines up to "reaped" (the child is gone)."""
+    lines = []
+    while (line := out.readline()) != "reaped\n":
+        assert line, "the writer server died"
+        lines.append(line.strip())
+    return lines
+
+
+def test_kill9_during_checkpoint_writes_leaves_last_good_checkpoint(writers, tmp_path):
     """SIGKILL a process that rewrites a 16 MB checkpoint in a loop, 4 times: at random moments, and
     (every other time) as soon as its temporary file appears, i.e. during the write."""
     path = tmp_path / "ckpt" / "last.ckpt"
     rng = random.Random(0)
     mid_write = 0
     for k in range(4):
-        proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(path)], cwd=ROOT, stdout=subprocess.PIPE,
-                                text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        assert proc.stdout.readline().strip()  # at least one write finished
+        out = writers("loop", path)
+        pid = int(out.readline().split()[0])  # at least one write finished
         if k % 2:
-            partial = path.parent / f".last.ckpt.{proc.pid}.partial"
+            partial = path.parent / f".last.ckpt.{pid}.partial"
             deadline = time.monotonic() + 10
             while not partial.exists() and time.monotonic() < deadline:
                 pass
         else:
             time.sleep(rng.uniform(0.0, 0.3))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        os.kill(pid, signal.SIGKILL)
+        _until_reaped(out)  # the writer is gone
         mid_write += any(path.parent.glob(".*.partial"))
         ckpt = load_checkpoint(path)
         assert torch.equal(ckpt["w"], torch.full((4_000_000,), float(ckpt["version"])))
@@ -297,22 +346,11 @@ def test_disk_full_while_checkpointing_keeps_previous(small_disk):
     assert sorted(p.name for p in small_disk.iterdir()) == ["last.ckpt"]  # no partial file left
 
 
-def test_write_failure_keeps_previous_without_root(tmp_path):
+def test_write_failure_keeps_previous_without_root(writers, tmp_path):
     """The same guarantee with a real failing write(2) (file size limit, EFBIG), for non-root runs."""
-    code = textwrap.dedent("""
-        import resource, signal, sys, torch
-        from asr.checkpointing import atomic_torch_save, CheckpointWriteError
-        atomic_torch_save({"w": torch.ones(10)}, sys.argv[1])
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
-        try:
-            atomic_torch_save({"w": torch.zeros(1_000_000)}, sys.argv[1])
-        except CheckpointWriteError as err:
-            print(err.errno, err)
-    """)
     path = tmp_path / "last.ckpt"
-    out = subprocess.run([sys.executable, "-c", code, str(path)], cwd=ROOT, capture_output=True, text=True)
-    assert out.stdout.startswith(str(errno.EFBIG)) and "previous checkpoint there is intact" in out.stdout
+    printed = " ".join(_until_reaped(writers("fsize", path)))
+    assert printed.startswith(str(errno.EFBIG)) and "previous checkpoint there is intact" in printed
     assert torch.equal(load_checkpoint(path)["w"], torch.ones(10))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
 
@@ -324,30 +362,32 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           env=env, timeout=300)
 
 
-def _an4_args(an4_dir: Path, tmp_path: Path) -> list[str]:
-    return [f"paths.data_dir={an4_dir.parent}", f"prepare.data_dir={an4_dir}", f"paths.download_dir={SHARED}",
-            f"paths.exp_dir={tmp_path}", "data_check=false"]
+def _tiny_args(tiny_dir: Path, tmp_path: Path) -> list[str]:
+    return [*tiny_recipe_overrides(tiny_dir.parent), f"paths.exp_dir={tmp_path}", "data_check=false"]
 
 
-def test_missing_manifest_is_one_line_error(an4_dir, tmp_path):
-    proc = _cli(*_an4_args(an4_dir, tmp_path), f"data.train_manifest={tmp_path}/nope/train.jsonl")
+def test_missing_manifest_is_one_line_error(tiny_dir, tmp_path):
+    proc = _cli(*_tiny_args(tiny_dir, tmp_path), f"data.train_manifest={tmp_path}/nope/train.jsonl")
     err = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(err) == 1, proc.stderr[-2000:]
     assert "data.train_manifest=" in err[0] and "nope/train.jsonl does not exist" in err[0]
-    assert "python -m asr.prepare recipe=an4 stage=all" in err[0]
+    assert "python -m asr.prepare recipe=tiny stage=all" in err[0]
 
 
-def test_missing_manifest_names_the_recipe_stage(an4_dir, tmp_path):
-    cfg = tiny_train_cfg(an4_dir, tmp_path, [f"data.val_manifest={tmp_path}/dev.jsonl"])
-    with pytest.raises(FileNotFoundError, match=r"data.val_manifest=.*python -m asr.prepare recipe=an4 stage=all"):
+def test_missing_manifest_names_the_recipe_stage(tiny_dir, tmp_path):
+    cfg = tiny_train_cfg(tiny_dir, tmp_path, [f"data.val_manifest={tmp_path}/dev.jsonl"])
+    with pytest.raises(FileNotFoundError, match=r"data.val_manifest=.*python -m asr.prepare recipe=tiny stage=all"):
         train(cfg)
-    cfg = tiny_train_cfg(an4_dir, tmp_path, [f"resume={tmp_path}/gone.ckpt"])
+    cfg = tiny_train_cfg(tiny_dir, tmp_path, ["prepare=null", f"data.train_manifest={tmp_path}/train.jsonl"])
+    with pytest.raises(FileNotFoundError, match=r"data.train_manifest=.*no recipe prepare step is set"):
+        train(cfg)
+    cfg = tiny_train_cfg(tiny_dir, tmp_path, [f"resume={tmp_path}/gone.ckpt"])
     with pytest.raises(FileNotFoundError, match="resume=.*gone.ckpt: no such checkpoint; use resume=auto"):
         train(cfg)
 
 
-def test_mistyped_model_key_is_one_line_error(an4_dir, tmp_path):
-    proc = _cli("+model.hiden_size=3", *_an4_args(an4_dir, tmp_path))
+def test_mistyped_model_key_is_one_line_error(tiny_dir, tmp_path):
+    proc = _cli("+model.hiden_size=3", *_tiny_args(tiny_dir, tmp_path))
     err = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(err) == 1
     assert "hiden_size" in err[0] and "model.*" in err[0]
@@ -367,7 +407,7 @@ def test_untrusted_checkpoint_runs_no_code(tiny_checkpoint, tmp_path, monkeypatc
     torch.save(ckpt, tmp_path / "evil.ckpt", pickle_protocol=pickle.HIGHEST_PROTOCOL)
     with pytest.raises(ValueError, match="cannot be loaded safely"):
         ASRModule.load_for_inference(tmp_path / "evil.ckpt")
-    from asr.checkpointing import AtomicCheckpointIO
+    from asr.training.checkpointing import AtomicCheckpointIO
 
     with pytest.raises(ValueError, match="cannot be loaded safely"):  # the resume path too
         AtomicCheckpointIO().load_checkpoint(tmp_path / "evil.ckpt")
@@ -408,3 +448,85 @@ def test_archive_hardlink_escape_is_refused(tmp_path):
     with pytest.raises(ValueError, match="refusing"):
         extract_tar(archive, tmp_path / "out", progress=False)
     assert not (tmp_path / "out" / "an4" / "hard").exists()
+
+
+# ------------------------------------------------------------------- fuzz: damaged files and transcripts
+ODD = ["", "   ", "x" * 3000, "héllo wörld", "42 ☃ \t tab", "ALL\u200bZERO\u00a0WIDTH", "(PAREN) [B] {C}", "Ω≈ç√",
+       "NORMAL WORDS HERE", "a'postrophe"]
+
+
+def _damage(rng: random.Random, path: Path) -> str:
+    kind = rng.choice(["ok", "ok", "half", "header-only", "zero", "random", "bad-magic", "missing", "bitflip",
+                       "tiny"])
+    data = path.read_bytes()
+    if kind == "half":
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "header-only":
+        path.write_bytes(data[: rng.randint(10, 1100)])
+    elif kind == "zero":
+        path.write_bytes(b"")
+    elif kind == "random":
+        path.write_bytes(os.urandom(rng.randint(1, 40000)))
+    elif kind == "bad-magic":
+        path.write_bytes(b"RIFX" + data[4:])
+    elif kind == "missing":
+        path.unlink()
+    elif kind == "bitflip":
+        b = bytearray(data)
+        for _ in range(50):
+            b[rng.randrange(1024, len(b))] ^= 0xFF
+        path.write_bytes(bytes(b))
+    elif kind == "tiny":
+        path.write_bytes(data[:1024 + 64])  # header + 32 samples
+    return kind
+
+
+def test_fuzz_220_damaged_files_and_transcripts_through_prepare_and_one_epoch(tiny_dir, tmp_path):
+    """220 copies of the fixture's real files, damaged at random, with odd transcripts, through the AN4 prepare code
+    and one epoch of the AN4 recipe's model pair (word classes + character intermediate CTC): every file and
+    transcript is kept or rejected with a reason; a transcript whose words the word model has as classes but whose
+    characters the intermediate CTC cannot spell ("héllo") is rejected by the rule the data check shares, and
+    training goes on."""
+    rng = random.Random(0)
+    tree = tmp_path / "an4"
+    utts = an4_tree(tiny_dir, tree, n_train=200, n_test=20)
+    for u in utts.values():
+        _damage(rng, u["path"])
+        if rng.random() < 0.3:
+            u["text"] = rng.choice(ODD + [None])  # None: no transcript line at all
+    write_etc(tree, utts)
+    manifests = prepare(str(tree), str(tmp_path / "cache"), dev_size=20, progress=False)
+    rejected = [json.loads(x) for x in (tree / "rejected.jsonl").read_text().splitlines()]
+    assert all(r["reason"] for r in rejected)
+    kept = {u.id for m in manifests.values() for u in read_manifest(m)}
+    assert kept | {r["id"] for r in rejected} == set(utts) and not kept & {r["id"] for r in rejected}
+    # a few files break after prepare: they must be dropped at load time, with a reason
+    train_utts = read_manifest(manifests["train"])
+    for u in rng.sample(train_utts, 8):
+        Path(u.audio_filepath).write_bytes(os.urandom(2000))
+    out = tmp_path / "run"
+    cfg = tiny_train_cfg(tiny_dir, out, [
+        f"data.train_manifest={manifests['train']}", f"data.val_manifest={manifests['dev']}",
+        "data.test_manifest=null", "trainer.limit_train_batches=null", "eval_manifests={}", "model.hidden_size=16",
+        "callbacks.non_finite.max_consecutive=0", "tokenizer=word", "inter_ctc=self_conditioned",
+    ])
+    result = train(cfg)
+    assert result["epochs"] == 1
+    assert all(r["reason"] for r in result["rejected"])
+    loads = [r for r in result["rejected"] if r["split"] == "load"]
+    assert loads and all("Error" in r["reason"] or "samples" in r["reason"] for r in loads)
+
+    # the word vocabulary comes from these transcripts, so it has "héllo" as a class; the characters below do not
+    words = WordTokenizer(train_manifest=manifests["train"])
+    spellable = set(CharTokenizer().vocab)
+    odd = [u for u in train_utts if set(normalize_text(u.text)) - spellable]
+    assert [u for u in odd if not words.unknown_chars(normalize_text(u.text))], "no word-class-only transcript"
+    reasons = {r["id"]: r["reason"] for r in result["rejected"] if r["split"] == "train"}
+    for u in odd:
+        assert reasons[u.id].startswith("characters outside the tokenizer"), (u.id, u.text, reasons.get(u.id))
+    check = json.loads((out / "data_check.json").read_text())["train"]
+    text_rejects = [i for i, why in reasons.items() if why == "empty text" or why.startswith("characters outside")]
+    assert check["unusable_text"] == len(text_rejects) >= len(odd)  # the data check counts what training drops
+    print(f"\nfuzz: {len(utts)} utterances, {len(rejected)} rejected at prepare, "
+          f"{len(result['rejected']) - len(loads)} dropped from manifests ({len(odd)} for the intermediate CTC's "
+          f"characters), {len(loads)} dropped at load, {result['skipped_steps']} steps skipped")

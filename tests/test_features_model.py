@@ -8,8 +8,8 @@ from asr.model import BiLSTMCTC
 
 
 @pytest.fixture(scope="module")
-def an4_batch(an4_dir):
-    utts = read_manifest(an4_dir / "test.jsonl")[:4]
+def speech_batch(tiny_dir):
+    utts = read_manifest(tiny_dir / "test.jsonl")[:4]
     wavs = [load_audio(u.audio_filepath) for u in utts]
     lengths = torch.tensor([w.numel() for w in wavs])
     audio = torch.zeros(len(wavs), int(lengths.max()))
@@ -18,8 +18,8 @@ def an4_batch(an4_dir):
     return audio, lengths
 
 
-def test_logmel_shapes_lengths_and_normalisation(an4_batch):
-    audio, lengths = an4_batch
+def test_logmel_shapes_lengths_and_normalisation(speech_batch):
+    audio, lengths = speech_batch
     feats, flen = LogMelFeatures()(audio, lengths)
     assert feats.shape == (4, int(flen.max()), 80)
     assert flen.tolist() == [int(n) // 160 + 1 for n in lengths]
@@ -29,8 +29,8 @@ def test_logmel_shapes_lengths_and_normalisation(an4_batch):
         assert feats[i, n:].abs().sum() == 0  # padding stays zero
 
 
-def test_logmel_of_padded_batch_equals_single_utterance(an4_batch):
-    audio, lengths = an4_batch
+def test_logmel_of_padded_batch_equals_single_utterance(speech_batch):
+    audio, lengths = speech_batch
     fe = LogMelFeatures()
     batch_feats, flen = fe(audio, lengths)
     i = int(lengths.argmin())
@@ -82,16 +82,16 @@ def test_model_rejects_bad_settings():
             BiLSTMCTC(80, 29, dropout=bad)
 
 
-def test_global_normalisation_from_real_training_audio(an4_dir):
+def test_global_normalisation_from_real_training_audio(tiny_dir):
     from asr.features import global_stats
 
-    utts = read_manifest(an4_dir / "train.jsonl")[:40]
+    utts = read_manifest(tiny_dir / "train.jsonl")  # 25 utterances
     feats = LogMelFeatures(normalize="global")
     wavs = [load_audio(u.audio_filepath) for u in utts]
     mean, std = global_stats(feats, wavs)
     assert mean.shape == std.shape == (80,) and (std > 0.5).all()
     feats.set_global_stats(mean, std)
-    out = torch.cat([feats(w[None], torch.tensor([w.numel()]))[0][0] for w in wavs])  # every frame of the 40
+    out = torch.cat([feats(w[None], torch.tensor([w.numel()]))[0][0] for w in wavs])  # every frame of the 25
     assert out.mean(0).abs().max() < 1e-3 and (out.std(0) - 1).abs().max() < 1e-2
     assert set(feats.state_dict()) == {"global_mean", "global_std", "mel.spectrogram.window", "mel.mel_scale.fb"}
     with pytest.raises(ValueError, match="positive"):

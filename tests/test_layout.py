@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "asr"
 MODULES = sorted(PACKAGE.rglob("*.py"))
 ENTRY_POINTS = {"asr.train", "asr.evaluate", "asr.transcribe", "asr.export", "asr.prepare", "asr.average",
-                "asr.seeds", "asr.lm.__main__", "asr.report.__main__"}
+                "asr.lm.__main__", "asr.report.__main__"}
 LEAVES = {"asr.text", "asr.features", "asr.model", "asr.lstm"}
 MAX_MODULE_LINES, MAX_FUNCTION_LINES = 400, 60
 

@@ -1,5 +1,6 @@
-"""The LibriSpeech recipes composed and run for a few CPU steps on the 7 genuine sample utterances, the
-evaluation table over LibriSpeech subsets, and run.sh's stages."""
+"""The LibriSpeech recipes run for a few CPU steps on the 7 genuine sample utterances (shared data: skipped without
+them), the evaluation table over LibriSpeech subsets (testsets=librispeech), and run.sh's stages. That every recipe
+composes and builds without data: test_recipes.py."""
 
 from __future__ import annotations
 
@@ -12,16 +13,11 @@ from pathlib import Path
 
 import jiwer
 import pytest
-from hydra.utils import instantiate
-from omegaconf import open_dict
 
-from asr.train import build_module, train
-from tests.conftest import LIBRI, ROOT, compose_train
+from asr.train import train
+from tests.conftest import LIBRI, ROOT, compose_train, needs_libri
 
-pytestmark = pytest.mark.skipif(
-    not LIBRI.is_dir(), reason=f"LibriSpeech samples not found at {LIBRI} (set ASR_SHARED_DATA)"
-)
-RECIPES = sorted(p.stem for p in (ROOT / "conf" / "recipe").glob("*.yaml"))
+pytestmark = needs_libri
 
 
 def sample_overrides(tmp: Path) -> list[str]:
@@ -44,36 +40,9 @@ def cpu_overrides(out: Path) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("recipe", RECIPES)
-def test_every_recipe_composes_and_instantiates(recipe, tmp_path, request):
-    if recipe.startswith("librispeech"):
-        extra = sample_overrides(tmp_path)
-    else:  # AN4's word classes are read from its training transcripts
-        an4_dir = request.getfixturevalue("an4_dir")
-        extra = [f"paths.data_dir={an4_dir.parent}", f"prepare.data_dir={an4_dir}"]
-    cfg = compose_train([f"recipe={recipe}", *extra, *cpu_overrides(tmp_path)])
-    tokenizer = instantiate(cfg.tokenizer)
-    module = build_module(cfg, tokenizer)
-    datamodule = instantiate(cfg.data, tokenizer=tokenizer, output_frames=module.output_frames)
-    trainer = instantiate(cfg.trainer)
-    assert trainer.max_epochs == 1 and datamodule.val_manifest.endswith(".jsonl")
-    assert module.model.config["num_classes"] == tokenizer.num_classes
-    if recipe == "librispeech-960h":
-        m = module.model.config
-        assert (m["num_layers"], m["hidden_size"], m["subsampling_factor"]) == (5, 1024, 4)
-        real = compose_train([f"recipe={recipe}"]).prepare
-        assert list(real.train_subsets) == ["train-clean-100", "train-clean-360", "train-other-500"]
-        assert len(real.subsets) == 7 and real.root is None
-    if recipe.startswith("librispeech"):
-        assert set(cfg.eval_manifests) == {"dev-clean", "test-clean"}  # the other two removed above
-
-
 def _train_on_samples(recipe: str, tmp_path: Path, extra: list[str] = ()) -> dict:
-    overrides = [*sample_overrides(tmp_path), *cpu_overrides(tmp_path / "run"), *extra]
-    cfg = compose_train([f"recipe={recipe}", *overrides])
-    with open_dict(cfg):
-        cfg.prepare.progress = False
-    return train(cfg)
+    overrides = [*sample_overrides(tmp_path), *cpu_overrides(tmp_path / "run"), "+prepare.progress=false", *extra]
+    return train(compose_train([f"recipe={recipe}", *overrides]))
 
 
 def test_100h_bpe_trains_on_samples_and_evaluate_prints_librispeech_table(tmp_path):
@@ -86,10 +55,11 @@ def test_100h_bpe_trains_on_samples_and_evaluate_prints_librispeech_table(tmp_pa
 
     out = tmp_path / "ev"
     proc = subprocess.run(
-        [sys.executable, "-m", "asr.evaluate", f"checkpoint={ckpt}", "data=librispeech",
-         f"data.manifest_dir={tmp_path / 'data' / 'librispeech'}", "data.subsets=[test-clean,dev-clean]",
-         f"out_dir={out}", "device=cpu"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        [sys.executable, "-m", "asr.evaluate", f"checkpoint={ckpt}", "testsets=librispeech",
+         "~manifests.dev-other", "~manifests.test-other", f"out_dir={out}", "device=cpu"],
+        # testsets=librispeech names the manifests the recipe's prepare stage writes, data/librispeech/<subset>.jsonl
+        # relative to where the command runs: here paths.data_dir=<tmp_path>/data
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     row = re.compile(r"^(test-clean|dev-clean)\s+(\d+)\s+(\d+)\s+([\d.]+)", re.M)
@@ -110,6 +80,7 @@ def test_960h_model_trains_a_few_steps_on_samples(tmp_path):
     assert Path(result["best_checkpoint"]).is_file()
 
 
+@pytest.mark.slow  # three CLI starts; the stages themselves run in-process in test_an4_download.py
 def test_run_sh_prepares_and_checks_an_existing_copy(tmp_path):
     proc = subprocess.run(
         ["bash", str(ROOT / "recipes" / "librispeech" / "run.sh"), "--stage", "0", "--stop-stage", "2", "--",

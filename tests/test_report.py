@@ -1,6 +1,8 @@
 """Seeing a run: report.md and its plots after training, error analysis and alignment after evaluation,
-the run facts in the run dir, the progress bar setting and the seeds summary, on real AN4 runs."""
+the run facts in the run dir, the opt-in TensorBoard logger and the seeds summary, on real runs of the tiny recipe
+(the committed AN4 fixture)."""
 
+import importlib.util
 import json
 import re
 import statistics
@@ -12,24 +14,24 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 import torch
+from hydra.errors import InstantiationException
 from omegaconf import OmegaConf
-from pytorch_lightning.callbacks import RichProgressBar, TQDMProgressBar
 
-from asr.alignment import forced_align, token_segments
-from asr.analysis import align_words, error_analysis, read_trn
-from asr.callbacks import progress_bar, tensorboard_available
-from asr.report import main, read_metrics
-from asr.seeds import collect, summarize, write_summary
+from asr.report.__main__ import main
+from asr.report.alignment import forced_align, token_segments
+from asr.report.analysis import align_words, error_analysis, read_trn
+from asr.report.run_report import read_metrics
+from asr.report.seeds import collect, summarize, write_summary
 from asr.text import ctc_collapse
 from asr.train import train
-from tests.conftest import ROOT, SHARED, tiny_train_cfg
+from tests.conftest import ROOT, tiny_recipe_overrides, tiny_train_cfg
 
 
 @pytest.fixture(scope="module")
-def run(an4_dir, tmp_path_factory) -> tuple[Path, dict]:
+def run(tiny_dir, tmp_path_factory) -> tuple[Path, dict]:
     """A real 3-epoch tiny run (3 steps an epoch): curves with several points, val after each epoch."""
     out = tmp_path_factory.mktemp("run")
-    return out, train(tiny_train_cfg(an4_dir, out, ["trainer.max_epochs=3"]))
+    return out, train(tiny_train_cfg(tiny_dir, out, ["trainer.max_epochs=3"]))
 
 
 def assert_real_png(path: Path) -> None:
@@ -76,9 +78,21 @@ def test_run_dir_holds_resolved_config_commit_versions_and_seed(run):
     assert info["packages"]["torch"] == torch.__version__.split("+")[0] and info["torch_build"] == torch.__version__
     assert info["packages"]["pytorch-lightning"] and info["packages"]["matplotlib"]
     assert info["epochs"] == 3 and info["steps"] == 9 and info["device"] == "cpu" and info["train_seconds"] > 0
-    # TensorBoard only when installed (pip install -e '.[tensorboard]'); CSV always
-    assert (out / "logs" / "metrics.csv").is_file()
-    assert any((out / "logs" / "tensorboard").glob("events.*")) == tensorboard_available()
+    # CSV always; TensorBoard only when asked for (logger=[csv,tensorboard])
+    assert (out / "logs" / "metrics.csv").is_file() and not (out / "logs" / "tensorboard").exists()
+
+
+def test_tensorboard_logger_is_opt_in(tiny_dir, tmp_path):
+    """logger=[csv,tensorboard]: event files beside the CSV when tensorboard is installed (pip install -e
+    '.[tensorboard]'); without it the run stops with an error that names the missing package."""
+    cfg = tiny_train_cfg(tiny_dir, tmp_path, ["logger=[csv,tensorboard]", "eval_manifests=null"])
+    if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
+        train(cfg)
+        assert any((tmp_path / "logs" / "tensorboard").glob("events.*"))
+        assert (tmp_path / "logs" / "metrics.csv").is_file()
+    else:
+        with pytest.raises(InstantiationException, match="tensorboard"):
+            train(cfg)
 
 
 def test_evaluation_lists_worst_utterances_confusions_and_alignment(run):
@@ -142,24 +156,16 @@ def test_report_command_rebuilds_from_run_dir(run, tmp_path, capsys):
     assert f"-m asr.report {out}" in dry.stdout
 
 
-def test_progress_setting():
-    assert isinstance(progress_bar("rich"), RichProgressBar)
-    assert isinstance(progress_bar("tqdm"), TQDMProgressBar)
-    assert progress_bar("quiet") is None
-    with pytest.raises(ValueError, match="progress='fancy'"):
-        progress_bar("fancy")
-
-
-def test_seeds_summary_is_mean_and_std_over_real_runs(run, an4_dir, tmp_path, capsys):
+def test_seeds_summary_is_mean_and_std_over_real_runs(run, tiny_dir, tmp_path, capsys):
     first, first_result = run
     second = tmp_path / "seed2"
-    second_result = train(tiny_train_cfg(an4_dir, second, ["seed=2"]))
+    second_result = train(tiny_train_cfg(tiny_dir, second, ["seed=2", "trainer.max_epochs=3"]))
     (tmp_path / "seed1").symlink_to(first, target_is_directory=True)
     groups = collect(tmp_path)
     assert len(groups) == 1 and sorted(r["seed"] for r in next(iter(groups.values()))) == [1, 2]
-    # a run started with another progress bar trained the same model: still one group
+    # a run started without the progress bar trained the same model: still one group
     (second / ".hydra").mkdir(exist_ok=True)
-    (second / ".hydra" / "overrides.yaml").write_text("- seed=2\n- progress=quiet\n")
+    (second / ".hydra" / "overrides.yaml").write_text("- seed=2\n- trainer.enable_progress_bar=false\n")
     assert list(collect(tmp_path)) == [""]
     table = summarize(tmp_path)
     for split in ("dev", "test"):
@@ -172,15 +178,14 @@ def test_seeds_summary_is_mean_and_std_over_real_runs(run, an4_dir, tmp_path, ca
 
 
 @pytest.mark.slow
-def test_multirun_over_seeds_prints_summary(an4_dir, tmp_path):
-    """The real command: python -m asr.train -m seed=1,2 ... then the summary from the Hydra callback."""
+def test_multirun_over_seeds_prints_summary(tiny_dir, tmp_path):
+    """The real command: python -m asr.train -m seed=1,2 ... then the summary from the Hydra callback (the summary
+    itself: test_seeds_summary_is_mean_and_std_over_real_runs)."""
     cmd = [
-        sys.executable, "-m", "asr.train", "-m", "recipe=an4", f"paths.data_dir={an4_dir.parent}",
-        f"prepare.data_dir={an4_dir}", f"paths.download_dir={SHARED}", f"paths.exp_dir={tmp_path}",
-        "model.hidden_size=32", "model.num_layers=2", "trainer.max_epochs=1", "+trainer.limit_train_batches=3",
-        "+trainer.limit_val_batches=2", "data.num_workers=0", "progress=quiet", "seed=1,2",
+        sys.executable, "-m", "asr.train", "-m", *tiny_recipe_overrides(tiny_dir.parent), f"paths.exp_dir={tmp_path}",
+        "trainer.max_epochs=1", "+trainer.limit_train_batches=3", "trainer.enable_progress_bar=false", "seed=1,2",
     ]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    summary = next(tmp_path.glob("an4/multirun_*/seeds.md"))
+    summary = next(tmp_path.glob("tiny/multirun_*/seeds.md"))
     assert "| - | test | 1,2 |" in summary.read_text() and "±" in done.stdout

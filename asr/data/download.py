@@ -109,6 +109,7 @@ def download(
     backoff: float = 1.0,
     timeout: float = 60.0,
     progress: bool = True,
+    checksum_setting: str | None = None,
 ) -> Path:
     """Download ``url`` to ``dest`` unless a verified copy is already there.
 
@@ -125,26 +126,30 @@ def download(
         backoff: seconds before the first retry (doubled each time).
         timeout: socket timeout in seconds.
         progress: show a progress bar.
+        checksum_setting: the config key that holds ``checksums`` (e.g. ``prepare.checksums``), named in the error
+            of a mismatch so a user who trusts the copy knows what to change.
 
     Raises:
         DownloadError: the checksum does not match (the partial file is removed), or every retry failed.
     """
     dest = Path(dest)
+    setting = checksum_setting or "the corpus's checksum setting"
     if dest.exists():
         wrong = verify(dest, checksums) if checksums else None
         if wrong is None:
             return dest
         raise DownloadError(f"{dest} exists but its {wrong}: delete it to download again, or if you trust this "
-                            "copy, give its checksum (or null) in the corpus's checksum setting")
+                            f"copy, give its checksum (or null) in {setting}")
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     _fetch_with_retries(url, part, retries, backoff, timeout, progress)
     wrong = verify(part, checksums) if checksums else None
     if wrong is not None:
         part.unlink()
+        trust = f"; if you trust that copy, give its checksum (or null) in {setting}" if checksum_setting else ""
         raise DownloadError(
             f"{url}: its {wrong}; the download was removed (a wrong mirror/base URL setting, or a corrupt copy on "
-            f"the server)"
+            f"the server){trust}"
         )
     os.replace(part, dest)
     return dest

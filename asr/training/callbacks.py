@@ -70,15 +70,19 @@ class CSVHistory:
                 self.rows = list(csv.DictReader(f))
 
     def restore(self) -> None:
-        """Merge the saved rows (steps before the new ones) back into ``metrics.csv``."""
-        if not self.rows or not self.path.is_file():
+        """Merge the saved rows (steps before the new ones) back into ``metrics.csv``; when the resumed fit logged
+        nothing (it resumed from the end of its last epoch), the saved rows are the whole file."""
+        if not self.rows:
             return
-        with self.path.open(newline="") as f:
-            new = list(csv.DictReader(f))
+        new: list[dict[str, str]] = []
+        if self.path.is_file():
+            with self.path.open(newline="") as f:
+                new = list(csv.DictReader(f))
         first = min((int(r["step"]) for r in new if r.get("step")), default=None)
         old = [r for r in self.rows if first is None or (r.get("step") and int(r["step"]) < first)]
         fields = list(dict.fromkeys(k for r in old + new for k in r))
         tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
         with tmp.open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()

@@ -65,7 +65,8 @@ class ASRModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.decoder = GreedyDecoder(tokenizer)
-        self.eval_manifests = {k: str(Path(v).resolve()) for k, v in (eval_manifests or {}).items()}
+        # a null path (e.g. the default dev/test pair a LibriSpeech recipe replaces) is skipped
+        self.eval_manifests = {k: str(Path(v).resolve()) for k, v in (eval_manifests or {}).items() if v}
         self._counts: dict[str, torch.Tensor] = {}
 
     def _build_model(self, factory: Callable[..., BiLSTMCTC]) -> BiLSTMCTC:

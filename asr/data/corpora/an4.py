@@ -148,7 +148,8 @@ def prepare(
         return manifests
     extracted = data / ".extracted"
     if not extracted.exists() and "download" in stages:
-        archive = download(url, Path(download_dir) / "an4_sphere.tar.gz", checksums, progress=progress)
+        archive = download(url, Path(download_dir) / "an4_sphere.tar.gz", checksums, progress=progress,
+                           checksum_setting="prepare.checksums")
         log.info("extracting %s into %s", archive, data)
         extract_tar(archive, data, progress=progress)
         extracted.touch()
