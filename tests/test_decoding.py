@@ -111,17 +111,22 @@ def test_greedy_and_beam_decode_a_clean_path(tiny_dir, tiny_lm):
     )
 
 
-def test_word_model_greedy_and_beam_on_the_fixture(tiny_dir, tiny_lm):
-    tok = WordTokenizer(train_manifest=str(tiny_dir / "train.jsonl"))
-    texts = [normalize_text(u.text) for u in read_manifest(tiny_dir / "test.jsonl")] + ["help stop go"]
-    texts.append("november go one")  # words the vocabulary lacks: spelled with characters
+def assert_word_model_decodes(tok: WordTokenizer, texts: list[str], lm: dict[str, str]) -> None:
+    """Clean emissions of ``texts`` come back from greedy, lexicon-free beam, and beam + ``lm`` decoding."""
     log_probs, lengths = emissions_for(texts, tok)
     assert GreedyDecoder(tok).decode(log_probs, lengths) == texts
     assert BeamSearchDecoder(tok, beam_size=10).decode(log_probs, lengths) == texts
     # the lexicon is not needed (the word classes are one) and not used; the LM scores each class as its word
-    beam_lm = BeamSearchDecoder(tok, beam_size=10, lexicon=tiny_lm["lexicon"], lm=tiny_lm["lm"], lm_weight=1.0)
+    beam_lm = BeamSearchDecoder(tok, beam_size=10, lexicon=lm["lexicon"], lm=lm["lm"], lm_weight=1.0)
     assert beam_lm.decode(log_probs, lengths) == texts
-    assert BeamSearchDecoder(tok, beam_size=10, lm=tiny_lm["lm"]).decode(log_probs, lengths) == texts
+    assert BeamSearchDecoder(tok, beam_size=10, lm=lm["lm"]).decode(log_probs, lengths) == texts
+
+
+def test_word_model_greedy_and_beam_on_the_fixture(tiny_dir, tiny_lm):
+    tok = WordTokenizer(train_manifest=str(tiny_dir / "train.jsonl"))
+    texts = [normalize_text(u.text) for u in read_manifest(tiny_dir / "test.jsonl")] + ["help stop go"]
+    texts.append("november go one")  # words the vocabulary lacks: spelled with characters
+    assert_word_model_decodes(tok, texts, tiny_lm)
 
 
 def test_word_model_greedy_and_beam(an4_dir, an4_lm):
@@ -129,13 +134,8 @@ def test_word_model_greedy_and_beam(an4_dir, an4_lm):
     tok = WordTokenizer(train_manifest=str(an4_dir / "train.jsonl"))
     texts = [normalize_text(u.text) for u in read_manifest(an4_dir / "test.jsonl")[:12]]
     texts.append("november thirteen one")  # words the vocabulary lacks: spelled with characters
-    log_probs, lengths = emissions_for(texts, tok)
-    assert GreedyDecoder(tok).decode(log_probs, lengths) == texts
-    assert BeamSearchDecoder(tok, beam_size=10).decode(log_probs, lengths) == texts
-    # the lexicon is not needed (the word classes are one) and not used; the LM scores each class as its word
+    assert_word_model_decodes(tok, texts, an4_lm)
     beam_lm = BeamSearchDecoder(tok, beam_size=10, lexicon=an4_lm["lexicon"], lm=an4_lm["lm"], lm_weight=1.0)
-    assert beam_lm.decode(log_probs, lengths) == texts
-    assert BeamSearchDecoder(tok, beam_size=10, lm=an4_lm["lm"]).decode(log_probs, lengths) == texts
     # a word the acoustics slightly disfavour, but the LM much prefers in its context, wins with the LM
     tables = read_arpa(an4_lm["lm"])
 
