@@ -222,6 +222,11 @@ def test_weight_average_is_what_checkpoints_and_decoding_use(tiny_dir, tmp_path)
     module = ASRModule.load_for_inference(tmp_path / "old.ckpt")
     assert torch.equal(module.state_dict()[name], ckpt["state_dict"][name])
 
+    # the k best epochs' weights-only files would hold the raw weights, not the average: refused before training
+    with pytest.raises(ValueError, match="callbacks.average_best and callbacks.ema do not combine"):
+        train(tiny_train_cfg(tiny_dir, tmp_path / "both", ["callbacks=[default,ema,average_best]"]))
+    assert not (tmp_path / "both" / "checkpoints").exists()
+
 
 def test_weight_average_update_rule():
     update = ema_update(0.9)

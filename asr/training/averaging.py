@@ -15,7 +15,7 @@ from typing import Any
 
 import pytorch_lightning as L
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import ModelCheckpoint, WeightAveraging
 
 from asr.inference import compute_log_probs, decode_log_probs
 from asr.metrics import error_report
@@ -144,6 +144,14 @@ class AverageBest(ModelCheckpoint):
     def state_key(self) -> str:
         # beside the best-epoch ModelCheckpoint, which monitors the same metric, its resume state needs its own key
         return self._generate_state_key(monitor=self.monitor, mode=self.mode, top_k=self.save_top_k)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if any(isinstance(c, WeightAveraging) for c in trainer.callbacks):
+            # weights-only files skip the callbacks' on_save_checkpoint: they would hold the raw weights, not the
+            # moving average that validation scored
+            raise ValueError("callbacks.average_best and callbacks.ema do not combine: the k best epochs' files would "
+                             "hold the raw weights, not the moving average validation scored; keep one of them")
+        super().setup(trainer, pl_module, stage)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero and Path(self.best_path).is_file():
