@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,10 @@ from asr.training.guards import DroppedUtterances, NonFiniteGuard, TrainingDiver
 from asr.training.module import ASRModule
 
 log = logging.getLogger(__name__)
+
+# ASRDataModule saves and restores the place in the epoch itself (its state_dict); Lightning's check of a mid-epoch
+# resume looks at the loaders only
+warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
 
 
 def resume_path(resume: str | None, ckpt_dir: Path) -> str | None:

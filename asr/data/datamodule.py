@@ -79,6 +79,7 @@ class ASRDataModule(L.LightningDataModule):
         self.datasets: dict[str, AudioDataset] = {}
         # utterances dropped from the manifests, with the reason: {"id", "split", "manifest", "reason"}
         self.rejected: list[dict[str, str]] = []
+        self._resume_at: tuple[int, int] | None = None  # (epoch, batches trained) from a checkpoint
 
     def _load(self, manifest: str, split: str, train: bool = False) -> AudioDataset:
         """The usable utterances of a manifest (:mod:`asr.data.filter`; durations and CTC lengths in training only),
@@ -124,7 +125,11 @@ class ASRDataModule(L.LightningDataModule):
             shuffle=train,
             drop_last=train,
             seed=self.seed,
+            draw_seeds=train,
         )
+        if train and self._resume_at is not None:
+            sampler.resume(*self._resume_at)
+            self._resume_at = None
         return DataLoader(
             ds,
             batch_sampler=sampler,
@@ -132,10 +137,30 @@ class ASRDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
-            # each DataLoader iterator draws a seed from its generator: evaluation loaders get their own, so
-            # validating (or not, see callbacks.validate_from) leaves the training run's random numbers as they were
-            generator=None if train else torch.Generator(),
+            # each DataLoader iterator draws a seed from its generator; with their own, the loaders leave the random
+            # numbers of the model (dropout, SpecAugment) as they were, whether a run validates or resumes or not
+            generator=torch.Generator().manual_seed(self.seed),
         )
+
+    def state_dict(self) -> dict[str, int]:
+        """Where training stands, saved with every checkpoint: ``{"epoch", "batches_done"}`` (the next epoch and 0 at
+        an epoch's end; ``trainer.limit_train_batches`` may end it early)."""
+        trainer = self.trainer
+        if trainer is None:
+            return {}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if done >= trainer.num_training_batches:
+            return {"epoch": trainer.current_epoch + 1, "batches_done": 0}
+        return {"epoch": trainer.current_epoch, "batches_done": done}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """The training loader built next continues that epoch after its trained batches, in the same order.
+
+        Lightning restores a DataModule before it first asks for the training loader (the learning-rate schedule
+        asks early, for the number of steps), so no batch is drawn from the wrong place.
+        """
+        if state:
+            self._resume_at = (int(state["epoch"]), int(state["batches_done"]))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

@@ -124,18 +124,22 @@ class AudioDataset(Dataset):
         log.info("cached %d utterances%s in memory: %.0f MB, %.1f s", len(self),
                  f" at speeds {[1.0, *speeds]}" if speeds else "", nbytes / 2**20, time.perf_counter() - start)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str] | LoadFailure:
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, str] | LoadFailure:
         """(waveform, token ids, id), or a :class:`LoadFailure` when the audio cannot be used.
+
+        ``item`` is an index, or ``(index, seed)`` (:class:`~asr.data.sampler.BucketBatchSampler` with
+        ``draw_seeds``): the speed factor is then drawn from ``seed``, else from Python's ``random``.
 
         A file that went missing, is corrupt or truncated, or decodes to no or non-finite samples must not
         kill a long run: ``collate`` drops it from its batch and lists it in ``Batch.dropped``.
         """
+        index, seed = item if isinstance(item, tuple) else (item, None)
         u = self.utterances[index]
         wav = self._decoded(index)
         if isinstance(wav, LoadFailure):
             return wav
         if self.speed_perturb:
-            factor = random.choice(self.speed_perturb)
+            factor = (random if seed is None else random.Random(seed)).choice(self.speed_perturb)
             if factor != 1.0:
                 wav = self._perturbed(index, wav, factor)
         ids = self.tokenizer.encode(normalize_text(u.text)) if self.tokenizer is not None else []

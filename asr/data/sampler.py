@@ -1,8 +1,8 @@
-"""Length-bucketed batches bounded by padded audio seconds, shuffled per epoch, dealt out over DDP ranks."""
+"""Length-bucketed batches bounded by padded audio seconds: shuffled per epoch, the same bucket on every DDP rank at
+each step, resumable mid-epoch."""
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Iterator, Sequence
 
@@ -10,26 +10,39 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+Item = int | tuple[int, int]  # an utterance index, or (index, seed of its augmentation draws)
 
-class BucketBatchSampler(Sampler[list[int]]):
-    """Batches of similar-length utterances, bounded by padded audio seconds, DDP-aware.
+
+class BucketBatchSampler(Sampler[list[Item]]):
+    """Batches of similar-length utterances, bounded by padded audio seconds, DDP-aware and resumable.
 
     Utterances are split by duration into ``num_buckets`` equal-count buckets. Each epoch, the order within
     each bucket and the order of the batches are shuffled with ``seed + epoch``, so every epoch differs but
     every run (and every rank) sees the same sequence. A batch holds as many utterances as fit in
     ``max_batch_seconds`` of *padded* audio (longest utterance x count), so memory is bounded.
 
-    Under DDP each rank takes every ``world_size``-th batch; the batch list is first trimmed (training) or
-    wrapped (evaluation) to a multiple of the world size, so all ranks run the same number of steps.
-    Rank and world size are read from ``torch.distributed`` when it is initialised, else from the arguments.
+    Under DDP (training) each bucket's batches are dealt out in groups of ``world_size``, one batch per rank, and
+    the groups are shuffled: at every step all ranks hold batches of the same bucket, so no rank waits for another
+    one's longer utterances, and all run the same number of steps. The batches left over in each bucket are grouped
+    with the neighbouring buckets' leftovers; the last fewer than ``world_size`` of those are left out of the epoch
+    (the next shuffle leaves out others). Evaluation (``drop_last=False``) deals the
+    batches out in turn and repeats none, so every utterance is scored once. Rank and world size are read from
+    ``torch.distributed`` when it is initialised, else from the arguments.
+
+    Resuming: :meth:`resume` sets the epoch and how many of its batches were already trained; the next iteration
+    starts after them (their audio is never read). With ``draw_seeds`` each item is ``(index, seed)``: the
+    utterance's augmentation draws (speed perturbation) come from that seed, a function of ``seed``, the epoch and
+    the utterance, so they do not depend on loader workers, prefetching or where a run was resumed.
 
     Args:
         durations: seconds per utterance, in dataset order.
         max_batch_seconds: bound on longest-duration x batch-size.
         num_buckets: number of duration buckets (1 = global shuffle, padding grows).
         shuffle: shuffle within buckets and across batches each epoch.
-        drop_last: under DDP, drop the batches that do not divide evenly (else wrap around).
+        drop_last: under DDP, leave out the batches that do not fill a group of ranks (training), else deal out
+            all of them (evaluation; ranks may differ by one batch).
         seed: base seed of the per-epoch shuffle.
+        draw_seeds: yield ``(index, seed)`` items instead of indices.
         num_replicas, rank: override the distributed world (for tests).
     """
 
@@ -41,6 +54,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         shuffle: bool = True,
         drop_last: bool = True,
         seed: int = 0,
+        draw_seeds: bool = False,
         num_replicas: int | None = None,
         rank: int | None = None,
     ) -> None:
@@ -52,15 +66,31 @@ class BucketBatchSampler(Sampler[list[int]]):
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.seed = seed
+        self.draw_seeds = draw_seeds
         self.epoch = 0
+        self.start = 0  # batches of this epoch already trained (set by resume, consumed by the next iteration)
         self._num_replicas = num_replicas
         self._rank = rank
         order = np.argsort(self.durations, kind="stable")
         self._buckets = [b for b in np.array_split(order, self.num_buckets) if len(b)]
 
+    @property
+    def sampler(self) -> BucketBatchSampler:
+        """Lightning calls ``set_epoch`` on ``loader.batch_sampler.sampler`` (the index sampler of torch's
+        ``BatchSampler``); this batch sampler orders the indices itself."""
+        return self
+
     def set_epoch(self, epoch: int) -> None:
         """Called by Lightning at the start of each epoch."""
+        if epoch != self.epoch:
+            self.start = 0
         self.epoch = epoch
+
+    def resume(self, epoch: int, batches_done: int) -> None:
+        """Continue ``epoch`` after its first ``batches_done`` batches (the next epoch when it has no more)."""
+        self.epoch, self.start = epoch, batches_done
+        if batches_done >= len(self._rank_batches()):
+            self.epoch, self.start = epoch + 1, 0
 
     @property
     def world(self) -> tuple[int, int]:
@@ -71,13 +101,14 @@ class BucketBatchSampler(Sampler[list[int]]):
             return torch.distributed.get_world_size(), torch.distributed.get_rank()
         return 1, 0
 
-    def _all_batches(self) -> list[list[int]]:
-        rng = random.Random(self.seed + self.epoch)
-        batches: list[list[int]] = []
+    def _bucket_batches(self, rng: random.Random) -> list[list[list[int]]]:
+        """Each bucket's batches (utterances shuffled within the bucket)."""
+        out = []
         for bucket in self._buckets:
             idx = list(bucket)
             if self.shuffle:
                 rng.shuffle(idx)
+            batches: list[list[int]] = []
             batch: list[int] = []
             longest = 0.0
             for i in idx:
@@ -89,24 +120,45 @@ class BucketBatchSampler(Sampler[list[int]]):
                 longest = max(longest, d)
             if batch:
                 batches.append(batch)
-        if self.shuffle:
-            rng.shuffle(batches)
-        return batches
+            out.append(batches)
+        return out
 
     def _rank_batches(self) -> list[list[int]]:
-        batches = self._all_batches()
+        rng = random.Random(self.seed + self.epoch)
+        per_bucket = self._bucket_batches(rng)
         world, rank = self.world
-        if world > 1:
-            if self.drop_last:
-                batches = batches[: len(batches) // world * world]
-            else:
-                n = math.ceil(len(batches) / world) * world
-                batches = batches + batches[: n - len(batches)]
-            batches = batches[rank::world]
+        if self.drop_last:  # training: groups of `world` batches from one bucket, one per rank
+            groups, rest = [], []
+            for b in per_bucket:
+                whole = len(b) // world * world
+                groups += [b[i: i + world] for i in range(0, whole, world)]
+                rest += b[whole:]
+            # each bucket's remainder, in duration order: grouped with the neighbouring buckets' remainders
+            groups += [rest[i: i + world] for i in range(0, len(rest) - world + 1, world)]
+            if self.shuffle:
+                rng.shuffle(groups)
+            batches = [g[rank] for g in groups]
+        else:  # evaluation: all batches in turn, none repeated
+            everything = [b for bucket in per_bucket for b in bucket]
+            if self.shuffle:
+                rng.shuffle(everything)
+            if 1 < world and len(everything) < world:  # every rank needs a batch: one utterance each
+                everything = [[i] for b in everything for i in b]
+            batches = everything[rank::world]
         return batches
 
-    def __iter__(self) -> Iterator[list[int]]:
-        yield from self._rank_batches()
+    def __iter__(self) -> Iterator[list[Item]]:
+        batches = self._rank_batches()
+        start, self.start = self.start, 0
+        if not self.draw_seeds:
+            yield from batches[start:]
+            return
+        # one seed per utterance and epoch, the same on every rank and in every run
+        seeds = np.random.default_rng([self.seed, self.epoch]).integers(2**62, size=len(self.durations))
+        for b in batches[start:]:
+            yield [(i, int(seeds[i])) for i in b]
 
     def __len__(self) -> int:
+        """Batches of a whole epoch on this rank (a resumed epoch yields the ones after :attr:`start`)."""
         return len(self._rank_batches())
+

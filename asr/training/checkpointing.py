@@ -15,9 +15,11 @@ import io
 import logging
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
+import pytorch_lightning as L
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
@@ -118,6 +120,39 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         self, path: Any, map_location: Any | None = None, weights_only: bool | None = None
     ) -> dict[str, Any]:
         return load_checkpoint(path, map_location=map_location or "cpu")
+
+
+class StepCheckpoint(L.Callback):
+    """``last.ckpt`` also in the middle of an epoch: every ``every_n_steps`` optimizer steps and/or every
+    ``every_n_minutes`` of training (the ``checkpoint`` settings); ``resume=auto`` continues from the next batch.
+
+    The end-of-epoch ``last.ckpt`` is ``callbacks.last_checkpoint``'s. Whether the time has come is rank 0's
+    clock, broadcast, so that all ranks save together (saving is collective).
+    """
+
+    def __init__(self, path: str | os.PathLike, every_n_steps: int | None = None,
+                 every_n_minutes: float | None = None) -> None:
+        for name, value in (("every_n_steps", every_n_steps), ("every_n_minutes", every_n_minutes)):
+            if value is not None and value <= 0:
+                raise ValueError(f"checkpoint.{name}={value!r} must be > 0, or null for none")
+        self.path, self.every_n_steps, self.every_n_minutes = str(path), every_n_steps, every_n_minutes
+        self._last_time = time.monotonic()
+        self._last_step = -1
+
+    def _due(self, trainer: L.Trainer) -> bool:
+        step = trainer.global_step
+        if step == self._last_step:  # gradient accumulation: no optimizer step since the last batch
+            return False
+        due = bool(self.every_n_steps) and step % self.every_n_steps == 0
+        if self.every_n_minutes:
+            late = time.monotonic() - self._last_time >= 60.0 * self.every_n_minutes
+            due = due or bool(trainer.strategy.broadcast(late, src=0))
+        return due
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        if (self.every_n_steps or self.every_n_minutes) and self._due(trainer):
+            trainer.save_checkpoint(self.path, weights_only=False)
+            self._last_time, self._last_step = time.monotonic(), trainer.global_step
 
 
 # ------------------------------------------------------------------ checkpoint metadata, validated

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from collections.abc import Callable, Mapping
@@ -21,6 +22,8 @@ from asr.text import Tokenizer, normalize_text, tokenizer_from_state_dict
 from asr.training.checkpointing import load_checkpoint, validate_description
 from asr.training.inter_ctc import InterCTC
 from asr.training.optim import fused_option
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_KEY = "asr"  # plain-data description of the model stored in every checkpoint
 RNG_KEY = "rng_states"  # random generator states, so that resume=auto continues the same random streams
@@ -68,6 +71,7 @@ class ASRModule(L.LightningModule):
         # a null path (e.g. the default dev/test pair a LibriSpeech recipe replaces) is skipped
         self.eval_manifests = {k: str(Path(v).resolve()) for k, v in (eval_manifests or {}).items() if v}
         self._counts: dict[str, torch.Tensor] = {}
+        self._rng_to_restore: dict[str, Any] | None = None  # random generator states from a checkpoint
 
     def _build_model(self, factory: Callable[..., BiLSTMCTC]) -> BiLSTMCTC:
         options = self.inter_ctc.model_options() if self.inter_ctc is not None else {}
@@ -171,8 +175,9 @@ class ASRModule(L.LightningModule):
         if counts is None:
             return
         counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
-        self.log(f"{stage}/wer", float(counts[0] / counts[1].clamp(min=1)), prog_bar=True)
-        self.log(f"{stage}/cer", float(counts[2] / counts[3].clamp(min=1)))
+        # already summed over ranks: sync_dist averages equal values (and keeps Lightning from warning)
+        self.log(f"{stage}/wer", float(counts[0] / counts[1].clamp(min=1)), prog_bar=True, sync_dist=True)
+        self.log(f"{stage}/cer", float(counts[2] / counts[3].clamp(min=1)), sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         self._log_error_rates("val")
@@ -209,16 +214,33 @@ class ASRModule(L.LightningModule):
         wer = self.trainer.callback_metrics.get("val/wer") if self._trainer is not None else None
         if wer is not None:  # the last validation's score, also in weights-only files (they keep no callback state)
             checkpoint["val_wer"] = float(wer)
-        checkpoint[RNG_KEY] = {  # dropout, SpecAugment (torch) and speed perturbation (random) draw from these
-            "torch": torch.get_rng_state(),
-            "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
-        }
+        # dropout and SpecAugment draw from torch's generator: each rank's states, so that a resumed fit draws on
+        # every rank what the uninterrupted one would have (Lightning restores none); speed perturbation draws from
+        # the seeds the sampler gives each utterance
+        states = {"torch": torch.get_rng_state(), "python": random.getstate(),
+                  "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None}
+        ranks: list[Any] = [states]
+        if self._trainer is not None and self.trainer.world_size > 1:  # every rank saves, Lightning writes rank 0's
+            ranks = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(ranks, states)
+        checkpoint[RNG_KEY] = {"ranks": ranks}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """A resumed fit draws the random numbers the uninterrupted one would have (Lightning restores none)."""
-        states = checkpoint.get(RNG_KEY)
-        if not states:
+        """Each rank takes back its own random generator states (see :meth:`on_save_checkpoint`)."""
+        saved = checkpoint.get(RNG_KEY)
+        if not saved:
+            return
+        ranks = saved.get("ranks", [saved])  # older checkpoints held rank 0's states only
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self._trainer is not None else (0, 1)
+        if len(ranks) != world:
+            log.warning("the checkpoint holds the random generator states of %d ranks, this run has %d: dropout and "
+                        "SpecAugment will not draw what an uninterrupted run would have", len(ranks), world)
+        self._rng_to_restore = ranks[rank % len(ranks)]
+
+    def on_train_start(self) -> None:
+        # restored here, not at load time: between the two Lightning builds the loaders and the optimizer
+        states, self._rng_to_restore = self._rng_to_restore, None
+        if states is None:
             return
         torch.set_rng_state(states["torch"])
         random.setstate(states["python"])

@@ -1,0 +1,77 @@
+"""Exact mid-epoch resume, as a user runs it: ``python -m asr.train ... checkpoint.every_n_steps=N hydra.run.dir=D``,
+SIGKILLed after a step checkpoint, then the same command with ``resume=auto``. The resumed run must train on the same
+utterances in the same order and end with weights ``torch.equal`` to an uninterrupted run's: one process, and two DDP
+processes (gloo on CPU). Speed perturbation, SpecAugment, dropout and a loader worker are all on."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import ROOT, TINY_FIXTURE
+from tests.trace import read_trace
+
+DDP = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"]
+
+
+def _command(tiny_dir: Path, run: Path, extra: list[str]) -> list[str]:
+    return [sys.executable, "-m", "asr.train", "recipe=tiny", f"paths.data_dir={tiny_dir.parent}",
+            f"prepare.download_dir={TINY_FIXTURE}", "+prepare.progress=false", "trainer.max_epochs=2",
+            "checkpoint.every_n_steps=3", f"hydra.run.dir={run}", "data.num_workers=1",
+            "data.speed_perturb=[0.9,1.0,1.1]", "eval_manifests=null", "trainer.enable_progress_bar=false",
+            "+callbacks.trace._target_=tests.trace.BatchTrace", f"+callbacks.trace.path={run}.trace", *extra]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
+def _run(cmd: list[str]) -> None:
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+def _kill_after_first_step_checkpoint(cmd: list[str], run: Path) -> dict:
+    """Start ``cmd`` (0.3 s per step, so the kill lands mid-epoch), SIGKILL its process group as soon as last.ckpt
+    exists; returns that checkpoint."""
+    proc = subprocess.Popen([*cmd, "+callbacks.trace.delay=0.3"], cwd=ROOT, env=_env(), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    last = run / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while not last.exists():
+        assert proc.poll() is None, proc.stderr.read()[-4000:]
+        assert time.monotonic() < deadline, "no step checkpoint within 300 s"
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+    return torch.load(last, weights_only=True)
+
+
+@pytest.mark.parametrize("world", [1, 2], ids=["one-process", "ddp-2-processes"])
+def test_sigkill_mid_epoch_then_resume_auto_is_exact(tiny_dir, tmp_path, world):
+    extra = DDP if world == 2 else []
+    clean, killed = tmp_path / "uninterrupted", tmp_path / "killed"
+    _run(_command(tiny_dir, clean, extra))
+
+    ckpt = _kill_after_first_step_checkpoint(_command(tiny_dir, killed, extra), killed)
+    steps_per_epoch = len(read_trace(f"{clean}.trace")) // 2
+    assert ckpt["ASRDataModule"] == {"epoch": 0, "batches_done": ckpt["global_step"]}
+    assert 0 < ckpt["global_step"] < steps_per_epoch  # killed in the middle of the first epoch
+    assert len(ckpt["rng_states"]["ranks"]) == world  # each rank's random generators
+    _run([*_command(tiny_dir, killed, extra), "resume=auto"])
+
+    for rank in range(world):  # the same utterances at every step, nothing replayed or skipped
+        assert read_trace(f"{killed}.trace", rank) == read_trace(f"{clean}.trace", rank)
+    a = torch.load(clean / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)
+    assert a["global_step"] == b["global_step"] == 2 * steps_per_epoch
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
