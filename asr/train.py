@@ -19,6 +19,7 @@ from typing import Any
 
 import hydra
 import pytorch_lightning as L
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -38,6 +39,7 @@ from asr.training.averaging import AverageBest
 from asr.training.callbacks import CSVHistory
 from asr.training.checkpointing import AtomicCheckpointIO, CheckpointWriteError, remove_partials
 from asr.training.guards import DroppedUtterances, NonFiniteGuard, TrainingDiverged
+from asr.training.launch import RankZeroFailed, launched_world, rank_zero_first
 from asr.training.module import ASRModule
 
 log = logging.getLogger(__name__)
@@ -97,10 +99,28 @@ def prepare_inputs(cfg: DictConfig, module: ASRModule, out_dir: Path) -> L.Light
         if rank_zero_only.rank == 0:
             (out_dir / "global_stats.json").write_text(json.dumps(stats) + "\n")
     rule = UtteranceFilter(module.label_tokenizers, module.output_frames, cfg.features.sample_rate)
-    if cfg.data_check:
+    if cfg.data_check and rank_zero_only.rank == 0:  # a report (data_check.json): one rank writes it
         check_manifests({"train": cfg.data.train_manifest, "val": cfg.data.val_manifest}, rule, out_dir)
     return instantiate(cfg.data, tokenizer=module.tokenizer, output_frames=module.output_frames,
                        extra_tokenizers=module.label_tokenizers[1:])
+
+
+def _data_and_tokenizer(cfg: DictConfig) -> Any:
+    """The recipe's prepare step (download, manifests), then the tokenizer (a word vocabulary or a SentencePiece model
+    is made from the training data): global rank 0 first, the other ranks then find them done."""
+    if cfg.get("prepare"):
+        instantiate(cfg.prepare)
+    check_manifests_exist(cfg)
+    return instantiate(cfg.tokenizer)
+
+
+def check_shared_run_dir(hydra_overrides: Sequence[str]) -> None:
+    """Processes started together by torchrun or srun must share one run dir, named before the launch."""
+    world = launched_world()
+    if world > 1 and not any(o.startswith("hydra.run.dir=") for o in hydra_overrides):
+        raise ValueError(f"{world} processes were launched together (torchrun or srun) but hydra.run.dir is not set: "
+                         "each would write, and resume from, its own timestamped folder. Add "
+                         "hydra.run.dir=<a folder on a file system all nodes share> to the command")
 
 
 def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
@@ -121,14 +141,11 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
     out_dir = Path(cfg.paths.output_dir)
     # a bad callback or logger setting (or a logger's package missing) fails before any data is touched
     callbacks, loggers = instantiate_all(cfg.callbacks), instantiate_all(cfg.logger)
-    if cfg.get("prepare"):
-        instantiate(cfg.prepare)
-    check_manifests_exist(cfg)
-    tokenizer = instantiate(cfg.tokenizer)
+    tokenizer = rank_zero_first(lambda: _data_and_tokenizer(cfg), out_dir, "prepare", "prepare the data")
     out_dir.mkdir(parents=True, exist_ok=True)
     if rank_zero_only.rank == 0:
         write_run_info(out_dir, cfg)  # config.yaml (resolved) and run.json: seed, git commit, package versions
-    (out_dir / "tokenizer.json").write_text(json.dumps(tokenizer.state_dict()) + "\n")
+        (out_dir / "tokenizer.json").write_text(json.dumps(tokenizer.state_dict()) + "\n")
     module: ASRModule = instantiate(cfg.module)(tokenizer=tokenizer)
     datamodule = prepare_inputs(cfg, module, out_dir)
     trainer = build_trainer(cfg, callbacks, loggers, extra_callbacks)
@@ -193,7 +210,8 @@ def _evaluate_and_report(cfg: DictConfig, module: ASRModule, trainer: L.Trainer,
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
-    with user_errors(TrainingDiverged, CheckpointWriteError, InstantiationException, DownloadError):
+    with user_errors(TrainingDiverged, CheckpointWriteError, InstantiationException, DownloadError, RankZeroFailed):
+        check_shared_run_dir(HydraConfig.get().overrides.hydra)
         result = train(cfg)
     # The value Hydra sweepers optimise: best dev WER.
     return result["best_val_wer"]

@@ -1,12 +1,13 @@
 """Kill-and-resume test: SIGKILL AN4 training at random moments (some during checkpoint writes), resume each
-time with ``resume=auto``, let it finish, check every checkpoint on disk loads, and compare the test WER with
-an uninterrupted run of the same settings.
+time with ``resume=auto``, let it finish, check every checkpoint on disk loads, and compare the final weights
+(``torch.equal``) and the test WER with an uninterrupted run of the same settings.
 
-    python scripts/kill_test.py --kills 20 --out exp/kill_test -- recipe=an4            # the full test
+    python scripts/kill_test.py --kills 20 --out exp/kill_test -- recipe=an4 checkpoint.every_n_steps=50  # full
     python scripts/kill_test.py --kills 5 --out /tmp/k -- model.hidden_size=64 trainer.max_epochs=4 \\
         +trainer.limit_train_batches=10                                                  # reduced
 
-Prints one JSON line: kills attempted/survived, how many landed mid-checkpoint-write, both WERs.
+Prints one JSON line: kills attempted/survived, how many landed mid-checkpoint-write and how many resumed
+mid-epoch (from a step checkpoint), whether the final weights equal the uninterrupted run's, both WERs.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import torch
 
 from asr.training.checkpointing import PARTIAL_SUFFIX, load_checkpoint
 
@@ -50,7 +53,7 @@ def run(kills: int, out: Path, overrides: list[str], seed: int = 0, max_wait: fl
     max_wait = min(max_wait, 0.8 * (time.monotonic() - start))
     killed = out / "killed"
     ckpt_dir = killed / "checkpoints"
-    survived = sent = mid_write = restarts = 0
+    survived = sent = mid_write = mid_epoch = restarts = 0
     for k in range(kills):
         proc = subprocess.Popen(_cmd(killed, overrides), env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
@@ -69,13 +72,18 @@ def run(kills: int, out: Path, overrides: list[str], seed: int = 0, max_wait: fl
         sent += 1
         mid_write += any(ckpt_dir.glob(f".*{PARTIAL_SUFFIX}"))  # a write was cut short by this kill
         survived += _all_checkpoints_load(killed)
+        if (ckpt_dir / "last.ckpt").exists():  # the next start resumes in the middle of an epoch
+            mid_epoch += load_checkpoint(ckpt_dir / "last.ckpt").get("ASRDataModule", {}).get("batches_done", 0) > 0
     final = subprocess.run(_cmd(killed, overrides), env=env, capture_output=True, text=True)
     ok = final.returncode == 0 and _all_checkpoints_load(killed)
     last = load_checkpoint(ckpt_dir / "last.ckpt")
+    reference = load_checkpoint(clean / "checkpoints" / "last.ckpt")["state_dict"]
+    equal = reference.keys() == last["state_dict"].keys() and all(
+        torch.equal(reference[k], last["state_dict"][k]) for k in reference)
     return {
         "kills_attempted": kills, "kills_sent": sent, "kills_survived": survived if ok else 0,
-        "killed_mid_checkpoint_write": mid_write,
-        "restarts": restarts, "finished": ok, "global_step": last["global_step"],
+        "killed_mid_checkpoint_write": mid_write, "resumed_mid_epoch": mid_epoch,
+        "restarts": restarts, "finished": ok, "global_step": last["global_step"], "weights_equal": equal,
         "wer_uninterrupted": _wer(clean), "wer_killed_and_resumed": _wer(killed) if ok else None,
         "overrides": overrides,
     }

@@ -20,9 +20,11 @@ def test_kill_and_resume_reduced(an4_dir, tmp_path):
 
     overrides = ["recipe=an4", f"paths.data_dir={an4_dir.parent}", f"paths.download_dir={SHARED}",
                  "model.hidden_size=32", "model.num_layers=2", "trainer.max_epochs=3", "data.cache_audio=false",
-                 "global_stats_utterances=100", "+trainer.limit_train_batches=6", "+trainer.limit_val_batches=2"]
+                 "global_stats_utterances=100", "+trainer.limit_train_batches=6", "+trainer.limit_val_batches=2",
+                 "checkpoint.every_n_steps=2"]
     res = run(5, tmp_path, overrides, seed=1, max_wait=20.0)
     print("\nkill test:", json.dumps(res))
     assert res["finished"] and res["kills_sent"] >= 3 and res["kills_survived"] == res["kills_sent"]
     assert res["global_step"] == 18  # 3 epochs x 6 steps: nothing replayed or skipped
-    assert abs(res["wer_killed_and_resumed"] - res["wer_uninterrupted"]) < 0.15
+    assert res["weights_equal"]  # bit for bit the uninterrupted run's, mid-epoch resumes included
+    assert res["wer_killed_and_resumed"] == res["wer_uninterrupted"]
