@@ -45,9 +45,49 @@ def _nodes(run: Path, overrides: list[str], port: int, logs: Path, delay: float 
                f"--node-rank={node}", "--master-addr=127.0.0.1", f"--master-port={port}", "-m", "asr.train",
                *_train_args(run, overrides), "trainer.devices=1", "trainer.num_nodes=2", *extra]
         log = open(logs.with_name(f"{logs.name}.node{node}.log"), "w")  # noqa: SIM115 (closed with the process)
-        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                      start_new_session=True))
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
     return procs
+
+
+def _descendants(pid: int) -> list[int]:
+    """``pid``'s children, grandchildren, ... (from /proc: torchrun starts its workers in sessions of their own, so
+    killing its process group would leave them training)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            children = [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
+        except OSError:
+            children = []
+        out += children
+        todo += children
+    return out
+
+
+def _kill_node(proc: subprocess.Popen) -> list[int]:
+    """SIGKILL a "node": the torchrun agent and every process under it, as a machine that loses power; returns the
+    pids."""
+    pids = [proc.pid, *_descendants(proc.pid)]
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _restarts(run: Path, rank: int) -> int:
+    """How often the raw trace of ``rank`` goes back in steps (a resume redoing steps after the last checkpoint)."""
+    steps = [json.loads(line)["step"] for line in Path(f"{run}/trace.rank{rank}.jsonl").read_text().splitlines()]
+    return sum(b <= a for a, b in zip(steps, steps[1:], strict=False))
 
 
 def _wait(procs: list[subprocess.Popen], timeout: float) -> list[int]:
@@ -57,7 +97,7 @@ def _wait(procs: list[subprocess.Popen], timeout: float) -> list[int]:
         try:
             codes.append(p.wait(timeout=max(1.0, deadline - time.monotonic())))
         except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
+            _kill_node(p)
             codes.append(-9)
     return codes
 
@@ -103,12 +143,15 @@ def main() -> None:
         if last.exists() and torch.load(last, weights_only=True, map_location="cpu")["global_step"] > steps_epoch1:
             break
         time.sleep(0.5)
-    for p in procs:
-        os.killpg(p.pid, signal.SIGKILL)
+    killed = [pid for p in procs for pid in _kill_node(p)]
+    time.sleep(1.0)
+    assert len(killed) >= 4 and not any(_alive(pid) for pid in killed), "a killed node's process survived"
     killed_at = torch.load(last, weights_only=True, map_location="cpu")
     codes = _wait(_nodes(run, [*two, "resume=auto"], args.port, out / "phase2-resumed"), args.timeout)
     result["phase2"] = {"seconds": round(time.monotonic() - start, 1), "killed_at_step": killed_at["global_step"],
-                        "killed_at": killed_at.get("ASRDataModule"), "exit_codes": codes, **_disjoint_equal(run)}
+                        "killed_at": killed_at.get("ASRDataModule"), "processes_killed": len(killed),
+                        "exit_codes": codes, "trace_went_back": [_restarts(run, r) for r in (0, 1)],
+                        **_disjoint_equal(run)}
 
     # reference: the same two phases uninterrupted, 2 processes started by Lightning on this machine
     ref = out / "reference"

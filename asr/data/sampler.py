@@ -25,9 +25,9 @@ class BucketBatchSampler(Sampler[list[Item]]):
     the groups are shuffled: at every step all ranks hold batches of the same bucket, so no rank waits for another
     one's longer utterances, and all run the same number of steps. The batches left over in each bucket are grouped
     with the neighbouring buckets' leftovers; the last fewer than ``world_size`` of those are left out of the epoch
-    (the next shuffle leaves out others). Evaluation (``drop_last=False``) deals the
-    batches out in turn and repeats none, so every utterance is scored once. Rank and world size are read from
-    ``torch.distributed`` when it is initialised, else from the arguments.
+    (the next shuffle leaves out others). Evaluation (``drop_last=False``) deals the batches out in turn and repeats
+    none, so every utterance is scored once. Rank and world size are read from ``torch.distributed`` when it is
+    initialised, else from the arguments.
 
     Resuming: :meth:`resume` sets the epoch and how many of its batches were already trained; the next iteration
     starts after them (their audio is never read). With ``draw_seeds`` each item is ``(index, seed)``: the

@@ -149,6 +149,9 @@ class StepCheckpoint(L.Callback):
             due = due or bool(trainer.strategy.broadcast(late, src=0))
         return due
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._last_time = time.monotonic()
+
     def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
         if (self.every_n_steps or self.every_n_minutes) and self._due(trainer):
             trainer.save_checkpoint(self.path, weights_only=False)
