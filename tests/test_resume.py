@@ -75,3 +75,28 @@ def test_sigkill_mid_epoch_then_resume_auto_is_exact(tiny_dir, tmp_path, world):
     assert a["global_step"] == b["global_step"] == 2 * steps_per_epoch
     assert a["state_dict"].keys() == b["state_dict"].keys()
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+
+
+def test_every_n_minutes_saves_mid_epoch_on_rank_zero_clock(tiny_dir, tmp_path):
+    """``checkpoint.every_n_minutes``: the clock is read every StepCheckpoint.CLOCK_EVERY_N_STEPS steps (a broadcast,
+    not every step); once due, last.ckpt is written there, mid-epoch."""
+    import pytorch_lightning as L
+
+    from asr.train import train
+    from asr.training.checkpointing import StepCheckpoint
+    from tests.conftest import tiny_train_cfg
+
+    class Saves(L.Callback):
+        def __init__(self) -> None:
+            self.steps: list[tuple[int, int]] = []
+
+        def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+            self.steps.append((trainer.global_step, checkpoint["ASRDataModule"]["batches_done"]))
+
+    saves = Saves()
+    every = StepCheckpoint.CLOCK_EVERY_N_STEPS
+    train(tiny_train_cfg(tiny_dir, tmp_path, ["checkpoint.every_n_minutes=1e-6", "data.max_batch_seconds=1",
+                                              f"trainer.limit_train_batches={every + 3}", "eval_manifests=null"]),
+          extra_callbacks=[saves])
+    assert (every, every) in saves.steps  # mid-epoch: `every` batches of the epoch trained
+    assert all(step == every or done == 0 for step, done in saves.steps)  # no other step: the clock is read every 20

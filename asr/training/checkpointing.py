@@ -127,8 +127,10 @@ class StepCheckpoint(L.Callback):
     ``every_n_minutes`` of training (the ``checkpoint`` settings); ``resume=auto`` continues from the next batch.
 
     The end-of-epoch ``last.ckpt`` is ``callbacks.last_checkpoint``'s. Whether the time has come is rank 0's
-    clock, broadcast, so that all ranks save together (saving is collective).
+    clock, broadcast every ``CLOCK_EVERY_N_STEPS`` steps, so that all ranks save together (saving is collective).
     """
+
+    CLOCK_EVERY_N_STEPS = 20
 
     def __init__(self, path: str | os.PathLike, every_n_steps: int | None = None,
                  every_n_minutes: float | None = None) -> None:
@@ -137,25 +139,26 @@ class StepCheckpoint(L.Callback):
                 raise ValueError(f"checkpoint.{name}={value!r} must be > 0, or null for none")
         self.path, self.every_n_steps, self.every_n_minutes = str(path), every_n_steps, every_n_minutes
         self._last_time = time.monotonic()
-        self._last_step = -1
+        self._step = -1  # global step at the end of the previous batch
 
     def _due(self, trainer: L.Trainer) -> bool:
         step = trainer.global_step
-        if step == self._last_step:  # gradient accumulation: no optimizer step since the last batch
+        stepped, self._step = step != self._step, step
+        if not stepped:  # gradient accumulation: only a batch that ends with an optimizer step leaves nothing unsaved
             return False
         due = bool(self.every_n_steps) and step % self.every_n_steps == 0
-        if self.every_n_minutes:
+        if self.every_n_minutes and step % self.CLOCK_EVERY_N_STEPS == 0:  # a broadcast is a host sync: not every step
             late = time.monotonic() - self._last_time >= 60.0 * self.every_n_minutes
             due = due or bool(trainer.strategy.broadcast(late, src=0))
         return due
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._last_time = time.monotonic()
+        self._last_time, self._step = time.monotonic(), trainer.global_step
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
         if (self.every_n_steps or self.every_n_minutes) and self._due(trainer):
             trainer.save_checkpoint(self.path, weights_only=False)
-            self._last_time, self._last_step = time.monotonic(), trainer.global_step
+            self._last_time = time.monotonic()
 
 
 # ------------------------------------------------------------------ checkpoint metadata, validated
