@@ -47,6 +47,7 @@ bench: install  ## training throughput (pipeline vs bare loop, padding), dropout
 	$(BIN)/python benchmarks/lstm_variants.py
 	$(BIN)/python benchmarks/step_parts.py
 	$(BIN)/python benchmarks/prepare_librispeech.py
+	$(BIN)/python benchmarks/long_runs.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
