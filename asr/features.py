@@ -84,11 +84,16 @@ class LogMelFeatures(nn.Module):
     def normalize_frames(
         self, feats: torch.Tensor, lengths: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, T, n_mels) log-Mel of (B,) sample counts -> normalised, zero-padded features, (B,) frames."""
+        """(B, T, n_mels) log-Mel of (B,) sample counts -> normalised, zero-padded features, (B,) frames.
+
+        The frame counts stay where ``lengths`` is: lengths held on the host (see :class:`asr.data.dataset.Batch`)
+        give host frame counts, and only a copy goes to the device for the mask, so nothing waits for the device.
+        """
         frame_lengths = self.output_lengths(lengths).clamp(max=feats.shape[1])
-        mask = (torch.arange(feats.shape[1], device=feats.device)[None, :] < frame_lengths[:, None])[..., None]
+        on_device = frame_lengths.to(feats.device, non_blocking=True)
+        mask = (torch.arange(feats.shape[1], device=feats.device)[None, :] < on_device[:, None])[..., None]
         if self.normalize == "utterance":
-            n = frame_lengths.clamp(min=1)[:, None, None].to(feats.dtype)
+            n = on_device.clamp(min=1)[:, None, None].to(feats.dtype)
             mean = (feats * mask).sum(1, keepdim=True) / n
             var = (((feats - mean) * mask) ** 2).sum(1, keepdim=True) / n
             feats = (feats - mean) / torch.sqrt(var + 1e-5)
@@ -146,6 +151,7 @@ class SpecAugment(nn.Module):
         if not self.training:
             return feats
         b, t, f = feats.shape
+        lengths = lengths.to(feats.device, non_blocking=True)
         keep = torch.ones(b, t, f, dtype=torch.bool, device=feats.device)
         full_f = torch.full((b,), f, device=feats.device)
         for _ in range(self.freq_masks):

@@ -191,8 +191,8 @@ class BiLSTM(nn.Module):
         self, x: torch.Tensor, lengths: torch.Tensor, condition: Condition | None, every_layer: bool
     ) -> list[torch.Tensor]:
         if not self.uses_packed(x.device):
-            return self._dense_layers(x, lengths.to(x.device).clamp(min=1), condition)
-        lengths = lengths.detach().cpu().clamp(min=1)  # pack_padded_sequence reads them on the CPU
+            return self._dense_layers(x, lengths.to(x.device, non_blocking=True).clamp(min=1), condition)
+        lengths = lengths.detach().cpu().clamp(min=1)  # pack_padded_sequence reads them on the host (no copy if there)
         shared_masks = self.dropout.shared and self.training and self.dropout.p > 0
         if every_layer or condition is not None or shared_masks:
             return self._packed_layers(x, lengths, condition)
@@ -219,7 +219,7 @@ class BiLSTM(nn.Module):
     def _packed_layers(
         self, x: torch.Tensor, lengths: torch.Tensor, condition: Condition | None
     ) -> list[torch.Tensor]:
-        valid = _valid_mask(lengths.to(x.device), x.shape[1]) if condition is not None else None
+        valid = _valid_mask(lengths.to(x.device, non_blocking=True), x.shape[1]) if condition is not None else None
         outputs = []
         for i in range(len(self.layers)):
             if i > 0:
@@ -242,11 +242,17 @@ class BiLSTM(nn.Module):
             for name in _WEIGHTS:
                 weights[f"{name}_l{k}"] = getattr(layer["fwd"], f"{name}_l0")
                 weights[f"{name}_l{k}_reverse"] = getattr(layer["bwd"], f"{name}_l0")
-        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        # sorted here, on the host, as pack_padded_sequence would: its own unsorting reads indices off the device
+        lengths, order = torch.sort(lengths, descending=True)
+        restore = torch.empty_like(order)
+        restore[order] = torch.arange(len(order))
+        sorted_x = x.index_select(0, order.to(x.device, non_blocking=True))
+        packed = pack_padded_sequence(sorted_x, lengths, batch_first=True, enforce_sorted=True)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=_NOT_CONTIGUOUS)
             out, _ = functional_call(lstm, weights, (packed,))
-        return pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])[0]
+        padded = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])[0]
+        return padded.index_select(0, restore.to(x.device, non_blocking=True))
 
     def extra_repr(self) -> str:
         return f"implementation={self.implementation!r}"

@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 # ASRDataModule saves and restores the place in the epoch itself (its state_dict); Lightning's check of a mid-epoch
 # resume looks at the loaders only
 warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
+# ASRModule moves batches to the device itself (lengths stay on the host); the DataModule defines no such hook
+warnings.filterwarnings("ignore", message=r"You have overridden `(on_before_batch_transfer|transfer_batch_to_device)` "
+                        r"in `LightningModule` but have passed in a `LightningDataModule`")
 
 
 def resume_path(resume: str | None, ckpt_dir: Path) -> str | None:

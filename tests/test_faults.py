@@ -220,9 +220,12 @@ class _Weights(L.Callback):
         self.snapshots[trainer.global_step] = torch.cat([p.detach().flatten() for p in pl_module.parameters()])
 
 
-def test_nan_loss_and_inf_grad_steps_are_skipped_counted_logged(tiny_dir, tmp_path, caplog):
+@pytest.mark.parametrize("optimizer", ["fused", "foreach"])
+def test_nan_loss_and_inf_grad_steps_are_skipped_counted_logged(tiny_dir, tmp_path, caplog, optimizer):
+    """Fused AdamW skips on the device flag (found_inf); another optimiser has the bad step's gradients dropped."""
     weights = _Weights()
-    cfg = tiny_train_cfg(tiny_dir, tmp_path, ["trainer.limit_train_batches=6", *FAST])
+    fused = [] if optimizer == "fused" else ["optim.optimizer.fused=false"]
+    cfg = tiny_train_cfg(tiny_dir, tmp_path, ["trainer.limit_train_batches=6", *FAST, *fused])
     with caplog.at_level("WARNING", logger="asr.training.guards"):
         result = train(cfg, extra_callbacks=[_PoisonBatch({1}), _PoisonGrad({3}), weights])
     assert result["skipped_steps"] == 2 and result["epochs"] == 1

@@ -113,7 +113,7 @@ def test_an4_recipe_composes_to_what_its_readme_says(tmp_path):
     assert cfg.tokenizer._target_ == "asr.text.WordTokenizer"
     assert (cfg.inter_ctc.tokenizer, cfg.inter_ctc.self_condition, cfg.inter_ctc.weight) == ("char", True, 0.3)
     assert (cfg.optim.lr, cfg.optim.scheduler.warmup_ratio, cfg.optim.scheduler.shape) == (2e-3, 0.1, "cosine")
-    assert cfg.trainer.max_epochs == 120 and cfg.trainer.gradient_clip_val == 5.0
+    assert cfg.trainer.max_epochs == 120 and cfg.callbacks.non_finite.max_grad_norm == 5.0
     callbacks = instantiate_all(cfg.callbacks)
     average, late = callbacks["average_best"], callbacks["validate_from"]
     assert isinstance(average, AverageBest) and (average.save_top_k, average.select) == (5, "always")

@@ -26,7 +26,13 @@ class Batch(NamedTuple):
 
     audio: (B, S) float waveforms, zero-padded; audio_lengths: (B,) samples;
     targets: (B, L) token ids, zero-padded; target_lengths: (B,); ids: utterance ids;
-    dropped: ``(id, reason)`` of utterances whose audio failed to load (not in the batch).
+    dropped: ``(id, reason)`` of utterances whose audio failed to load (not in the batch);
+    inter_targets, inter_target_lengths: the targets in the intermediate CTC's own units, when it has them
+    (:meth:`asr.training.inter_ctc.InterCTC.add_targets`, before the batch goes to the device).
+
+    In training, only ``audio``, ``targets`` and ``inter_targets`` go to the accelerator
+    (:meth:`asr.training.module.ASRModule.transfer_batch_to_device`); the lengths stay on the host, where CTC and
+    packed LSTMs read them, so no step waits for the device to hand a number back.
     """
 
     audio: torch.Tensor
@@ -35,6 +41,8 @@ class Batch(NamedTuple):
     target_lengths: torch.Tensor
     ids: list[str]
     dropped: tuple[tuple[str, str], ...] = ()
+    inter_targets: torch.Tensor | None = None
+    inter_target_lengths: torch.Tensor | None = None
 
 
 class LoadFailure(NamedTuple):

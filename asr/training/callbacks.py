@@ -98,8 +98,9 @@ class ThroughputMonitor(L.Callback):
     - ``perf/data_wait``: fraction of wall time spent waiting for the next batch,
     - ``perf/gpu_mem_gb``: peak GPU memory allocated (on CUDA only),
 
-    and shows in the progress bar (not the logs) ``audio_s/s`` and ``eta_min``, the minutes left in the whole fit
-    at the pace so far (validation included).
+    and shows in the progress bar (not the logs) ``loss`` (that step's), ``audio_s/s`` and ``eta_min``, the minutes left
+    in the whole fit at the pace so far (validation included). It reads from the device only then: the audio
+    seconds come from the batch's lengths, which stay on the host.
 
     Args:
         sample_rate: of the batch waveforms (to turn samples into seconds).
@@ -154,6 +155,9 @@ class ThroughputMonitor(L.Callback):
         bsz = batch.audio.shape[0]
         pl_module.log_dict(metrics, on_step=True, on_epoch=False, batch_size=bsz)
         bar = {"audio_s/s": metrics["perf/audio_sec_per_sec"]}
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor):
+            bar = {"loss": float(loss.detach()), **bar}
         done = trainer.global_step - self._fit_start_step
         total = trainer.estimated_stepping_batches  # inf when the fit has no step or epoch limit
         if self._fit_start is not None and done > 0 and math.isfinite(total):

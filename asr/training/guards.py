@@ -13,7 +13,6 @@ Both keep their counts in the checkpoint, so a resumed run reports totals for th
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
 import pytorch_lightning as L
@@ -27,66 +26,124 @@ class TrainingDiverged(RuntimeError):
 
 
 class NonFiniteGuard(L.Callback):
-    """Skip optimiser steps with a NaN/inf loss or gradient; stop after ``max_consecutive`` in a row.
+    """Clip the gradients; skip optimiser steps with a NaN/inf loss or gradient; stop after ``max_consecutive`` bad
+    steps in a row.
 
-    The check runs after backward and before gradient clipping and the optimiser: the gradients of a bad
-    step are dropped (set to ``None``), so the optimiser leaves every weight and its state untouched.
+    After backward (and the DDP gradient all-reduce), before the optimiser: one global 2-norm of all gradients
+    clips them to ``max_grad_norm`` and, being non-finite exactly when some gradient is, decides whether the step is
+    bad. The decision stays on the device: a fused optimiser (Adam/AdamW ``fused=True``, the default here) takes it
+    as ``found_inf`` and leaves every weight and its state untouched when it is set, as under a GradScaler. Nothing
+    in the step reads a number back from the device; the flags are read every ``check_every_n_steps`` steps (and at
+    each epoch's end and checkpoint), when bad steps are counted (``faults/skipped_steps``), logged with their
+    batch's utterance ids, and a run of ``max_consecutive`` stops the run. An optimiser without ``found_inf`` support
+    reads the flag at once and drops the bad step's gradients (the optimiser skips parameters without one). Under
+    DDP every rank sees the same all-reduced gradients, so all ranks skip the same steps; a NaN loss makes NaN
+    gradients, so the norm catches it too.
 
     Args:
         max_consecutive: this many bad steps in a row raise :class:`TrainingDiverged` (0 = never stop).
+        max_grad_norm: clip the gradients' global 2-norm to this; ``None`` or 0: no clipping. This replaces
+            ``trainer.gradient_clip_val``, which must stay null (Lightning refuses to clip for a fused optimiser under
+            mixed precision, and two clippings would differ from one).
+        check_every_n_steps: how often the flags are read; ``None``: every step on the CPU (where reading costs
+            nothing), every 20 on an accelerator.
     """
 
-    def __init__(self, max_consecutive: int = 20) -> None:
+    def __init__(self, max_consecutive: int = 20, max_grad_norm: float | None = None,
+                 check_every_n_steps: int | None = None) -> None:
         if max_consecutive < 0:
             raise ValueError(f"callbacks.non_finite.max_consecutive must be >= 0, got {max_consecutive}")
+        if max_grad_norm is not None and max_grad_norm < 0:
+            raise ValueError(f"callbacks.non_finite.max_grad_norm must be > 0 (null: no clipping), got {max_grad_norm}")
+        if check_every_n_steps is not None and check_every_n_steps < 1:
+            raise ValueError(f"callbacks.non_finite.check_every_n_steps must be >= 1, got {check_every_n_steps}")
         self.max_consecutive = max_consecutive
+        self.max_grad_norm = max_grad_norm or None
+        self.check_every_n_steps = check_every_n_steps
         self.skipped = 0
         self.consecutive = 0
-        self._loss_finite = True
-        self._loss_value = 0.0
+        self._loss_finite: torch.Tensor | None = None
+        self._loss: torch.Tensor | None = None
         self._ids: list[str] = []
+        # (step, utterance ids, bad-step flag, non-finite-loss flag, loss), read on the host in _flush
+        self._pending: list[tuple[int, list[str], torch.Tensor, torch.Tensor | None, torch.Tensor | None]] = []
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.max_grad_norm and trainer.gradient_clip_val:
+            raise ValueError(
+                f"gradients are clipped twice: by callbacks.non_finite.max_grad_norm={self.max_grad_norm} and by "
+                f"trainer.gradient_clip_val={trainer.gradient_clip_val}; keep one (the other null)")
+        if self.check_every_n_steps is None:
+            self.check_every_n_steps = 1 if pl_module.device.type == "cpu" else 20
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
         self._ids = list(getattr(batch, "ids", []))
-        self._loss_finite = True
 
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
-        value = float(loss.detach())
-        self._loss_finite = math.isfinite(value)
-        self._loss_value = value
+        finite = torch.isfinite(loss.detach())  # under gradient accumulation: every micro-batch's
+        self._loss_finite = finite if self._loss_finite is None else self._loss_finite & finite
+        self._loss = loss.detach()
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule,
                                  optimizer: torch.optim.Optimizer) -> None:
-        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
-        # one fused reduction instead of a host sync per parameter
-        grads_finite = not grads or bool(torch.stack([g.detach().float().abs().sum() for g in grads]).isfinite().all())
-        if self._loss_finite and grads_finite:
-            self.consecutive = 0
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if self.max_grad_norm:
+            norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        bad = ~torch.isfinite(norm)
+        loss_bad = None if self._loss_finite is None else ~self._loss_finite
+        self._pending.append((trainer.global_step, self._ids, bad, loss_bad, self._loss))
+        self._loss_finite = self._loss = None
+        if getattr(optimizer, "_step_supports_amp_scaling", False):
+            optimizer.found_inf = bad.float()  # the fused kernels skip the update (weights and state) when it is set
+        else:
+            if bool(bad):  # this optimiser must be told on the host
+                for p in params:
+                    p.grad = None
+            self._flush(trainer)
             return
-        for group in optimizer.param_groups:
-            for p in group["params"]:
-                p.grad = None  # the optimiser skips parameters without a gradient: no update, no state change
-        self.skipped += 1
-        self.consecutive += 1
-        what = f"loss is {self._loss_value}" if not self._loss_finite else "a gradient is NaN/inf"
-        ids = ", ".join(self._ids[:8]) + (" ..." if len(self._ids) > 8 else "")
-        log.warning("step %d skipped: %s (batch: %s); %d skipped so far, %d in a row",
-                    trainer.global_step, what, ids or "?", self.skipped, self.consecutive)
-        if self.max_consecutive and self.consecutive >= self.max_consecutive:
-            raise TrainingDiverged(
-                f"training diverged: {self.consecutive} consecutive steps had a non-finite loss or gradient "
-                f"(last at step {trainer.global_step}, {what}). The last good checkpoint is untouched; lower "
-                f"optim.lr, raise optim.scheduler.warmup_ratio or check the data named in the log above, then "
-                f"rerun with resume=auto (limit: callbacks.non_finite.max_consecutive={self.max_consecutive})"
-            )
+        if len(self._pending) >= (self.check_every_n_steps or 1):
+            self._flush(trainer)
+
+    def _flush(self, trainer: L.Trainer | None, stop: bool = True) -> None:
+        """Read the pending steps' flags (one read for all): count, log, and stop after too many in a row."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        flags = torch.stack([entry[2] for entry in pending]).tolist()
+        for (step, ids, _, loss_bad, loss), is_bad in zip(pending, flags, strict=True):
+            if not is_bad:
+                self.consecutive = 0
+                continue
+            self.skipped += 1
+            self.consecutive += 1
+            what = f"loss is {float(loss)}" if loss_bad is not None and bool(loss_bad) else "a gradient is NaN/inf"
+            shown = ", ".join(ids[:8]) + (" ..." if len(ids) > 8 else "")
+            log.warning("step %d skipped: %s (batch: %s); %d skipped so far, %d in a row",
+                        step, what, shown or "?", self.skipped, self.consecutive)
+            if stop and self.max_consecutive and self.consecutive >= self.max_consecutive:
+                raise TrainingDiverged(
+                    f"training diverged: {self.consecutive} consecutive steps had a non-finite loss or gradient "
+                    f"(last at step {step}, {what}). The last good checkpoint is untouched; lower "
+                    f"optim.lr, raise optim.scheduler.warmup_ratio or check the data named in the log above, then "
+                    f"rerun with resume=auto (limit: callbacks.non_finite.max_consecutive={self.max_consecutive})"
+                )
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         pl_module.log("faults/skipped_steps", float(self.skipped), on_step=True, on_epoch=False,
                       batch_size=max(1, len(self._ids)))
 
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._flush(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._flush(trainer, stop=False)
+
     def state_dict(self) -> dict[str, Any]:
+        self._flush(None, stop=False)  # a checkpoint holds the counts up to its own step
         return {"skipped": self.skipped, "consecutive": self.consecutive}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

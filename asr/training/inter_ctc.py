@@ -77,8 +77,21 @@ class InterCTC:
             feats = module.augment(feats, frame_lengths)
         log_probs, inter, lengths = module.model.forward_with_intermediate(feats, frame_lengths, self.layer)
         final = module.ctc_loss(log_probs, lengths, batch)
-        inter_batch = batch if self.tokenizer is None else retokenize(batch, module.tokenizer, self.tokenizer)
+        inter_batch = batch
+        if self.tokenizer is not None:
+            if batch.inter_targets is None:  # a batch that did not pass add_targets: re-encode here
+                batch = self.add_targets(batch, module.tokenizer)
+            inter_batch = batch._replace(targets=batch.inter_targets, target_lengths=batch.inter_target_lengths)
         return (1 - self.weight) * final + self.weight * module.ctc_loss(inter, lengths, inter_batch), final
+
+    def add_targets(self, batch: Batch, source: Tokenizer) -> Batch:
+        """``batch`` with ``inter_targets`` in this loss's own units (unchanged when it has none). It reads the ids
+        as numbers, so it runs on the host before the batch moves to the device (ASRModule.on_before_batch_transfer):
+        there it costs no wait for the device."""
+        if self.tokenizer is None:
+            return batch
+        own = retokenize(batch, source, self.tokenizer)
+        return batch._replace(inter_targets=own.targets, inter_target_lengths=own.target_lengths)
 
 
 def retokenize(batch: Batch, source: Tokenizer, target: Tokenizer) -> Batch:

@@ -95,6 +95,20 @@ class ASRModule(L.LightningModule):
             feats = self.augment(feats, frame_lengths)
         return self.model(feats, frame_lengths)
 
+    # ------------------------------------------------------ batch transfer
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if isinstance(batch, Batch) and self.training and self.inter_ctc is not None:
+            return self.inter_ctc.add_targets(batch, self.tokenizer)
+        return batch
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """Waveforms and targets to ``device``; the lengths stay on the host (see :class:`Batch`)."""
+        if not isinstance(batch, Batch):
+            return super().transfer_batch_to_device(batch, device, dataloader_idx)
+        moved = {name: getattr(batch, name).to(device, non_blocking=True)
+                 for name in ("audio", "targets", "inter_targets") if getattr(batch, name) is not None}
+        return batch._replace(**moved)
+
     def output_frames(self, samples: torch.Tensor) -> torch.Tensor:
         """(N,) waveform sample counts -> (N,) output frames of the model (after subsampling)."""
         return self.model.output_lengths(self.features.output_lengths(samples))
@@ -137,7 +151,9 @@ class ASRModule(L.LightningModule):
             loss, final = self.train_loss(batch)
             if self.inter_ctc is not None:
                 self.log("train/ctc_last", final, on_step=True, on_epoch=False, batch_size=bsz)
-            self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=bsz)
+            # logged, not shown: the progress bar would read it back from the device every step (the throughput
+            # callback shows it every few steps)
+            self.log("train/loss", loss, on_step=True, on_epoch=False, batch_size=bsz)
             self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, batch_size=bsz)
         else:
             log_probs, lengths = self(batch.audio, batch.audio_lengths)
@@ -191,7 +207,8 @@ class ASRModule(L.LightningModule):
             raise RuntimeError("ASRModule was built without an optimizer; it can decode but not train")
         params = [p for p in self.parameters() if p.requires_grad]
         precision = str(self.trainer.precision) if self._trainer is not None else "32-true"
-        optimizer = self.optimizer_factory(params=params, **fused_option(self.optimizer_factory, precision))
+        clips = bool(self._trainer is not None and self.trainer.gradient_clip_val)
+        optimizer = self.optimizer_factory(params=params, **fused_option(self.optimizer_factory, precision, clips))
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(

@@ -39,16 +39,20 @@ def warmup_decay(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def fused_option(factory: Callable[..., torch.optim.Optimizer], precision: str) -> dict[str, bool]:
-    """``{"fused": True}`` for an Adam/AdamW partial whose ``fused`` is left null, unless ``precision`` is ``*-mixed``.
+def fused_option(factory: Callable[..., torch.optim.Optimizer], precision: str,
+                 lightning_clips: bool = False) -> dict[str, bool]:
+    """``{"fused": True}`` for an Adam/AdamW partial whose ``fused`` is left null, unless the precision forbids it.
 
     The fused kernels update every parameter in one call, much faster on CPU than the per-tensor loop
-    (``python benchmarks/step_parts.py``), but Lightning cannot clip a fused optimiser's gradients under mixed
-    precision, so there it stays off. ``fused: false`` in the config, or ``foreach: true``, keeps torch's default.
+    (``python benchmarks/step_parts.py``), and take the skip-this-step flag of :class:`NonFiniteGuard` on the
+    device. They stay off under ``16-mixed`` (the GradScaler's gradients are still scaled when the guard clips
+    them) and under any mixed precision when Lightning clips (``trainer.gradient_clip_val``: it refuses to clip
+    for a fused optimiser). ``fused: false`` in the config, or ``foreach: true``, keeps torch's default.
     """
     if getattr(factory, "func", None) not in (torch.optim.Adam, torch.optim.AdamW):
         return {}
     keywords = getattr(factory, "keywords", {})
     if keywords.get("fused") is not None or keywords.get("foreach"):
         return {}
-    return {"fused": not precision.endswith("-mixed")}
+    mixed = precision.endswith("-mixed")
+    return {"fused": not (precision.startswith("16") and mixed) and not (mixed and lightning_clips)}
