@@ -220,12 +220,14 @@ class _Weights(L.Callback):
         self.snapshots[trainer.global_step] = torch.cat([p.detach().flatten() for p in pl_module.parameters()])
 
 
-@pytest.mark.parametrize("optimizer", ["fused", "foreach"])
-def test_nan_loss_and_inf_grad_steps_are_skipped_counted_logged(tiny_dir, tmp_path, caplog, optimizer):
-    """Fused AdamW skips on the device flag (found_inf); another optimiser has the bad step's gradients dropped."""
+@pytest.mark.parametrize("variant", ["fused", "foreach", "unclipped"])
+def test_nan_loss_and_inf_grad_steps_are_skipped_counted_logged(tiny_dir, tmp_path, caplog, variant):
+    """Fused AdamW skips on the device flag (found_inf); another optimiser has the bad step's gradients dropped;
+    without clipping the norm still flags the step."""
     weights = _Weights()
-    fused = [] if optimizer == "fused" else ["optim.optimizer.fused=false"]
-    cfg = tiny_train_cfg(tiny_dir, tmp_path, ["trainer.limit_train_batches=6", *FAST, *fused])
+    options = {"fused": [], "foreach": ["optim.optimizer.fused=false"],
+               "unclipped": ["callbacks.non_finite.max_grad_norm=null"]}[variant]
+    cfg = tiny_train_cfg(tiny_dir, tmp_path, ["trainer.limit_train_batches=6", *FAST, *options])
     with caplog.at_level("WARNING", logger="asr.training.guards"):
         result = train(cfg, extra_callbacks=[_PoisonBatch({1}), _PoisonGrad({3}), weights])
     assert result["skipped_steps"] == 2 and result["epochs"] == 1
@@ -237,6 +239,12 @@ def test_nan_loss_and_inf_grad_steps_are_skipped_counted_logged(tiny_dir, tmp_pa
     assert _last(_metrics(tmp_path), "faults/skipped_steps") == 2
     ckpt = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
     assert all(torch.isfinite(t).all() for t in ckpt["state_dict"].values())
+
+
+def test_two_clippings_are_refused_by_name(tiny_dir, tmp_path):
+    cfg = tiny_train_cfg(tiny_dir, tmp_path, ["trainer.gradient_clip_val=1.0", *FAST])
+    with pytest.raises(ValueError, match=r"max_grad_norm=5.0 and by trainer.gradient_clip_val=1.0"):
+        train(cfg)
 
 
 def test_consecutive_bad_steps_stop_the_run_with_a_clear_message(tiny_dir, tmp_path):
