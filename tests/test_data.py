@@ -83,10 +83,11 @@ def test_bucket_sampler_covers_each_index_once_within_budget(seed):
     s = BucketBatchSampler(durations, max_batch_seconds=40.0, num_buckets=10, seed=seed)
     for epoch in range(3):
         s.set_epoch(epoch)
-        batches = list(s)
-        assert len(batches) == len(s)
+        batches, whole = list(s), s._rank_batches()
+        assert sorted(i for b in whole for i in b) == list(range(500))  # the epoch's packing holds every utterance
+        assert batches == whole[: len(s)]  # ... and the epoch is held to len(), epoch 0's count
         flat = [i for b in batches for i in b]
-        assert sorted(flat) == list(range(500))
+        assert len(set(flat)) == len(flat)
         for b in batches:
             assert len(b) == 1 or max(durations[i] for i in b) * len(b) <= 40.0
     s.set_epoch(0)
@@ -154,6 +155,24 @@ def test_bucket_sampler_epoch_set_by_lightning_and_resumable():
     assert list(other) == whole  # the skip is for one iteration only
     other.resume(3, len(whole))  # a finished epoch: the next one from its start
     assert other.epoch == 4 and list(other)[0] != whole[0]
+
+
+def test_bucket_sampler_epochs_keep_one_length_also_when_resumed():
+    """The shuffle packs epochs into different numbers of batches; Lightning takes an epoch's length from len() when
+    it builds the loader, which a resumed run does in a later epoch. Every epoch is held to epoch 0's count, so a run
+    resumed mid-epoch trains the batches the uninterrupted one trained, no more (found by scripts/kill_test.py)."""
+    rng = random.Random(0)
+    durations = [rng.uniform(0.5, 6.0) for _ in range(300)]
+    clean = BucketBatchSampler(durations, 30.0, num_buckets=5, seed=1, draw_seeds=True)
+    counts = [len(clean._rank_batches(e)) for e in range(6)]
+    assert len(set(counts)) > 1, counts  # the packing differs: the case that matters
+    epoch = next(e for e in range(1, 6) if counts[e] > counts[0])
+    clean.set_epoch(epoch)
+    trained = list(clean)
+    assert len(trained) == len(clean) == counts[0]
+    resumed = BucketBatchSampler(durations, 30.0, num_buckets=5, seed=1, draw_seeds=True)
+    resumed.resume(epoch, 10)
+    assert len(resumed) == counts[0] and list(resumed) == trained[10:]
 
 
 def test_datamodule_drops_unencodable_text(tiny_dir, tmp_path):

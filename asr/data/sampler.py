@@ -29,6 +29,12 @@ class BucketBatchSampler(Sampler[list[Item]]):
     none, so every utterance is scored once. Rank and world size are read from ``torch.distributed`` when it is
     initialised, else from the arguments.
 
+    Epoch length: the shuffle packs each epoch into a slightly different number of batches, but Lightning fixes an
+    epoch's length when it builds the loader, from ``len()``. So for training ``len()`` is epoch 0's count on every
+    epoch, and the sampler holds each epoch to it: an epoch packed into more batches leaves its last ones out (other
+    utterances each epoch), one packed into fewer ends early. An epoch thus has the same length whether the loader
+    was built at the run's start or on a resume in a later epoch.
+
     Resuming: :meth:`resume` sets the epoch and how many of its batches were already trained; the next iteration
     starts after them (their audio is never read). With ``draw_seeds`` each item is ``(index, seed)``: the
     utterance's augmentation draws (speed perturbation) come from that seed, a function of ``seed``, the epoch and
@@ -71,6 +77,7 @@ class BucketBatchSampler(Sampler[list[Item]]):
         self.start = 0  # batches of this epoch already trained (set by resume, consumed by the next iteration)
         self._num_replicas = num_replicas
         self._rank = rank
+        self._epoch_length: dict[tuple[int, int], int] = {}  # (world, rank) -> training batches per epoch
         order = np.argsort(self.durations, kind="stable")
         self._buckets = [b for b in np.array_split(order, self.num_buckets) if len(b)]
 
@@ -89,7 +96,7 @@ class BucketBatchSampler(Sampler[list[Item]]):
     def resume(self, epoch: int, batches_done: int) -> None:
         """Continue ``epoch`` after its first ``batches_done`` batches (the next epoch when it has no more)."""
         self.epoch, self.start = epoch, batches_done
-        if batches_done >= len(self._rank_batches()):
+        if batches_done >= len(self):
             self.epoch, self.start = epoch + 1, 0
 
     @property
@@ -123,8 +130,9 @@ class BucketBatchSampler(Sampler[list[Item]]):
             out.append(batches)
         return out
 
-    def _rank_batches(self) -> list[list[int]]:
-        rng = random.Random(self.seed + self.epoch)
+    def _rank_batches(self, epoch: int | None = None) -> list[list[int]]:
+        """This rank's batches of ``epoch`` (default: the current one), whole (not held to :meth:`__len__`)."""
+        rng = random.Random(self.seed + (self.epoch if epoch is None else epoch))
         per_bucket = self._bucket_batches(rng)
         world, rank = self.world
         if self.drop_last:  # training: groups of `world` batches from one bucket, one per rank
@@ -148,7 +156,7 @@ class BucketBatchSampler(Sampler[list[Item]]):
         return batches
 
     def __iter__(self) -> Iterator[list[Item]]:
-        batches = self._rank_batches()
+        batches = self._rank_batches()[: len(self)]
         start, self.start = self.start, 0
         if not self.draw_seeds:
             yield from batches[start:]
@@ -159,6 +167,12 @@ class BucketBatchSampler(Sampler[list[Item]]):
             yield [(i, int(seeds[i])) for i in b]
 
     def __len__(self) -> int:
-        """Batches of a whole epoch on this rank (a resumed epoch yields the ones after :attr:`start`)."""
-        return len(self._rank_batches())
+        """Batches of a whole epoch on this rank (a resumed epoch yields the ones after :attr:`start`): for training
+        epoch 0's count, whatever the epoch (see the class docstring)."""
+        if not self.drop_last:
+            return len(self._rank_batches())
+        world = self.world
+        if world not in self._epoch_length:
+            self._epoch_length[world] = len(self._rank_batches(epoch=0))
+        return self._epoch_length[world]
 
