@@ -101,7 +101,7 @@ def retokenize(batch: Batch, source: Tokenizer, target: Tokenizer) -> Batch:
         for t, n in zip(batch.targets.tolist(), batch.target_lengths.tolist(), strict=True)
     ]
     lengths = torch.tensor([len(i) for i in ids], dtype=torch.long, device=batch.targets.device)
-    targets = torch.zeros(len(ids), max(1, int(lengths.max())), dtype=torch.long, device=batch.targets.device)
+    targets = torch.zeros(len(ids), max([1, *map(len, ids)]), dtype=torch.long, device=batch.targets.device)
     for row, i in enumerate(ids):
         targets[row, : len(i)] = torch.tensor(i, dtype=torch.long)
     return batch._replace(targets=targets, target_lengths=lengths)

@@ -97,7 +97,7 @@ class ASRModule(L.LightningModule):
 
     # ------------------------------------------------------ batch transfer
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        if isinstance(batch, Batch) and self.training and self.inter_ctc is not None:
+        if isinstance(batch, Batch) and batch.ids and self.training and self.inter_ctc is not None:
             return self.inter_ctc.add_targets(batch, self.tokenizer)
         return batch
 
