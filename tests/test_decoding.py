@@ -255,6 +255,7 @@ def test_evaluate_caches_log_probs_per_split(tiny_checkpoint, tiny_dir, tmp_path
     assert not third["test"]["cached_log_probs"]
 
 
+@pytest.mark.slow  # keeps the default suite within 5 minutes on 2 cores; CI runs it (make test-slow)
 def test_cli_sweep_writes_one_report_per_point_and_a_summary(tiny_checkpoint, tiny_dir, tiny_lm, tmp_path):
     subset = tmp_path / "test10.jsonl"
     write_manifest(subset, read_manifest(tiny_dir / "train.jsonl")[:10])

@@ -397,6 +397,7 @@ def test_missing_manifest_names_the_recipe_stage(tiny_dir, tmp_path):
         train(cfg)
 
 
+@pytest.mark.slow  # keeps the default suite within 5 minutes on 2 cores; CI runs it (make test-slow)
 def test_mistyped_model_key_is_one_line_error(tiny_dir, tmp_path):
     proc = _cli("+model.hiden_size=3", *_tiny_args(tiny_dir, tmp_path))
     err = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]

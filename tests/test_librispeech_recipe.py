@@ -45,6 +45,7 @@ def _train_on_samples(recipe: str, tmp_path: Path, extra: list[str] = ()) -> dic
     return train(compose_train([f"recipe={recipe}", *overrides]))
 
 
+@pytest.mark.slow  # keeps the default suite within 5 minutes on 2 cores; CI runs it (make test-slow)
 def test_100h_bpe_trains_on_samples_and_evaluate_prints_librispeech_table(tmp_path):
     result = _train_on_samples("librispeech-100h", tmp_path, ["tokenizer=bpe", "tokenizer.vocab_size=60"])
     ckpt = Path(result["best_checkpoint"])

@@ -146,6 +146,7 @@ def _run(args, cwd, timeout=600):
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow  # keeps the default suite within 5 minutes on 2 cores; CI runs it (make test-slow)
 def test_cli_multirun_sweep(tiny_dir, tmp_path):
     proc = _run(["-m", "asr.train", "-m", *tiny_recipe_overrides(tiny_dir.parent), "optim.lr=1e-3,3e-3",
                  f"paths.exp_dir={tmp_path}", "model.hidden_size=16", "trainer.max_epochs=1",
