@@ -14,8 +14,8 @@ step the trainer takes (the guard's global-norm clipping and skip flag, fused Ad
 - one row per (LSTM, precision, utterance seconds, batch seconds): ms/step, audio-s/s, peak GiB.
 
 ``loader``: per core, soundfile FLAC decode (SPHERE in a dry run without FLAC files) and the speed-perturbation
-resampling of :class:`asr.data.dataset.AudioDataset`, then the project's loader (bucketed 600 s batches, ``collate``, pinned
-memory on CUDA) with 1.. N workers: audio-s/s and the cores one GPU needs at 6,000 audio-s/s.
+resampling of :class:`asr.data.dataset.AudioDataset`, then the project's loader (bucketed 600 s batches,
+``collate``, pinned memory on CUDA) with 1.. N workers: audio-s/s and the cores one GPU needs at 6,000 audio-s/s.
 
 ``--dry``: tiny shapes on the CPU, a second or so per part: ``make test`` runs it (tests/test_gpu_check.py).
 """
