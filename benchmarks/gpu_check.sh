@@ -24,7 +24,8 @@ set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 DRY=${DRY:-0}
-PY=${PY:-python3}
+[[ -x .venv/bin/python ]] && DEFAULT_PY=$PWD/.venv/bin/python || DEFAULT_PY=python3  # `make install` made .venv here
+PY=${PY:-$DEFAULT_PY}
 OUT=${OUT:-/tmp/gpu-check}
 WORK=$(mktemp -d /tmp/gpu-check-work.XXXXXX)
 mkdir -p "$OUT"

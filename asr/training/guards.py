@@ -102,12 +102,12 @@ class NonFiniteGuard(L.Callback):
             if bool(bad):  # this optimiser must be told on the host
                 for p in params:
                     p.grad = None
-            self._flush(trainer)
+            self._flush()
             return
-        if len(self._pending) >= (self.check_every_n_steps or 1):
-            self._flush(trainer)
+        if len(self._pending) >= self.check_every_n_steps:
+            self._flush()
 
-    def _flush(self, trainer: L.Trainer | None, stop: bool = True) -> None:
+    def _flush(self, stop: bool = True) -> None:
         """Read the pending steps' flags (one read for all): count, log, and stop after too many in a row."""
         if not self._pending:
             return
@@ -137,13 +137,13 @@ class NonFiniteGuard(L.Callback):
                       batch_size=max(1, len(self._ids)))
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._flush(trainer)
+        self._flush()
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._flush(trainer, stop=False)
+        self._flush(stop=False)
 
     def state_dict(self) -> dict[str, Any]:
-        self._flush(None, stop=False)  # a checkpoint holds the counts up to its own step
+        self._flush(stop=False)  # a checkpoint holds the counts up to its own step
         return {"skipped": self.skipped, "consecutive": self.consecutive}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
