@@ -103,7 +103,13 @@ def prepare_inputs(cfg: DictConfig, module: ASRModule, out_dir: Path) -> L.Light
             (out_dir / "global_stats.json").write_text(json.dumps(stats) + "\n")
     rule = UtteranceFilter(module.label_tokenizers, module.output_frames, cfg.features.sample_rate)
     if cfg.data_check and rank_zero_only.rank == 0:  # a report (data_check.json): one rank writes it
-        check_manifests({"train": cfg.data.train_manifest, "val": cfg.data.val_manifest}, rule, out_dir)
+        train = cfg.data.train_manifest
+        if cfg.data.get("train_shards") and not (train and Path(train).is_file()):
+            log.info("data check: training from shards without the training manifest beside them: the training "
+                     "utterances are checked as they are read")
+            train = None
+        check_manifests({"train": train, "val": cfg.data.val_manifest} if train else {"val": cfg.data.val_manifest},
+                        rule, out_dir)
     return instantiate(cfg.data, tokenizer=module.tokenizer, output_frames=module.output_frames,
                        extra_tokenizers=module.label_tokenizers[1:])
 

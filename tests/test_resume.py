@@ -1,7 +1,8 @@
 """Exact mid-epoch resume, as a user runs it: ``python -m asr.train ... checkpoint.every_n_steps=N hydra.run.dir=D``,
 SIGKILLed after a step checkpoint, then the same command with ``resume=auto``. The resumed run must train on the same
 utterances in the same order and end with weights ``torch.equal`` to an uninterrupted run's: one process, and two DDP
-processes (gloo on CPU). Speed perturbation, SpecAugment, dropout and a loader worker are all on."""
+processes (gloo on CPU), from the manifest and from tar shards. Speed perturbation, SpecAugment, dropout and a loader
+worker are all on."""
 
 from __future__ import annotations
 
@@ -55,15 +56,25 @@ def _kill_after_first_step_checkpoint(cmd: list[str], run: Path) -> dict:
     return torch.load(last, weights_only=True)
 
 
-@pytest.mark.parametrize("world", [1, 2], ids=["one-process", "ddp-2-processes"])
-def test_sigkill_mid_epoch_then_resume_auto_is_exact(tiny_dir, tmp_path, world):
-    extra = DDP if world == 2 else []
+def _shards(tiny_dir: Path, out: Path) -> list[str]:
+    """Train from tar shards of the fixture (7 shards, buffers of 8 utterances, ~2 per batch), not its manifest."""
+    from asr.data.shards import write_shards
+
+    write_shards(tiny_dir / "train.jsonl", out, shard_seconds=3.0)
+    return [f"data.train_shards={out}", "data.shuffle_buffer=8", "data.max_batch_seconds=2"]
+
+
+@pytest.mark.parametrize(("world", "shards"), [(1, False), (2, False), (1, True), (2, True)],
+                         ids=["one-process", "ddp-2-processes", "shards-one-process", "shards-ddp-2-processes"])
+def test_sigkill_mid_epoch_then_resume_auto_is_exact(tiny_dir, tmp_path, world, shards):
+    extra = (DDP if world == 2 else []) + (_shards(tiny_dir, tmp_path / "shards") if shards else [])
     clean, killed = tmp_path / "uninterrupted", tmp_path / "killed"
     _run(_command(tiny_dir, clean, extra))
 
     ckpt = _kill_after_first_step_checkpoint(_command(tiny_dir, killed, extra), killed)
     steps_per_epoch = len(read_trace(f"{clean}.trace")) // 2
-    assert ckpt["ASRDataModule"] == {"epoch": 0, "batches_done": ckpt["global_step"]}
+    assert ckpt["ASRDataModule"] == {"epoch": 0, "batches_done": ckpt["global_step"], "world_size": world,
+                                     "num_workers": 1}
     assert 0 < ckpt["global_step"] < steps_per_epoch  # killed in the middle of the first epoch
     assert len(ckpt["rng_states"]["ranks"]) == world  # each rank's random generators
     _run([*_command(tiny_dir, killed, extra), "resume=auto"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
@@ -10,19 +11,35 @@ import torch
 import torchaudio.functional as AF
 
 
-def load_audio(path: str | os.PathLike, sample_rate: int = 16000) -> torch.Tensor:
-    """Decode an audio file (anything libsndfile reads: SPHERE, FLAC, WAV, ...) to mono float32.
+def load_audio(path: str | os.PathLike | BinaryIO, sample_rate: int = 16000) -> torch.Tensor:
+    """Decode an audio file (anything libsndfile reads: SPHERE, FLAC, WAV, ...), or a file object holding one (a
+    member of a tar shard), to mono float32.
 
     Multi-channel audio is averaged to mono; other sample rates are resampled to ``sample_rate``.
 
     Returns:
         (S,) float32 waveform in [-1, 1].
     """
-    data, sr = sf.read(str(path), dtype="float32", always_2d=True)  # (S, C)
+    data, sr = sf.read(path if hasattr(path, "read") else str(path), dtype="float32", always_2d=True)  # (S, C)
     wav = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]))
     if sr != sample_rate:
         wav = AF.resample(wav, sr, sample_rate)
     return wav
+
+
+def bad_samples(wav: torch.Tensor) -> str | None:
+    """Why a decoded waveform cannot train (no samples, NaN or inf), else ``None``."""
+    if wav.numel() == 0:
+        return "no samples"
+    if not bool(torch.isfinite(wav).all()):
+        return "NaN or inf samples"
+    return None
+
+
+def speed_perturb(wav: torch.Tensor, sample_rate: int, factor: float) -> torch.Tensor:
+    """``wav`` played ``factor`` times faster (tempo and pitch, as Kaldi's ``sox speed``): read as if recorded at
+    ``sample_rate * factor``, brought back to ``sample_rate``, so 1/factor as long."""
+    return wav if factor == 1.0 else AF.resample(wav, int(round(sample_rate * factor)), sample_rate)
 
 
 def probe_audio(path: str | os.PathLike) -> tuple[sf._SoundFileInfo | None, str | None]:

@@ -13,6 +13,8 @@ from asr.data.dataset import AudioDataset, collate
 from asr.data.filter import KINDS, UtteranceFilter
 from asr.data.manifest import Utterance, read_manifest
 from asr.data.sampler import BucketBatchSampler
+from asr.data.shard_dataset import ShardDataset
+from asr.data.shard_loader import ShardBatchSampler, ShardIndex
 from asr.text import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,11 @@ class ASRDataModule(L.LightningDataModule):
         output_frames: samples -> model output frames ((N,) tensors); when given, training utterances too
             short for their label under CTC are dropped and counted (:mod:`asr.data.filter`).
         extra_tokenizers: other tokenizers every label must fit (the intermediate CTC's own units).
+        train_shards: train from the tar shards in this folder (``python -m asr.shard``) instead of
+            ``train_manifest``: :mod:`asr.data.shard_loader` (validation and test stay on their manifests).
+        shard_url: where the shards' tars are read from, a template with ``{name}`` (e.g. ``pipe:aws s3 cp
+            s3://bucket/corpus/{name} -``); ``None``: beside ``index.json`` in ``train_shards``.
+        shuffle_buffer: with shards, the utterances a loader worker sorts into batches together.
     """
 
     def __init__(
@@ -58,8 +65,15 @@ class ASRDataModule(L.LightningDataModule):
         seed: int = 0,
         output_frames: Callable[[torch.Tensor], torch.Tensor] | None = None,
         extra_tokenizers: Sequence[Tokenizer] = (),
+        train_shards: str | None = None,
+        shard_url: str | None = None,
+        shuffle_buffer: int = 500,
     ) -> None:
         super().__init__()
+        if train_shards and cache_audio:
+            raise ValueError("data.cache_audio=true reads the training manifest's files; it does not apply to "
+                             "data.train_shards: set one of them")
+        self.train_shards, self.shard_url, self.shuffle_buffer = train_shards, shard_url, shuffle_buffer
         self.speed_perturb = list(speed_perturb or [])
         self.cache_audio = cache_audio
         self.tokenizer = tokenizer
@@ -106,7 +120,10 @@ class ASRDataModule(L.LightningDataModule):
                             cache=self.cache_audio and train)
 
     def setup(self, stage: str | None = None) -> None:
-        if stage in (None, "fit"):
+        if stage in (None, "fit") and self.train_shards:
+            self.datasets["train"] = ShardDataset(ShardIndex(self.train_shards, self.shard_url), self.tokenizer,
+                                                  self.filter, self.sample_rate, self.speed_perturb)
+        elif stage in (None, "fit"):
             self.datasets["train"] = self._load(self.train_manifest, "train", train=True)
             if self.cache_audio:
                 self.datasets["train"].fill_cache()
@@ -115,9 +132,12 @@ class ASRDataModule(L.LightningDataModule):
         if stage in (None, "test") and self.test_manifest:
             self.datasets["test"] = self._load(self.test_manifest, "test")
 
-    def _loader(self, split: str, train: bool) -> DataLoader:
+    def _batch_sampler(self, split: str, train: bool) -> BucketBatchSampler | ShardBatchSampler:
         ds = self.datasets[split]
-        sampler = BucketBatchSampler(
+        if isinstance(ds, ShardDataset):
+            return ShardBatchSampler(ds.index, self.max_batch_seconds, self.num_workers, self.shuffle_buffer,
+                                     self.min_duration, self.max_duration, self.seed)
+        return BucketBatchSampler(
             [u.duration for u in ds.utterances],
             self.max_batch_seconds if train else self.eval_batch_seconds,
             # evaluation batches are cut from one sorted list: least padding, same batches every time
@@ -127,6 +147,10 @@ class ASRDataModule(L.LightningDataModule):
             seed=self.seed,
             draw_seeds=train,
         )
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        ds = self.datasets[split]
+        sampler = self._batch_sampler(split, train)
         if train and self._resume_at is not None:
             sampler.resume(*self._resume_at)
             self._resume_at = None
@@ -143,15 +167,17 @@ class ASRDataModule(L.LightningDataModule):
         )
 
     def state_dict(self) -> dict[str, int]:
-        """Where training stands, saved with every checkpoint: ``{"epoch", "batches_done"}`` (the next epoch and 0 at
-        an epoch's end; ``trainer.limit_train_batches`` may end it early)."""
+        """Where training stands, saved with every checkpoint: ``{"epoch", "batches_done", "world_size",
+        "num_workers"}`` (the next epoch and 0 at an epoch's end; ``trainer.limit_train_batches`` may end it early;
+        the shards' plan depends on the last two)."""
         trainer = self.trainer
         if trainer is None:
             return {}
         done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        streams = {"world_size": trainer.world_size, "num_workers": self.num_workers}
         if done >= trainer.num_training_batches:
-            return {"epoch": trainer.current_epoch + 1, "batches_done": 0}
-        return {"epoch": trainer.current_epoch, "batches_done": done}
+            return {"epoch": trainer.current_epoch + 1, "batches_done": 0, **streams}
+        return {"epoch": trainer.current_epoch, "batches_done": done, **streams}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         """The training loader built next continues that epoch after its trained batches, in the same order.
@@ -161,6 +187,12 @@ class ASRDataModule(L.LightningDataModule):
         """
         if state:
             self._resume_at = (int(state["epoch"]), int(state["batches_done"]))
+            streams = (state.get("world_size"), state.get("num_workers"))
+            if self.train_shards and self.trainer is not None and streams != (self.trainer.world_size,
+                                                                                self.num_workers):
+                log.warning("resuming shard training with %d ranks x %d loader workers, saved with %s x %s: the "
+                            "shards are dealt to the streams anew, so the rest of this epoch is not the batches the "
+                            "run would have trained", self.trainer.world_size, self.num_workers, *streams)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)
