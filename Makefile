@@ -42,12 +42,16 @@ test-slow: install  ## tests marked slow
 lint: install
 	$(BIN)/ruff check asr tests hydra_plugins
 
-bench: install  ## training throughput (pipeline vs bare loop, padding), dropout/AdamW, LibriSpeech prepare speed
+bench: install  ## training throughput, LSTM variants, prepare speed, long runs, loader cost per core, data at scale, 0.5 h rehearsal
 	$(BIN)/python benchmarks/train_throughput.py $(ARGS)
 	$(BIN)/python benchmarks/lstm_variants.py
 	$(BIN)/python benchmarks/step_parts.py
 	$(BIN)/python benchmarks/prepare_librispeech.py
 	$(BIN)/python benchmarks/long_runs.py
+	$(BIN)/python benchmarks/loader.py
+	$(BIN)/python benchmarks/manifest_scale.py --utterances 100000
+	$(BIN)/python benchmarks/shard_scale.py
+	$(BIN)/python benchmarks/rehearsal.py --hours 0.5
 
 clean:
 	rm -rf $(VENV) .pytest_cache

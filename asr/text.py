@@ -9,18 +9,15 @@ import base64
 import json
 import logging
 import os
-import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-_SPACES = re.compile(r"\s+")
-
 
 def normalize_text(text: str) -> str:
     """Lower-case and collapse white space: the form WER is computed on."""
-    return _SPACES.sub(" ", text.lower()).strip()
+    return " ".join(text.lower().split())  # split() and regex \s agree on white space
 
 
 class CharTokenizer:
@@ -45,12 +42,12 @@ class CharTokenizer:
 
     def unknown_chars(self, text: str) -> set[str]:
         """Characters of ``text`` (already normalised) that the tokenizer cannot encode."""
-        return {c for c in text if c not in self._ids}
+        return set(text).difference(self._ids)
 
     def encode(self, text: str) -> list[int]:
         """Ids of a normalised text. Raises ValueError naming any character outside the vocabulary."""
         try:
-            return [self._ids[c] for c in text]
+            return list(map(self._ids.__getitem__, text))
         except KeyError as err:
             raise ValueError(
                 f"character {err.args[0]!r} in {text!r} is not in the tokenizer's vocabulary {self.vocab!r}"

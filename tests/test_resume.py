@@ -64,8 +64,13 @@ def _shards(tiny_dir: Path, out: Path) -> list[str]:
     return [f"data.train_shards={out}", "data.shuffle_buffer=8", "data.max_batch_seconds=2"]
 
 
-@pytest.mark.parametrize(("world", "shards"), [(1, False), (2, False), (1, True), (2, True)],
-                         ids=["one-process", "ddp-2-processes", "shards-one-process", "shards-ddp-2-processes"])
+@pytest.mark.parametrize(("world", "shards"), [
+    pytest.param(1, False, id="one-process"),
+    pytest.param(2, False, id="ddp-2-processes"),
+    # slow (CI runs them with make test-slow): together 2 minutes on 2 cores
+    pytest.param(1, True, id="shards-one-process", marks=pytest.mark.slow),
+    pytest.param(2, True, id="shards-ddp-2-processes", marks=pytest.mark.slow),
+])
 def test_sigkill_mid_epoch_then_resume_auto_is_exact(tiny_dir, tmp_path, world, shards):
     extra = (DDP if world == 2 else []) + (_shards(tiny_dir, tmp_path / "shards") if shards else [])
     clean, killed = tmp_path / "uninterrupted", tmp_path / "killed"

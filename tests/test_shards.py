@@ -111,6 +111,10 @@ def test_an_epoch_reads_every_utterance_once_with_its_audio(tiny_dir, tmp_path, 
         for k, uid in enumerate(b.ids):
             assert torch.equal(b.audio[k, : b.audio_lengths[k]], load_audio(utts[uid].audio_filepath))
     if workers == 0:
+        tok = CharTokenizer()
+        dataset, sampler = ShardDataset(index, tok, UtteranceFilter([tok])), ShardBatchSampler(index, 4.0, 0)
+        loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate)
+        assert [b.ids for b in loader] == [b.ids for b in loader]  # one dataset read twice in one process
         later = [i for b in _epoch(index, 0, epoch=1, shuffle_buffer=6) for i in b.ids]
         assert sorted(later) == sorted(ids) and later != ids  # every epoch: all of them, in another order
 
@@ -175,3 +179,16 @@ def test_errors_name_the_setting_and_the_fix(tiny_dir, tmp_path):
         len(ShardBatchSampler(ShardIndex(tmp_path / "s"), 2.0, 2, num_replicas=2, rank=0))
     proc = _cli(f"manifest={tmp_path / 'missing.jsonl'}", f"out={tmp_path / 'x'}")
     assert proc.returncode == 2 and "missing.jsonl does not exist" in proc.stderr
+
+
+def test_readme_pipe_override_composes(tiny_dir, tmp_path):
+    """The README's ``data.shard_url`` override, as written, reaches the DataModule with its ``{name}``."""
+    import shlex
+
+    from tests.conftest import compose_train
+
+    readme = (ROOT / "README.md").read_text()
+    line = next(ln for ln in readme.splitlines() if "data.shard_url=" in ln)
+    override = next(tok for tok in shlex.split(line) if tok.startswith("data.shard_url="))
+    cfg = compose_train([f"data.train_shards={tmp_path}", override])
+    assert cfg.data.shard_url == "pipe:aws s3 cp s3://bucket/train-960h/{name} -"

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from asr.data.dataset import AudioDataset, collate
 from asr.data.filter import KINDS, UtteranceFilter
-from asr.data.manifest import Utterance, read_manifest
+from asr.data.manifest import ManifestTable, Utterance
 from asr.data.sampler import BucketBatchSampler
 from asr.data.shard_dataset import ShardDataset
 from asr.data.shard_loader import ShardBatchSampler, ShardIndex
@@ -98,24 +98,28 @@ class ASRDataModule(L.LightningDataModule):
     def _load(self, manifest: str, split: str, train: bool = False) -> AudioDataset:
         """The usable utterances of a manifest (:mod:`asr.data.filter`; durations and CTC lengths in training only),
         the others listed in :attr:`rejected` and counted in the log."""
-        utts = read_manifest(manifest)
-        frames = self.filter.frames(utts) if train else None
-        kept: list[Utterance] = []
         dropped: dict[str, list[str]] = {kind: [] for kind in KINDS}
-        for i, u in enumerate(utts):
-            rejected = self.filter.reject(u, frames[i] if frames is not None else None, check_duration=train)
-            if rejected is None:
-                kept.append(u)
-                continue
-            kind, why = rejected
-            dropped[kind].append(u.id)
-            self.rejected.append({"id": u.id, "split": split, "manifest": str(manifest), "reason": why})
+        seen = 0
+
+        def keep(utts: list[Utterance]) -> list[bool]:
+            nonlocal seen
+            seen += len(utts)
+            verdicts = self.filter.rejects(utts, check_duration=train, check_ctc=train)
+            for u, rejected in zip(utts, verdicts, strict=True):
+                if rejected is not None:
+                    kind, why = rejected
+                    dropped[kind].append(u.id)
+                    self.rejected.append({"id": u.id, "split": split, "manifest": str(manifest), "reason": why})
+            return [rejected is None for rejected in verdicts]
+
+        # the kept lines as offsets into the manifest: no Python object per utterance, none copied into the workers
+        kept = ManifestTable.read(manifest, keep)
         for kind, ids in dropped.items():
             if ids:
                 log.warning("%s (%s): dropped %d utterances %s: %s%s", manifest, split, len(ids), KINDS[kind],
                             ", ".join(ids[:20]), " ..." if len(ids) > 20 else "")
-        if not kept:
-            raise ValueError(f"{split} manifest {manifest} has no usable utterances (of {len(utts)})")
+        if not len(kept):
+            raise ValueError(f"{split} manifest {manifest} has no usable utterances (of {seen})")
         return AudioDataset(kept, self.tokenizer, self.sample_rate, self.speed_perturb if train else None,
                             cache=self.cache_audio and train)
 
@@ -138,7 +142,7 @@ class ASRDataModule(L.LightningDataModule):
             return ShardBatchSampler(ds.index, self.max_batch_seconds, self.num_workers, self.shuffle_buffer,
                                      self.min_duration, self.max_duration, self.seed)
         return BucketBatchSampler(
-            [u.duration for u in ds.utterances],
+            ds.durations,
             self.max_batch_seconds if train else self.eval_batch_seconds,
             # evaluation batches are cut from one sorted list: least padding, same batches every time
             num_buckets=self.num_buckets if train else 1,

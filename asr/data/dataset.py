@@ -9,13 +9,14 @@ import time
 from collections.abc import Sequence
 from typing import NamedTuple
 
+import numpy as np
 import soundfile as sf
 import torch
 import torchaudio.functional as AF
 from torch.utils.data import Dataset
 
 from asr.data.audio import load_audio
-from asr.data.manifest import Utterance
+from asr.data.manifest import ManifestTable, Utterance
 from asr.text import Tokenizer, normalize_text
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,8 @@ class AudioDataset(Dataset):
         speed_perturb: Sequence[float] | None = None,
         cache: bool = False,
     ) -> None:
-        self.utterances = list(utterances)
+        # a table stays one: its lines are read when asked for, and forked loader workers share its arrays
+        self.utterances = utterances if isinstance(utterances, ManifestTable) else list(utterances)
         # index -> decoded waveform; (index, factor) -> that waveform at speed ``factor``
         self.cache: dict[int | tuple[int, float], torch.Tensor] | None = {} if cache else None
         self.tokenizer = tokenizer
@@ -82,6 +84,13 @@ class AudioDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.utterances)
+
+    @property
+    def durations(self) -> np.ndarray:
+        """(N,) seconds of each utterance, from the manifest: a table's own array (no line is read)."""
+        if isinstance(self.utterances, ManifestTable):
+            return self.utterances.durations
+        return np.array([u.duration for u in self.utterances], dtype=np.float64)
 
     def _decoded(self, index: int) -> torch.Tensor | LoadFailure:
         """Utterance ``index``'s waveform at ``sample_rate``, from the cache when it holds it."""

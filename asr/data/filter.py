@@ -60,6 +60,8 @@ class UtteranceFilter:
 
     def unknown_chars(self, text: str) -> set[str]:
         """Characters of a normalised text that any of the tokenizers cannot encode."""
+        if len(self.tokenizers) == 1:
+            return self.tokenizers[0].unknown_chars(text)
         return set().union(*(t.unknown_chars(text) for t in self.tokenizers))
 
     def reject(self, utt: Utterance, frames: int | None = None, check_duration: bool = False) -> tuple[str, str] | None:
@@ -79,6 +81,24 @@ class UtteranceFilter:
         lo, hi = self.min_duration, self.max_duration
         if check_duration and ((lo is not None and utt.duration < lo) or (hi is not None and utt.duration > hi)):
             return "duration", f"duration {utt.duration} s outside data.min_duration..data.max_duration"
-        if frames is not None and frames < (need := ctc_min_frames(self.tokenizers[0].encode(text))):
+        if frames is None:
+            return None
+        ids = self.tokenizers[0].encode(text)
+        # a label needs at most 2 len - 1 frames: counting its repeats is only worth it for the short utterances
+        if frames < 2 * len(ids) - 1 and frames < (need := ctc_min_frames(ids)):
             return "ctc", f"too short for its label under CTC ({frames} frames < {need})"
         return None
+
+    def rejects(self, utterances: Sequence[Utterance], check_duration: bool = False, check_ctc: bool = True,
+                ) -> list[tuple[str, str] | None]:
+        """:meth:`reject` of each utterance, their output frames computed together.
+
+        Args:
+            utterances: the utterances (a chunk of a manifest: see :meth:`asr.data.manifest.ManifestTable.read`).
+            check_duration: apply ``[min_duration, max_duration]``.
+            check_ctc: check the CTC length (when the filter has ``output_frames``).
+        """
+        frames = self.frames(utterances) if check_ctc else None
+        if frames is None:
+            return [self.reject(u, None, check_duration) for u in utterances]
+        return [self.reject(u, n, check_duration) for u, n in zip(utterances, frames, strict=True)]

@@ -2,16 +2,20 @@
 
     {"audio_filepath": "wav/a.sph", "duration": 2.3, "text": "yes", "id": "an251-fash-b", "speaker": "fash"}
 
-Relative paths are relative to the manifest's folder.
+Relative paths are relative to the manifest's folder. :func:`read_manifest` gives a list of :class:`Utterance`;
+:class:`ManifestTable` gives the same sequence in 16 bytes an utterance, re-reading a line when it is asked for.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from array import array
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -25,13 +29,7 @@ class Utterance:
     speaker: str = ""
 
 
-def read_manifest(path: str | os.PathLike) -> list[Utterance]:
-    """Read a JSONL manifest; relative audio paths are resolved against the manifest's folder.
-
-    Raises:
-        FileNotFoundError: the manifest does not exist (the message says how to make one).
-        ValueError: a line is not valid JSON or lacks ``audio_filepath``/``duration``/``text``.
-    """
+def _existing(path: str | os.PathLike) -> Path:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
@@ -39,30 +37,203 @@ def read_manifest(path: str | os.PathLike) -> list[Utterance]:
             f"(`python -m asr.prepare recipe=<name> stage=all`, e.g. recipe=an4) or point the "
             f"data.*_manifest settings at your own JSONL files"
         )
-    base = path.parent
+    return path
+
+
+def _resolve(audio: str, base: str) -> str:
+    """``str(Path(audio))``, joined to the folder ``base`` when relative; without building a Path for plain ones (a
+    string with nothing ``Path`` would respell: no ``//``, no ``.`` part, no trailing ``/``)."""
+    if (isinstance(audio, str) and audio not in ("", ".") and "//" not in audio and "/./" not in audio
+            and not audio.startswith("./") and not audio.endswith(("/", "/."))):
+        if audio[0] == "/" or base == ".":
+            return audio
+        return base + audio if base.endswith("/") else f"{base}/{audio}"
+    path = Path(audio)
+    return str(path if path.is_absolute() else base / path)
+
+
+def _parse(line: str, base: str) -> Utterance:
+    """One manifest line -> :class:`Utterance` (raises what :func:`_not_a_line` turns into the user's error)."""
+    d = json.loads(line)
+    return Utterance(
+        audio_filepath=_resolve(d["audio_filepath"], base),
+        duration=float(d["duration"]),
+        text=str(d["text"]),
+        id=str(d.get("id", d["audio_filepath"])),
+        speaker=str(d.get("speaker", "")),
+    )
+
+
+_LINE_ERRORS = (json.JSONDecodeError, KeyError, TypeError, ValueError)  # UnicodeDecodeError is a ValueError
+
+
+def _not_a_line(path: Path, lineno: int, err: Exception) -> ValueError:
+    return ValueError(
+        f"{path}:{lineno}: not a manifest line ({err.__class__.__name__}: {err}); each line must be "
+        f'a JSON object with "audio_filepath", "duration" and "text"'
+    )
+
+
+def read_manifest(path: str | os.PathLike) -> list[Utterance]:
+    """Read a JSONL manifest; relative audio paths are resolved against the manifest's folder.
+
+    Raises:
+        FileNotFoundError: the manifest does not exist (the message says how to make one).
+        ValueError: a line is not valid JSON or lacks ``audio_filepath``/``duration``/``text``.
+    """
+    path = _existing(path)
     utts = []
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                d = json.loads(line)
-                audio = Path(d["audio_filepath"])
-                utts.append(
-                    Utterance(
-                        audio_filepath=str(audio if audio.is_absolute() else base / audio),
-                        duration=float(d["duration"]),
-                        text=str(d["text"]),
-                        id=str(d.get("id", d["audio_filepath"])),
-                        speaker=str(d.get("speaker", "")),
-                    )
-                )
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-                raise ValueError(
-                    f"{path}:{lineno}: not a manifest line ({err.__class__.__name__}: {err}); each line must be "
-                    f'a JSON object with "audio_filepath", "duration" and "text"'
-                ) from None
+                utts.append(_parse(line, str(path.parent)))
+            except _LINE_ERRORS as err:
+                raise _not_a_line(path, lineno, err) from None
     return utts
+
+
+class _File:
+    """A manifest opened for ``os.pread``, shared by the tables cut from it.
+
+    The descriptor is opened once, so a manifest replaced on disk later (``write_manifest`` renames a new file into
+    place) does not change the lines a table reads. ``pread`` keeps no file position, so the loader workers forked
+    from this process read through the same descriptor; a pickled copy (workers started by spawn) opens the path
+    again.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.base = path, str(path.parent)  # base: what relative audio paths are relative to
+        self.fd = os.open(path, os.O_RDONLY)
+
+    def read(self, offset: int, size: int) -> bytes:
+        return os.pread(self.fd, size, offset)
+
+    def lineno(self, offset: int) -> int:
+        """The line number of the line at byte ``offset`` (for error messages only: reads the file up to it)."""
+        count, pos = 1, 0
+        while pos < offset:
+            block = self.read(pos, min(1 << 20, offset - pos))
+            if not block:
+                break
+            count, pos = count + block.count(b"\n"), pos + len(block)
+        return count
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["path"])
+
+    def __del__(self) -> None:
+        if getattr(self, "fd", None) is not None:
+            os.close(self.fd)
+
+
+class ManifestTable(Sequence[Utterance]):
+    """A manifest's utterances, held as three arrays: each line's byte offset and length, and its duration.
+
+    ``table[i]`` reads line ``i`` again (``os.pread``) and parses it as :func:`read_manifest` does: an utterance
+    takes 16 bytes instead of Python objects of several hundred, and the loader workers forked from this process share
+    the arrays' pages instead of copying them (reading an array touches no reference count). :meth:`select` keeps a
+    subset without reading any line.
+
+    Args:
+        file: the opened manifest.
+        offsets: (N,) int64 byte offset of each utterance's line.
+        lengths: (N,) int32 byte length of each line.
+        durations: (N,) float32 seconds, from the manifest (for samplers: no line is read).
+    """
+
+    CHUNK = 4096  # lines parsed and handed to ``keep`` at a time, and read back together when iterating
+    BLOCK = 8 << 20  # bytes: the most one read of a chunk's lines may span
+
+    def __init__(self, file: _File, offsets: np.ndarray, lengths: np.ndarray, durations: np.ndarray) -> None:
+        self.file = file
+        self.offsets, self.lengths, self.durations = offsets, lengths, durations
+
+    @property
+    def path(self) -> Path:
+        return self.file.path
+
+    @classmethod
+    def read(cls, path: str | os.PathLike, keep: Callable[[list[Utterance]], Sequence[bool]] | None = None,
+             ) -> ManifestTable:
+        """Read a manifest, parsing each line once; errors as :func:`read_manifest`'s.
+
+        Args:
+            path: the JSONL manifest.
+            keep: given the utterances of up to :attr:`CHUNK` lines, which of them the table keeps (default: all);
+                no utterance object outlives its chunk.
+        """
+        file = _File(_existing(path))
+        offsets, lengths, durations = array("q"), array("i"), array("f")
+        chunk: list[tuple[int, int, Utterance]] = []
+
+        def flush() -> None:
+            if not chunk:
+                return
+            verdicts = keep([u for _, _, u in chunk]) if keep is not None else [True] * len(chunk)
+            for (offset, length, utt), kept in zip(chunk, verdicts, strict=True):
+                if kept:
+                    offsets.append(offset)
+                    lengths.append(length)
+                    durations.append(utt.duration)
+            chunk.clear()
+
+        offset = 0
+        with open(file.fd, "rb", closefd=False) as f:  # the descriptor the table reads: the same file
+            for lineno, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                    if line.strip():
+                        chunk.append((offset, len(raw), _parse(line, file.base)))
+                except _LINE_ERRORS as err:
+                    raise _not_a_line(file.path, lineno, err) from None
+                offset += len(raw)
+                if len(chunk) >= cls.CHUNK:
+                    flush()
+        flush()
+        return cls(file, np.array(offsets, np.int64), np.array(lengths, np.int32), np.array(durations, np.float32))
+
+    def select(self, index: np.ndarray | Sequence[int]) -> ManifestTable:
+        """The utterances at ``index`` (positions, or a boolean mask of ``len(self)``), in its order."""
+        index = np.asarray(index)
+        if index.dtype != bool:
+            index = index.astype(np.int64, copy=False)
+        return ManifestTable(self.file, self.offsets[index], self.lengths[index], self.durations[index])
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def _utterance(self, raw: bytes, offset: int) -> Utterance:
+        try:
+            return _parse(raw.decode("utf-8"), self.file.base)
+        except _LINE_ERRORS as err:
+            raise _not_a_line(self.path, self.file.lineno(offset), err) from None
+
+    def __getitem__(self, i: int | slice) -> Utterance | ManifestTable:
+        if isinstance(i, slice):
+            return self.select(np.arange(len(self))[i])
+        offset = int(self.offsets[i])  # numpy raises IndexError out of range and counts negative ones from the end
+        return self._utterance(self.file.read(offset, int(self.lengths[i])), offset)
+
+    def __iter__(self) -> Iterator[Utterance]:
+        """The utterances in order; nearby lines are read in one ``pread`` (a whole table: the file in blocks)."""
+        for lo in range(0, len(self), self.CHUNK):
+            offsets = self.offsets[lo: lo + self.CHUNK]
+            ends = offsets + self.lengths[lo: lo + self.CHUNK]
+            first, last = int(offsets.min()), int(ends.max())
+            if last - first > self.BLOCK:  # lines far apart (a sparse or shuffled selection): one by one
+                yield from (self[i] for i in range(lo, min(lo + self.CHUNK, len(self))))
+                continue
+            block = self.file.read(first, last - first)
+            for offset, end in zip((offsets - first).tolist(), (ends - first).tolist(), strict=True):
+                yield self._utterance(block[offset:end], first + offset)
+
+    def __repr__(self) -> str:
+        return f"ManifestTable({str(self.path)!r}, {len(self)} utterances)"
 
 
 def write_manifest(path: str | os.PathLike, utterances: Sequence[Utterance]) -> None:

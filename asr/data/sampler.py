@@ -4,6 +4,7 @@ each step, resumable mid-epoch."""
 from __future__ import annotations
 
 import random
+from array import array
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -11,9 +12,83 @@ import torch
 from torch.utils.data import Sampler
 
 Item = int | tuple[int, int]  # an utterance index, or (index, seed of its augmentation draws)
+BLOCK = 1 << 16  # utterances whose durations are packed into batches at a time
 
 
-class BucketBatchSampler(Sampler[list[Item]]):
+class _Batches(Sequence[list[int]]):
+    """Batches as slices of one array of utterance indices: batch ``k`` is ``order[starts[k]:stops[k]]``. An epoch
+    of a million utterances is then a few arrays, not a million Python ints."""
+
+    def __init__(self, order: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> None:
+        self.order, self.starts, self.stops = order, starts, stops
+
+    @staticmethod
+    def concat(parts: Sequence[_Batches]) -> _Batches:
+        """The batches of ``parts`` (slices of one ``order``) one after the other."""
+        assert all(p.order is parts[0].order for p in parts)
+        return _Batches(parts[0].order, np.concatenate([p.starts for p in parts]),
+                        np.concatenate([p.stops for p in parts]))
+
+    def take(self, ids: np.ndarray) -> _Batches:
+        """Batches ``ids``, in that order."""
+        return _Batches(self.order, self.starts[ids], self.stops[ids])
+
+    def singletons(self) -> _Batches:
+        """Each utterance of these batches as a batch of its own, in order."""
+        order = np.concatenate([self.indices(k) for k in range(len(self))])
+        return _Batches(order, np.arange(len(order)), np.arange(1, len(order) + 1))
+
+    def indices(self, k: int) -> np.ndarray:
+        """Batch ``k`` as an array."""
+        return self.order[self.starts[k]: self.stops[k]]
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, k: int) -> list[int]:
+        return self.indices(k).tolist()
+
+
+class EpochBatchSampler(Sampler[list]):
+    """What the training batch samplers share: the epoch Lightning sets, a resume point, the DDP world.
+
+    Subclasses set ``epoch``, ``start``, ``_num_replicas`` and ``_rank`` and define ``__len__``.
+    """
+
+    epoch: int
+    start: int  # batches of this epoch already trained (set by resume, consumed by the next iteration)
+    _num_replicas: int | None
+    _rank: int | None
+
+    @property
+    def sampler(self) -> EpochBatchSampler:
+        """Lightning calls ``set_epoch`` on ``loader.batch_sampler.sampler`` (the index sampler of torch's
+        ``BatchSampler``); this batch sampler orders the indices itself."""
+        return self
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning at the start of each epoch."""
+        if epoch != self.epoch:
+            self.start = 0
+        self.epoch = epoch
+
+    def resume(self, epoch: int, batches_done: int) -> None:
+        """Continue ``epoch`` after its first ``batches_done`` batches (the next epoch when it has no more)."""
+        self.epoch, self.start = epoch, batches_done
+        if batches_done >= len(self):
+            self.epoch, self.start = epoch + 1, 0
+
+    @property
+    def world(self) -> tuple[int, int]:
+        """(num_replicas, rank) in force."""
+        if self._num_replicas is not None:
+            return self._num_replicas, self._rank or 0
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_world_size(), torch.distributed.get_rank()
+        return 1, 0
+
+
+class BucketBatchSampler(EpochBatchSampler):
     """Batches of similar-length utterances, bounded by padded audio seconds, DDP-aware and resumable.
 
     Utterances are split by duration into ``num_buckets`` equal-count buckets. Each epoch, the order within
@@ -66,7 +141,9 @@ class BucketBatchSampler(Sampler[list[Item]]):
     ) -> None:
         if max_batch_seconds <= 0:
             raise ValueError(f"data.max_batch_seconds must be > 0, got {max_batch_seconds}")
-        self.durations = np.asarray(durations, dtype=np.float64)
+        self.durations = np.asarray(durations)  # a float32 array (a manifest table's) is kept, not copied
+        if self.durations.dtype not in (np.float32, np.float64):
+            self.durations = self.durations.astype(np.float64)
         self.max_batch_seconds = float(max_batch_seconds)
         self.num_buckets = max(1, int(num_buckets))
         self.shuffle = shuffle
@@ -79,100 +156,89 @@ class BucketBatchSampler(Sampler[list[Item]]):
         self._rank = rank
         self._epoch_length: dict[tuple[int, int], int] = {}  # (world, rank) -> training batches per epoch
         order = np.argsort(self.durations, kind="stable")
-        self._buckets = [b for b in np.array_split(order, self.num_buckets) if len(b)]
+        self._order = order.astype(np.int32) if len(order) < 2**31 else order  # utterances by duration
+        self._buckets = [b for b in np.array_split(self._order, self.num_buckets) if len(b)]
 
-    @property
-    def sampler(self) -> BucketBatchSampler:
-        """Lightning calls ``set_epoch`` on ``loader.batch_sampler.sampler`` (the index sampler of torch's
-        ``BatchSampler``); this batch sampler orders the indices itself."""
-        return self
 
-    def set_epoch(self, epoch: int) -> None:
-        """Called by Lightning at the start of each epoch."""
-        if epoch != self.epoch:
-            self.start = 0
-        self.epoch = epoch
 
-    def resume(self, epoch: int, batches_done: int) -> None:
-        """Continue ``epoch`` after its first ``batches_done`` batches (the next epoch when it has no more)."""
-        self.epoch, self.start = epoch, batches_done
-        if batches_done >= len(self):
-            self.epoch, self.start = epoch + 1, 0
-
-    @property
-    def world(self) -> tuple[int, int]:
-        """(num_replicas, rank) in force."""
-        if self._num_replicas is not None:
-            return self._num_replicas, self._rank or 0
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return torch.distributed.get_world_size(), torch.distributed.get_rank()
-        return 1, 0
-
-    def _bucket_batches(self, rng: random.Random) -> list[list[list[int]]]:
-        """Each bucket's batches (utterances shuffled within the bucket)."""
-        out = []
+    def _bucket_batches(self, rng: random.Random) -> list[_Batches]:
+        """Each bucket's batches (utterances shuffled within the bucket), as slices of one index array."""
+        order = self._order.copy()
+        out, first = [], 0
         for bucket in self._buckets:
-            idx = list(bucket)
+            idx = order[first: first + len(bucket)]
             if self.shuffle:
-                rng.shuffle(idx)
-            batches: list[list[int]] = []
-            batch: list[int] = []
-            longest = 0.0
-            for i in idx:
-                d = float(self.durations[i])
-                if batch and max(longest, d) * (len(batch) + 1) > self.max_batch_seconds:
-                    batches.append(batch)
-                    batch, longest = [], 0.0
-                batch.append(int(i))
-                longest = max(longest, d)
-            if batch:
-                batches.append(batch)
-            out.append(batches)
+                # shuffled in place: random.shuffle only swaps, so the order is that of a shuffled list
+                rng.shuffle(memoryview(idx))
+            cuts = array("q", [first])  # where each batch starts
+            size, longest = 0, 0.0
+            for lo in range(0, len(idx), BLOCK):  # durations as Python floats, a block at a time
+                for k, d in enumerate(self.durations[idx[lo: lo + BLOCK]].tolist(), first + lo):
+                    if size and max(longest, d) * (size + 1) > self.max_batch_seconds:
+                        cuts.append(k)
+                        size, longest = 0, 0.0
+                    size += 1
+                    longest = max(longest, d)
+            starts = np.array(cuts, dtype=np.int64)
+            first += len(idx)
+            out.append(_Batches(order, starts, np.append(starts[1:], first)))
         return out
 
-    def _rank_batches(self, epoch: int | None = None) -> list[list[int]]:
+    def _epoch_batches(self, epoch: int | None = None) -> _Batches:
         """This rank's batches of ``epoch`` (default: the current one), whole (not held to :meth:`__len__`)."""
         rng = random.Random(self.seed + (self.epoch if epoch is None else epoch))
         per_bucket = self._bucket_batches(rng)
+        if not per_bucket:
+            return _Batches(self._order, np.zeros(0, np.int64), np.zeros(0, np.int64))
+        everything = _Batches.concat(per_bucket)  # batch numbers below count in this order
         world, rank = self.world
         if self.drop_last:  # training: groups of `world` batches from one bucket, one per rank
-            groups, rest = [], []
+            whole, rest, first = [], [], 0
             for b in per_bucket:
-                whole = len(b) // world * world
-                groups += [b[i: i + world] for i in range(0, whole, world)]
-                rest += b[whole:]
+                cut = first + len(b) // world * world
+                whole.append(np.arange(first, cut))
+                rest.append(np.arange(cut, first + len(b)))
+                first += len(b)
             # each bucket's remainder, in duration order: grouped with the neighbouring buckets' remainders
-            groups += [rest[i: i + world] for i in range(0, len(rest) - world + 1, world)]
+            left = np.concatenate(rest)
+            grouped = np.concatenate([*whole, left[: len(left) // world * world]])  # group g: [g * world, +world)
+            groups = np.arange(len(grouped) // world, dtype=np.int64)
             if self.shuffle:
-                rng.shuffle(groups)
-            batches = [g[rank] for g in groups]
-        else:  # evaluation: all batches in turn, none repeated
-            everything = [b for bucket in per_bucket for b in bucket]
-            if self.shuffle:
-                rng.shuffle(everything)
-            if 1 < world and len(everything) < world:  # every rank needs a batch: one utterance each
-                everything = [[i] for b in everything for i in b]
-            batches = everything[rank::world]
-        return batches
+                rng.shuffle(memoryview(groups))
+            return everything.take(grouped[groups * world + rank])
+        # evaluation: all batches in turn, none repeated
+        ids = np.arange(len(everything), dtype=np.int64)
+        if self.shuffle:
+            rng.shuffle(memoryview(ids))
+        if 1 < world and len(ids) < world:  # every rank needs a batch: one utterance each
+            everything = everything.take(ids).singletons()
+            ids = np.arange(len(everything))
+        return everything.take(ids[rank::world])
+
+    def _rank_batches(self, epoch: int | None = None) -> list[list[int]]:
+        """This rank's batches of ``epoch`` (default: the current one), whole, as lists."""
+        return list(self._epoch_batches(epoch))
 
     def __iter__(self) -> Iterator[list[Item]]:
-        batches = self._rank_batches()[: len(self)]
+        batches = self._epoch_batches()
+        stop = min(len(batches), len(self))
         start, self.start = self.start, 0
         if not self.draw_seeds:
-            yield from batches[start:]
+            yield from (batches[k] for k in range(start, stop))
             return
         # one seed per utterance and epoch, the same on every rank and in every run
         seeds = np.random.default_rng([self.seed, self.epoch]).integers(2**62, size=len(self.durations))
-        for b in batches[start:]:
-            yield [(i, int(seeds[i])) for i in b]
+        for k in range(start, stop):
+            b = batches.indices(k)
+            yield list(zip(b.tolist(), seeds[b].tolist(), strict=True))
 
     def __len__(self) -> int:
         """Batches of a whole epoch on this rank (a resumed epoch yields the ones after :attr:`start`): for training
         epoch 0's count, whatever the epoch (see the class docstring)."""
         if not self.drop_last:
-            return len(self._rank_batches())
+            return len(self._epoch_batches())
         world = self.world
         if world not in self._epoch_length:
-            self._epoch_length[world] = len(self._rank_batches(epoch=0))
+            self._epoch_length[world] = len(self._epoch_batches(epoch=0))
         return self._epoch_length[world]
 

@@ -109,23 +109,24 @@ class ShardDataset(Dataset):
         self.sample_rate = sample_rate
         self.speed_perturb = [float(f) for f in speed_perturb or []]
         self._readers: dict[int, _StreamReader] = {}  # per stream, in the worker process reading it
-        self._epoch: int | None = None
+        self._at = (-1, -1)  # (epoch, position) of the last batch read here
 
     def __len__(self) -> int:
         return len(self.index)
 
     def __getstate__(self) -> dict:
         """A loader worker starts with no stream open (what this process has read is not its)."""
-        return {**self.__dict__, "_readers": {}, "_epoch": None}
+        return {**self.__dict__, "_readers": {}, "_at": (-1, -1)}
 
     def __getitem__(self, item: int) -> Item:
         raise TypeError("ShardDataset reads whole planned batches (__getitems__), not single utterances")
 
     def __getitems__(self, batch: ShardBatch) -> list[Item]:
-        if batch.epoch != self._epoch:  # a new epoch deals the shards anew
+        if batch.epoch != self._at[0] or batch.position <= self._at[1]:  # a new epoch, or one read again: afresh
             for reader in self._readers.values():
                 reader.close()
-            self._readers, self._epoch = {}, batch.epoch
+            self._readers = {}
+        self._at = (batch.epoch, batch.position)
         reader = self._readers.setdefault(batch.stream, _StreamReader(self.index))
         reader.load(batch)
         return [self._item(reader.take(shard, member), seed) for shard, member, seed in batch.members]

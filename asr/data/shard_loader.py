@@ -32,9 +32,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-import torch
-from torch.utils.data import Sampler
 
+from asr.data.sampler import EpochBatchSampler
 from asr.data.shards import DURATIONS, INDEX
 
 log = logging.getLogger(__name__)
@@ -87,6 +86,7 @@ class ShardBatch(NamedTuple):
     """
 
     epoch: int
+    position: int  # in the rank's epoch
     stream: int
     buffer: int
     span: tuple[tuple[int, int, int], ...]
@@ -117,7 +117,7 @@ class _Stream(NamedTuple):
     buffers: list[int]  # the buffer each batch is cut from
 
 
-class ShardBatchSampler(Sampler[ShardBatch]):
+class ShardBatchSampler(EpochBatchSampler):
     """The plan of the module docstring, as a batch sampler (Lightning calls :meth:`set_epoch`; the DataModule
     :meth:`resume`).
 
@@ -149,28 +149,6 @@ class ShardBatchSampler(Sampler[ShardBatch]):
         self._num_replicas, self._rank = num_replicas, rank
         self._length: dict[tuple[int, int], int] = {}
 
-    @property
-    def sampler(self) -> ShardBatchSampler:
-        """Lightning calls ``set_epoch`` on ``loader.batch_sampler.sampler``."""
-        return self
-
-    @property
-    def world(self) -> tuple[int, int]:
-        if self._num_replicas is not None:
-            return self._num_replicas, self._rank or 0
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return torch.distributed.get_world_size(), torch.distributed.get_rank()
-        return 1, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:
-            self.start = 0
-        self.epoch = epoch
-
-    def resume(self, epoch: int, batches_done: int) -> None:
-        self.epoch, self.start = epoch, batches_done
-        if batches_done >= len(self):
-            self.epoch, self.start = epoch + 1, 0
 
     def deal(self, epoch: int) -> list[list[int]]:
         """The shards of every stream (rank-major: rank r's worker w is stream ``r * workers + w``) in ``epoch``."""
@@ -247,7 +225,7 @@ class ShardBatchSampler(Sampler[ShardBatch]):
             shard = np.searchsorted(self.index.offsets, idx, side="right") - 1
             members = tuple((int(s), int(i - self.index.offsets[s]), _draw_seed(self.seed, epoch, int(i)))
                             for s, i in zip(shard, idx, strict=True))
-            yield ShardBatch(epoch, k, stream.buffers[t], self._span(stream, stream.buffers[t]), members)
+            yield ShardBatch(epoch, n, k, stream.buffers[t], self._span(stream, stream.buffers[t]), members)
 
 
 def _draw_seed(seed: int, epoch: int, utterance: int) -> int:
