@@ -474,7 +474,7 @@ def train_command(work: Path, mode: str, steps: int, batch_seconds: float, worke
     check (its own stage), a :class:`StepClock` writing ``<run dir>/step_clock.json``."""
     run = work / "runs" / f"train-{mode}"
     cmd = [sys.executable, "-m", "asr.train", *recipe_overrides(work), f"hydra.run.dir={run}",
-           f"++trainer.max_steps={steps}", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.precision=32-true",
+           f"trainer.max_steps={steps}", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.precision=32-true",
            "+trainer.limit_val_batches=0", "eval_manifests=null", "data_check=false", "checkpoint.every_n_minutes=null",
            "trainer.log_every_n_steps=10", "trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false",
            f"data.max_batch_seconds={batch_seconds}", f"data.num_workers={workers}",
