@@ -12,10 +12,9 @@ from typing import NamedTuple
 import numpy as np
 import soundfile as sf
 import torch
-import torchaudio.functional as AF
 from torch.utils.data import Dataset
 
-from asr.data.audio import load_audio
+from asr.data.audio import bad_samples, load_audio, speed_perturb
 from asr.data.manifest import ManifestTable, Utterance
 from asr.text import Tokenizer, normalize_text
 
@@ -102,10 +101,8 @@ class AudioDataset(Dataset):
             wav = load_audio(u.audio_filepath, self.sample_rate)
         except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as err:
             return LoadFailure(u.id, f"{u.audio_filepath}: {err.__class__.__name__}: {err}")
-        if wav.numel() == 0:
-            return LoadFailure(u.id, f"{u.audio_filepath}: no samples")
-        if not bool(torch.isfinite(wav).all()):
-            return LoadFailure(u.id, f"{u.audio_filepath}: NaN or inf samples")
+        if (why := bad_samples(wav)) is not None:
+            return LoadFailure(u.id, f"{u.audio_filepath}: {why}")
         if self.cache is not None:
             self.cache[index] = wav
         return wav
@@ -115,7 +112,7 @@ class AudioDataset(Dataset):
         sample_rate, so 1/factor as long (cached with the waveform when the cache is on)."""
         out = self.cache.get((index, factor)) if self.cache is not None else None
         if out is None:
-            out = AF.resample(wav, int(round(self.sample_rate * factor)), self.sample_rate)
+            out = speed_perturb(wav, self.sample_rate, factor)
             if self.cache is not None:
                 self.cache[(index, factor)] = out
         return out
