@@ -213,7 +213,8 @@ def _evaluate_and_report(cfg: DictConfig, module: ASRModule, trainer: L.Trainer,
                     steps=trainer.global_step, device=str(trainer.strategy.root_device),
                     num_devices=trainer.world_size, best_val_wer=result["best_val_wer"],
                     model_selection=result["selection"] or {"chosen": "epoch"})
-    print(f"report: {build_report(out_dir)}")
+    report = build_report(out_dir)
+    print(f"report: {report} and {report.with_suffix('.html')} (one page: curves, WER, worst utterances to listen to)")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")

@@ -1,6 +1,6 @@
 """Rebuild what a run, or a set of runs, left to read.
 
-    python -m asr.report exp/an4/<run>                       # <run>/report.md and its plots (make report RUN=...)
+    python -m asr.report exp/an4/<run>                       # <run>/report.md, its plots, report.html (make report)
     python -m asr.report --seeds exp/an4/multirun_<time>     # WER mean ± std over the seeds of the runs below
 """
 
@@ -14,8 +14,9 @@ from asr.report.seeds import write_summary
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="(Re)build <run dir>/report.md and its plots, or with --seeds "
-                                                 "the WER mean ± std over seeds of the run dirs below a folder.")
+    parser = argparse.ArgumentParser(description="(Re)build <run dir>/report.md, its plots and report.html, "
+                                                 "or with --seeds the WER mean ± std over seeds of the run dirs "
+                                                 "below a folder.")
     parser.add_argument("folder", help="exp/<recipe>/<run> (a run dir written by asr.train), or with --seeds "
                                        "exp/<recipe>/multirun_<time> or any folder holding run dirs")
     parser.add_argument("--seeds", action="store_true",
@@ -27,7 +28,10 @@ def main(argv: list[str] | None = None) -> None:
             print(path.read_text(), end="")
         else:
             path = build_report(args.folder)
-    print(f"{'summary' if args.seeds else 'report'}: {path}")
+    if args.seeds:
+        print(f"summary: {path}")
+    else:
+        print(f"report: {path}\nreport: {path.with_name('report.html')} (one self-contained page, with audio)")
 
 
 if __name__ == "__main__":

@@ -30,30 +30,44 @@ def read_trn(path: str | os.PathLike) -> tuple[list[str], list[str]]:
     return ids, texts
 
 
+def word_pairs(ref: list[str], hyp: list[str], chunks: Sequence) -> list[tuple[str, str, str]]:
+    """Jiwer's alignment chunks -> one ``(op, ref word, hyp word)`` per aligned position.
+
+    ``op`` is ``""`` (correct), ``S``, ``D`` or ``I``; the missing word of a deletion or insertion is ``""``.
+    """
+    pairs = []
+    for c in chunks:
+        r, h = ref[c.ref_start_idx : c.ref_end_idx], hyp[c.hyp_start_idx : c.hyp_end_idx]
+        if c.type == "equal":
+            pairs += [("", w, w) for w in r]
+        elif c.type == "substitute":
+            pairs += [("S", a, b) for a, b in zip(r, h, strict=True)]
+        elif c.type == "delete":
+            pairs += [("D", a, "") for a in r]
+        else:  # insert
+            pairs += [("I", "", b) for b in h]
+    return pairs
+
+
 def align_words(ref: list[str], hyp: list[str], chunks: Sequence) -> tuple[str, str, list[tuple[str, str, str]]]:
     """Two aligned lines from jiwer's alignment chunks, sclite style: errors in UPPER case, gaps as ``***``.
 
     Returns:
         (ref line, hyp line, edits as ``(op, ref word, hyp word)`` with op in ``S``/``D``/``I``).
     """
+    return _aligned_lines(word_pairs(ref, hyp, chunks))
+
+
+def _aligned_lines(pairs: list[tuple[str, str, str]]) -> tuple[str, str, list[tuple[str, str, str]]]:
+    """:func:`word_pairs` -> the two aligned lines and the edits of :func:`align_words`."""
     ref_out, hyp_out, edits = [], [], []
-    for c in chunks:
-        r, h = ref[c.ref_start_idx : c.ref_end_idx], hyp[c.hyp_start_idx : c.hyp_end_idx]
-        if c.type == "equal":
-            pairs = [(w, w, "") for w in r]
-        elif c.type == "substitute":
-            pairs = [(a, b, "S") for a, b in zip(r, h, strict=True)]
-        elif c.type == "delete":
-            pairs = [(a, "", "D") for a in r]
-        else:  # insert
-            pairs = [("", b, "I") for b in h]
-        for a, b, op in pairs:
-            if op:
-                edits.append((op, a, b))
-                a, b = (a or "*" * len(b)).upper(), (b or "*" * len(a)).upper()
-            width = max(len(a), len(b))
-            ref_out.append(a.ljust(width))
-            hyp_out.append(b.ljust(width))
+    for op, a, b in pairs:
+        if op:
+            edits.append((op, a, b))
+            a, b = (a or "*" * len(b)).upper(), (b or "*" * len(a)).upper()
+        width = max(len(a), len(b))
+        ref_out.append(a.ljust(width))
+        hyp_out.append(b.ljust(width))
     return " ".join(ref_out).rstrip(), " ".join(hyp_out).rstrip(), edits
 
 
@@ -68,9 +82,10 @@ def error_analysis(
         top: how many substitution pairs, deleted words and inserted words to list.
 
     Returns:
-        ``{"worst": [{"id", "errors", "ref_words", "wer", "ref", "hyp"}], "substitutions": [[ref, hyp, n]],
+        ``{"worst": [{"id", "errors", "ref_words", "wer", "ref", "hyp", "words"}], "substitutions": [[ref, hyp, n]],
         "deletions": [[word, n]], "insertions": [[word, n]], "utterances_with_errors"}``; ``ref``/``hyp`` are
-        the aligned lines of :func:`align_words`.
+        the aligned lines of :func:`align_words`, ``words`` the aligned ``[op, ref word, hyp word]`` of
+        :func:`word_pairs` (what report.html colours).
     """
     if not (len(ids) == len(refs) == len(hyps)):
         raise ValueError(f"{len(ids)} ids, {len(refs)} references and {len(hyps)} hypotheses: they must match")
@@ -83,7 +98,8 @@ def error_analysis(
     ins: Counter[str] = Counter()
     utts = []
     for utt_id, ref, hyp, chunks in zip(ids, out.references, out.hypotheses, out.alignments, strict=True):
-        ref_line, hyp_line, edits = align_words(ref, hyp, chunks)
+        pairs = word_pairs(ref, hyp, chunks)
+        ref_line, hyp_line, edits = _aligned_lines(pairs)
         for op, a, b in edits:
             if op == "S":
                 subs[(a, b)] += 1
@@ -92,7 +108,8 @@ def error_analysis(
             else:
                 ins[b] += 1
         utts.append({"id": utt_id, "errors": len(edits), "ref_words": len(ref),
-                     "wer": round(len(edits) / max(len(ref), 1), 4), "ref": ref_line, "hyp": hyp_line})
+                     "wer": round(len(edits) / max(len(ref), 1), 4), "ref": ref_line, "hyp": hyp_line,
+                     "words": [list(p) for p in pairs]})
     ranked = sorted((u for u in utts if u["errors"]), key=lambda u: (-u["errors"], -u["wer"], u["id"]))
     return {
         "worst": ranked[:worst],

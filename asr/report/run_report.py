@@ -1,12 +1,13 @@
-"""A run's report: ``report.md`` and its PNG curves, built from what the run dir holds.
+"""A run's report: ``report.md`` and its PNG curves, and ``report.html``, built from what the run dir holds.
 
-    python -m asr.report exp/an4/<run>          # (re)build <run>/report.md
+    python -m asr.report exp/an4/<run>          # (re)build <run>/report.md and <run>/report.html
     make report RUN=exp/an4/<run>
 
 ``report.md`` shows the training curves (train/val loss, val WER and CER, learning rate, throughput) read
 from ``logs/metrics.csv``, the final WER table (``decode/<split>/report.json``), run facts (hours of audio,
 epochs, wall time, throughput, device) and, per split, the worst utterances, top confusions and the
-alignment picture that evaluation left in ``decode/<split>/``.
+alignment picture that evaluation left in ``decode/<split>/``. ``report.html`` (:mod:`asr.report.html`) shows the
+same on one self-contained page, with the worst utterances' audio and their errors coloured word by word.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from matplotlib.figure import Figure  # figures drawn straight to files: no pypl
 from omegaconf import DictConfig, OmegaConf
 
 from asr.report.analysis import analyse_decode_dir, format_errors
+from asr.report.html import SplitView, build_html
 
 
 def read_metrics(csv_path: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
@@ -90,6 +92,16 @@ def plot_curves(series: dict[str, list[tuple[int, float]]], out_dir: str | os.Pa
     return written
 
 
+def find_input(run_dir: Path, path: str) -> Path | None:
+    """A file the run was given (a manifest) as written, else relative to where the run was started: usually the
+    project root above ``exp/<recipe>/<run>``; None when neither exists."""
+    parents = run_dir.resolve().parents
+    for candidate in (Path(path), *([parents[2] / path] if len(parents) > 2 else [])):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def _audio_hours(run_dir: Path, config: DictConfig) -> float | None:
     """Training hours from ``data_check.json``, else from the train manifest named in ``config.yaml``."""
     check = run_dir / "data_check.json"
@@ -98,14 +110,11 @@ def _audio_hours(run_dir: Path, config: DictConfig) -> float | None:
         if "hours" in train:
             return float(train["hours"])
     manifest = OmegaConf.select(config, "data.train_manifest", throw_on_resolution_failure=False)
-    if not manifest:
+    path = find_input(run_dir, manifest) if manifest else None
+    if path is None:
         return None
-    # relative paths are relative to where the run was started: usually the project root above exp/
-    for path in (Path(manifest), run_dir.resolve().parents[2] / manifest):
-        if path.is_file():
-            with open(path) as f:
-                return sum(json.loads(line)["duration"] for line in f if line.strip()) / 3600
-    return None
+    with open(path) as f:
+        return sum(json.loads(line)["duration"] for line in f if line.strip()) / 3600
 
 
 def _wer_table(reports: dict[str, dict]) -> list[str]:
@@ -141,26 +150,44 @@ def _facts(run: Path, series: dict, info: dict, config: DictConfig, reports: dic
     ]
 
 
-def _error_sections(run: Path, reports: dict, worst: int) -> list[str]:
+def _split_views(run: Path, reports: dict) -> list[SplitView]:
+    """Per scored split: its report, error analysis (rebuilt from refs.txt/hyps.txt), manifest and alignment.png."""
+    views = []
+    for split, report in reports.items():
+        split_dir = run / "decode" / split
+        has_trn = (split_dir / "refs.txt").is_file() and (split_dir / "hyps.txt").is_file()
+        alignment = split_dir / "alignment.png"
+        views.append(SplitView(
+            name=split, report=report, analysis=analyse_decode_dir(split_dir) if has_trn else None,
+            manifest=find_input(run, report["manifest"]) if report.get("manifest") else None,
+            alignment=alignment if alignment.is_file() else None,
+        ))
+    return views
+
+
+def _error_sections(splits: list[SplitView], worst: int) -> list[str]:
     """Per split: the worst utterances and top confusions, and the alignment picture."""
     lines: list[str] = []
-    for split in reports:
-        split_dir = run / "decode" / split
-        if (split_dir / "refs.txt").is_file() and (split_dir / "hyps.txt").is_file():
-            analysis = analyse_decode_dir(split_dir)
+    for view in splits:
+        split, analysis = view.name, view.analysis
+        if analysis is not None:
             lines += ["", f"## Errors: {split}", "", format_errors(split, analysis, worst).replace("### ", "#### "),
                       "", f"All listed in [decode/{split}/errors.md](decode/{split}/errors.md)."]
-        if (split_dir / "alignment.png").is_file():
+        if view.alignment is not None:
             lines += ["", f"![{split} alignment](decode/{split}/alignment.png)"]
     return lines
 
 
 def build_report(run_dir: str | os.PathLike, worst: int = 5) -> Path:
-    """(Re)build ``<run_dir>/report.md`` and its PNGs (``<run_dir>/plots/``) from what the run dir holds.
+    """(Re)build ``<run_dir>/report.md`` and its PNGs (``<run_dir>/plots/``), and ``<run_dir>/report.html`` beside it
+    (the same on one self-contained page, with audio: :mod:`asr.report.html`), from what the run dir holds.
 
     Args:
         run_dir: ``exp/<recipe>/<run>``, with ``logs/metrics.csv`` and, after evaluation, ``decode/<split>/``.
         worst: how many worst utterances per split the report shows (``errors.md`` has more).
+
+    Returns:
+        the path of ``report.md``.
 
     Raises:
         FileNotFoundError: ``run_dir`` has no ``logs/metrics.csv`` (not a training run dir).
@@ -177,16 +204,22 @@ def build_report(run_dir: str | os.PathLike, worst: int = 5) -> Path:
     reports = {p.parent.name: json.loads(p.read_text()) for p in sorted((run / "decode").glob("*/report.json"))}
 
     facts = _facts(run, series, info, config, reports)
-    lines = [f"# Run report: {OmegaConf.select(config, 'name', default=run.parent.name)} / {run.name}", "",
-             f"Rebuild with `python -m asr.report {run}`.", "", "## Facts", "", "| | |", "|---|---|"]
+    splits = _split_views(run, reports)
+    title = f"Run report: {OmegaConf.select(config, 'name', default=run.parent.name)} / {run.name}"
+    rebuild = f"python -m asr.report {run}"
+    packages = ", ".join(f"{k} {v}" for k, v in info.get("packages", {}).items() if v)
+    lines = [f"# {title}", "", f"Rebuild with `{rebuild}`.", "", "## Facts", "", "| | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in facts]
-    if info.get("packages"):
-        lines += ["", "Packages: " + ", ".join(f"{k} {v}" for k, v in info["packages"].items() if v)]
+    if packages:
+        lines += ["", "Packages: " + packages]
     lines += ["", "## Final WER (best.ckpt, greedy)", ""]
     lines += _wer_table(reports) if reports else ["no decode/<split>/report.json yet: run asr.evaluate"]
     lines += ["", "## Curves", ""]
     lines += [f"![{p.stem}](plots/{p.name})" for p in plots] or ["logs/metrics.csv holds no curves yet"]
-    lines += _error_sections(run, reports, worst)
+    lines += _error_sections(splits, worst)
     path = run / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    page = build_html(title, facts + ([("packages", packages)] if packages else []), plots, splits, worst,
+                      sample_rate=OmegaConf.select(config, "features.sample_rate", default=None), rebuild=rebuild)
+    path.with_name("report.html").write_text(page, encoding="utf-8")
     return path
