@@ -2,7 +2,6 @@
 the run facts in the run dir, the opt-in TensorBoard logger and the seeds summary, on real runs of the tiny recipe
 (the committed AN4 fixture)."""
 
-import importlib.util
 import json
 import re
 import statistics
@@ -14,7 +13,6 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 import torch
-from hydra.errors import InstantiationException
 from omegaconf import OmegaConf
 
 from asr.report.__main__ import main
@@ -78,21 +76,24 @@ def test_run_dir_holds_resolved_config_commit_versions_and_seed(run):
     assert info["packages"]["torch"] == torch.__version__.split("+")[0] and info["torch_build"] == torch.__version__
     assert info["packages"]["pytorch-lightning"] and info["packages"]["matplotlib"]
     assert info["epochs"] == 3 and info["steps"] == 9 and info["device"] == "cpu" and info["train_seconds"] > 0
-    # CSV always; TensorBoard only when asked for (logger=[csv,tensorboard])
-    assert (out / "logs" / "metrics.csv").is_file() and not (out / "logs" / "tensorboard").exists()
+    # both loggers by default: the CSV (report.md's curves) and TensorBoard's event files
+    assert (out / "logs" / "metrics.csv").is_file() and any((out / "logs" / "tensorboard").glob("events.*"))
 
 
-def test_tensorboard_logger_is_opt_in(tiny_dir, tmp_path):
-    """logger=[csv,tensorboard]: event files beside the CSV when tensorboard is installed (pip install -e
-    '.[tensorboard]'); without it the run stops with an error that names the missing package."""
-    cfg = tiny_train_cfg(tiny_dir, tmp_path, ["logger=[csv,tensorboard]", "eval_manifests=null"])
-    if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
-        train(cfg)
-        assert any((tmp_path / "logs" / "tensorboard").glob("events.*"))
-        assert (tmp_path / "logs" / "metrics.csv").is_file()
-    else:
-        with pytest.raises(InstantiationException, match="tensorboard"):
-            train(cfg)
+def test_tensorboard_logs_by_default_the_same_scalars_as_the_csv(run, tiny_dir, tmp_path):
+    """The default loggers: TensorBoard event files beside logs/metrics.csv, holding the same training losses;
+    logger=[csv] turns TensorBoard off."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, _ = run
+    events = EventAccumulator(str(out / "logs" / "tensorboard")).Reload()
+    csv_loss = read_metrics(out / "logs" / "metrics.csv")["train/loss"]
+    tb_loss = [(e.step, e.value) for e in events.Scalars("train/loss")]
+    assert [s for s, _ in tb_loss] == [s for s, _ in csv_loss]
+    assert [v for _, v in tb_loss] == pytest.approx([v for _, v in csv_loss], rel=1e-6)
+    assert {"val/loss", "val/wer", "lr"} <= set(events.Tags()["scalars"])
+    train(tiny_train_cfg(tiny_dir, tmp_path, ["logger=[csv]", "eval_manifests=null"]))
+    assert (tmp_path / "logs" / "metrics.csv").is_file() and not (tmp_path / "logs" / "tensorboard").exists()
 
 
 def test_evaluation_lists_worst_utterances_confusions_and_alignment(run):
