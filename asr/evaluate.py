@@ -6,6 +6,8 @@
     python -m asr.evaluate checkpoint=... decoder=beam decoder.beam_size=50
     python -m asr.evaluate -m checkpoint=... decoder=beam_lm decoder.lexicon=... decoder.lm=... \
         decoder.lm_weight=0.5,1,1.5,2 decoder.word_score=-1,0,1
+    python -m asr.evaluate checkpoint=... quantize=int8   # int8 LSTM and linear layers, on the CPU
+    python -m asr.evaluate checkpoint=<folder> manifests='{test: data/an4/test.jsonl}'   # asr.export format=pretrained
 
 The model's log-probs are cached once per checkpoint and split (``cache_dir``), so a decoder sweep costs one
 forward pass per split and one search per point.
@@ -22,14 +24,15 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from asr.cli import user_errors
-from asr.report.run_info import run_dir_of
+from asr.pretrained import model_home
 from asr.report.scoring import evaluate_checkpoint, format_table
 
 
 def register_resolvers() -> None:
-    """``${run_dir_of:<checkpoint>}`` for ``conf/evaluate.yaml`` (where its outputs and cache go). Called before
-    the config is composed: by this module's ``__main__``, and by tests that compose the config themselves."""
-    OmegaConf.register_new_resolver("run_dir_of", lambda ckpt: str(run_dir_of(ckpt)), replace=True)
+    """``${run_dir_of:<checkpoint>}`` for ``conf/evaluate.yaml`` (where its outputs and cache go): a checkpoint's run
+    dir, or a model folder itself (:func:`asr.pretrained.model_home`). Called before the config is composed: by this
+    module's ``__main__``, and by tests that compose the config themselves."""
+    OmegaConf.register_new_resolver("run_dir_of", lambda ckpt: str(model_home(ckpt)), replace=True)
 
 
 def _decoder_settings(cfg: DictConfig) -> dict:
@@ -42,14 +45,16 @@ def _decoder_settings(cfg: DictConfig) -> dict:
 
 def _out_dir(cfg: DictConfig) -> str:
     """Where the splits go: the sweep point's folder in a multirun, else ``out_dir``, else ``<run dir>/decode``
-    (greedy) or ``<run dir>/decode/<decoder>``."""
+    (greedy, float) or ``<run dir>/decode/<decoder>``, ``<run dir>/decode/int8``, ``<run dir>/decode/<decoder>-int8``
+    (a model folder is its own run dir)."""
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode == RunMode.MULTIRUN:
         return hydra_cfg.runtime.output_dir
     if cfg.out_dir:
         return cfg.out_dir
     choice = hydra_cfg.runtime.choices.get("decoder", "greedy")
-    return str(run_dir_of(cfg.checkpoint) / "decode" / ("" if choice == "greedy" else choice))
+    name = "-".join(part for part in (choice if choice != "greedy" else "", cfg.quantize or "") if part)
+    return str(model_home(cfg.checkpoint) / "decode" / name)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
@@ -65,6 +70,7 @@ def main(cfg: DictConfig) -> dict[str, dict]:
             decoder=instantiate(cfg.decoder),
             decoder_settings=_decoder_settings(cfg),
             cache_dir=cfg.cache_dir,
+            quantize=cfg.quantize,
         )
     print(format_table(reports))
     print(f"per-split hyps.txt, refs.txt, report.json under {Path(out_dir)}")

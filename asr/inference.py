@@ -19,6 +19,8 @@ from asr.data.dataset import AudioDataset, collate
 from asr.data.manifest import read_manifest
 from asr.data.sampler import BucketBatchSampler
 from asr.decoding import Decoder
+from asr.pretrained import WEIGHTS, is_pretrained, saved_quantization
+from asr.quantize import check_quantize, quantize_int8
 from asr.text import normalize_text
 from asr.training.module import ASRModule
 
@@ -32,6 +34,17 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def load_model(
+    checkpoint: str, device: str = "auto", quantize: str | None = None
+) -> tuple[ASRModule, torch.device, str | None]:
+    """A checkpoint or exported folder on its device, and its quantisation: int8 when asked or when the folder holds
+    int8 weights (the device ``auto`` is then the CPU; int8 runs on the CPU only)."""
+    quantize = check_quantize(quantize) or saved_quantization(checkpoint)
+    dev = resolve_device("cpu" if quantize and device == "auto" else device)
+    module = ASRModule.load_for_inference(checkpoint, map_location=dev).to(dev)
+    return (quantize_int8(module) if quantize else module), dev, quantize
 
 
 @torch.inference_mode()
@@ -76,27 +89,31 @@ def compute_log_probs(
     }
 
 
-def _cache_key(checkpoint: str, manifest: str, device: torch.device) -> dict[str, Any]:
-    """What cached log-probs depend on: checkpoint and manifest (path, size, mtime) and the device."""
+def _cache_key(checkpoint: str, manifest: str, device: torch.device, quantize: str | None = None) -> dict[str, Any]:
+    """What cached log-probs depend on: the weights (the checkpoint file, or a model folder's ``model.safetensors``)
+    and the manifest (path, size, mtime), the device and the quantisation."""
     key: dict[str, Any] = {"version": CACHE_VERSION, "device": device.type}
-    for name, path in (("checkpoint", checkpoint), ("manifest", manifest)):
+    if quantize:  # only then: caches written before the setting existed stay valid
+        key["quantize"] = quantize
+    weights = Path(checkpoint) / WEIGHTS if is_pretrained(checkpoint) else Path(checkpoint)
+    for name, path in (("checkpoint", weights), ("manifest", Path(manifest))):
         st = os.stat(path)
         key.update(
-            {name: str(Path(path).resolve()), f"{name}_size": st.st_size, f"{name}_mtime_ns": st.st_mtime_ns}
+            {name: str(path.resolve()), f"{name}_size": st.st_size, f"{name}_mtime_ns": st.st_mtime_ns}
         )
     return key
 
 
 def cached_log_probs(
     module: ASRModule, checkpoint: str, manifest: str, device: torch.device, cache_file: str | None,
-    batch_seconds: float = 200.0, progress: bool = True,
+    batch_seconds: float = 200.0, progress: bool = True, quantize: str | None = None,
 ) -> dict[str, Any]:
     """:func:`compute_log_probs`, loaded from ``cache_file`` when made from the same checkpoint and manifest.
 
-    The result has ``cached`` (True when loaded); ``forward_seconds`` is the time the forward pass took when
-    the cache was written.
+    ``quantize`` says how ``module`` was quantised (``None`` or ``"int8"``), for the cache key only. The result has
+    ``cached`` (True when loaded); ``forward_seconds`` is the time the forward pass took when the cache was written.
     """
-    key = _cache_key(checkpoint, manifest, device)
+    key = _cache_key(checkpoint, manifest, device, quantize)
     if cache_file and Path(cache_file).is_file():
         try:
             data = torch.load(cache_file, map_location="cpu", weights_only=True)

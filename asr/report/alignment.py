@@ -3,59 +3,13 @@
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 
 import torch
-import torchaudio.functional as AF
 from matplotlib.figure import Figure  # figures drawn straight to files: no pyplot, no display backend
 
-from asr.text import Tokenizer, ctc_min_frames
-
-
-def forced_align(log_probs: torch.Tensor, targets: list[int], blank: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Best CTC path of ``targets`` through one utterance's log-probs (torchaudio's ``forced_align``).
-
-    Args:
-        log_probs: (T, C) log-probabilities of one utterance.
-        targets: token ids of the reference (no blank).
-        blank: index of the CTC blank.
-
-    Returns:
-        (T,) token id per frame (``blank`` between tokens) and (T,) its log-probability.
-
-    Raises:
-        ValueError: the reference is empty or needs more frames than the utterance has.
-    """
-    need = ctc_min_frames(targets)
-    if not targets or need > log_probs.shape[0]:
-        raise ValueError(
-            f"cannot align {len(targets)} tokens ({need - len(targets)} repeats) to {log_probs.shape[0]} frames: "
-            "CTC needs at least one frame per token plus one per repeat"
-        )
-    with warnings.catch_warnings():  # torchaudio marks the function deprecated; it is still the reference one
-        warnings.simplefilter("ignore")
-        path, scores = AF.forced_align(
-            log_probs.float().unsqueeze(0),  # (T, C) -> (1, T, C)
-            torch.tensor([targets], dtype=torch.int32),
-            torch.tensor([log_probs.shape[0]], dtype=torch.int32),
-            torch.tensor([len(targets)], dtype=torch.int32),
-            blank=blank,
-        )
-    return path[0], scores[0]
-
-
-def token_segments(path: torch.Tensor, blank: int = 0) -> list[tuple[int, int, int]]:
-    """(T,) frame labels -> ``[(token id, first frame, last frame + 1)]`` for each non-blank run."""
-    segments: list[tuple[int, int, int]] = []
-    prev = blank
-    for t, tok in enumerate(path.tolist()):
-        if tok != blank and tok == prev:
-            segments[-1] = (tok, segments[-1][1], t + 1)
-        elif tok != blank:
-            segments.append((tok, t, t + 1))
-        prev = tok
-    return segments
+from asr.text import Tokenizer
+from asr.timing import forced_align, token_segments  # noqa: F401 (re-exported: the report's alignment)
 
 
 def _symbol(tokenizer: Tokenizer, token: int) -> str:

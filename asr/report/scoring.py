@@ -12,11 +12,11 @@ from pathlib import Path
 import torch
 
 from asr.decoding import Decoder
-from asr.inference import cached_log_probs, decode_log_probs, resolve_device
+from asr.inference import cached_log_probs, decode_log_probs, load_model
 from asr.metrics import error_report
+from asr.pretrained import model_home
 from asr.report.alignment import save_sample_alignment
 from asr.report.analysis import write_error_analysis
-from asr.report.run_info import run_dir_of
 from asr.text import Tokenizer
 from asr.training.module import ASRModule
 
@@ -33,33 +33,37 @@ def evaluate_checkpoint(
     decoder: Callable[[Tokenizer], Decoder] | None = None,
     decoder_settings: dict | None = None,
     cache_dir: str | None = None,
+    quantize: str | None = None,
 ) -> dict[str, dict]:
     """Decode each manifest with ``checkpoint`` and write ``<out_dir>/<name>/``: ``hyps.txt``, ``refs.txt``,
     ``report.json``, the error analysis ``errors.{md,json}`` and ``alignment.png`` (:func:`write_split`).
 
     Args:
-        checkpoint: a ``.ckpt`` written by ``asr.train``.
-        manifests: ``{name: path}``; empty/None = the eval manifests stored in the checkpoint.
-        out_dir: default ``<run dir>/decode`` (the checkpoint's ``checkpoints/`` folder's parent).
-        device: ``auto``, ``cpu`` or ``cuda``.
+        checkpoint: a ``.ckpt`` written by ``asr.train``, or a model folder written by ``asr.export format=pretrained``.
+        manifests: ``{name: path}``; empty/None = the eval manifests stored in the checkpoint (a model folder keeps
+            none: they point into the training data).
+        out_dir: default ``<run dir>/decode`` (the checkpoint's ``checkpoints/`` folder's parent), or
+            ``<folder>/decode`` for a model folder (:func:`asr.pretrained.model_home`).
+        device: ``auto``, ``cpu`` or ``cuda`` (``auto`` is the CPU for an int8 model).
         batch_seconds: padded audio seconds per batch.
         decoder: builds the decoder from the checkpoint's tokenizer (``None``: greedy).
         decoder_settings: plain description of the decoder, copied into each report.
         cache_dir: keep the model's log-probs in ``<cache_dir>/<name>.pt`` and reuse them while the
-            checkpoint and manifest are unchanged (``None``: no cache).
+            checkpoint and manifest are unchanged (``None``: no cache); ``<name>.int8.pt`` for an int8 model.
+        quantize: ``int8``: quantise the LSTM and linear layers to int8 (:func:`asr.quantize.quantize_int8`, CPU
+            only); ``None``: as stored (float, or int8 for a folder exported with ``quantize=int8``).
 
     Returns:
         ``{name: report}`` (see :func:`asr.metrics.error_report`, plus timings, ``rtf`` and paths).
     """
-    dev = resolve_device(device)
-    module = ASRModule.load_for_inference(checkpoint, map_location=dev).to(dev)
+    module, dev, quantize = load_model(checkpoint, device, quantize)
     dec = decoder(module.tokenizer) if decoder is not None else module.decoder
     manifests = dict(manifests or module.eval_manifests)
     if not manifests:
         raise ValueError(
             f"no manifests to evaluate: {checkpoint} stores none; pass manifests='{{test: path/to/test.jsonl}}'"
         )
-    out = Path(out_dir) if out_dir else run_dir_of(checkpoint) / "decode"
+    out = Path(out_dir) if out_dir else model_home(checkpoint) / "decode"
     settings = decoder_settings or {"name": type(dec).__name__}
     reports = {}
     for name, manifest in manifests.items():
@@ -68,13 +72,13 @@ def evaluate_checkpoint(
                 f"manifest {name}={manifest} does not exist; "
                 f"pass manifests='{{{name}: path/to/{name}.jsonl}}'"
             )
-        cache_file = str(Path(cache_dir) / f"{name}.pt") if cache_dir else None
-        data = cached_log_probs(module, checkpoint, manifest, dev, cache_file, batch_seconds, progress)
+        cache_file = str(Path(cache_dir) / f"{name}{'.' + quantize if quantize else ''}.pt") if cache_dir else None
+        data = cached_log_probs(module, checkpoint, manifest, dev, cache_file, batch_seconds, progress, quantize)
         start = time.perf_counter()
         hyps = decode_log_probs(dec, data["log_probs"])
         report = error_report(data["refs"], hyps)
         report.update(split=name, manifest=str(manifest), checkpoint=str(checkpoint), device=str(dev),
-                      decoder=settings, **_timings(data, time.perf_counter() - start))
+                      quantize=quantize, decoder=settings, **_timings(data, time.perf_counter() - start))
         write_split(out / name, module, data, hyps, report)
         reports[name] = report
     return reports

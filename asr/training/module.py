@@ -18,6 +18,7 @@ from asr.decoding import GreedyDecoder
 from asr.features import LogMelFeatures, SpecAugment
 from asr.metrics import error_counts
 from asr.model import BiLSTMCTC
+from asr.pretrained import is_pretrained, load_weights, read_config
 from asr.text import Tokenizer, normalize_text, tokenizer_from_state_dict
 from asr.training.checkpointing import load_checkpoint, validate_description
 from asr.training.inter_ctc import InterCTC
@@ -265,14 +266,35 @@ class ASRModule(L.LightningModule):
             torch.cuda.set_rng_state_all(states["cuda"])
 
     @classmethod
+    def from_description(cls, meta: dict[str, Any]) -> ASRModule:
+        """An untrained module for inference from a checked description (:meth:`describe`; see
+        :func:`asr.training.checkpointing.validate_description`): tokenizer, features and model, nothing to train."""
+        return cls(
+            tokenizer=tokenizer_from_state_dict(meta["tokenizer"]),
+            features=LogMelFeatures(**meta["features"]),
+            model=BiLSTMCTC(**meta["model"]),
+        )
+
+    @classmethod
     def load_for_inference(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> ASRModule:
-        """Rebuild a module from a checkpoint for decoding: tensors only (``weights_only``), no code run.
+        """Rebuild a module for decoding from a checkpoint, or from a model folder written by
+        ``asr.export format=pretrained`` (:mod:`asr.pretrained`): tensors and plain data only, no code run.
+
+        A folder written with ``quantize=int8`` gives an int8 module (:func:`asr.quantize.quantize_int8`), which
+        runs on the CPU only.
 
         Raises:
-            FileNotFoundError: no checkpoint at ``path``.
+            FileNotFoundError: no checkpoint at ``path``, or a file of the folder is missing (named).
             ValueError: the file is corrupt, not an asr checkpoint, or its description has unexpected
-                keys or types (see :func:`asr.training.checkpointing.validate_description`).
+                keys or types (see :func:`asr.training.checkpointing.validate_description`); an int8 folder
+                asked for on a GPU.
         """
+        if is_pretrained(path):
+            meta, quantize = read_config(path)
+            if quantize and torch.device(map_location).type != "cpu":
+                raise ValueError(f"{path} holds an int8 model (config.json: quantize=int8), which runs on the CPU "
+                                 f"only; pass device=cpu, or export a float folder for {map_location}")
+            return load_weights(cls.from_description(meta), path, quantize).eval()
         ckpt = load_checkpoint(path, map_location=map_location)
         if CHECKPOINT_KEY not in ckpt or "state_dict" not in ckpt:
             raise ValueError(f"{path} is not an asr checkpoint (no '{CHECKPOINT_KEY}' entry)")
@@ -280,12 +302,7 @@ class ASRModule(L.LightningModule):
             meta = validate_description(ckpt[CHECKPOINT_KEY])
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from None
-        tokenizer = tokenizer_from_state_dict(meta["tokenizer"])
-        module = cls(
-            tokenizer=tokenizer,
-            features=LogMelFeatures(**meta["features"]),
-            model=BiLSTMCTC(**meta["model"]),
-        )
+        module = cls.from_description(meta)
         module.load_state_dict(_inference_weights(ckpt["state_dict"]))
         module.eval_manifests = dict(meta.get("eval_manifests", {}))
         return module.eval()
