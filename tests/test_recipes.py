@@ -65,7 +65,7 @@ def test_every_recipe_composes_and_builds_without_data(recipe, tmp_path):
     best = callbacks["best_checkpoint"]
     assert isinstance(best, ModelCheckpoint) and best.monitor == "val/wer" and best.dirpath == str(tmp_path / "run" /
                                                                                                    "checkpoints")
-    assert [type(x).__name__ for x in instantiate_all(cfg.logger).values()] == ["CSVLogger"]
+    assert [type(x).__name__ for x in instantiate_all(cfg.logger).values()] == ["CSVLogger", "TensorBoardLogger"]
     trainer = build_trainer(cfg, callbacks, instantiate_all(cfg.logger))
     assert trainer.max_epochs == cfg.trainer.max_epochs
     datamodule = instantiate(cfg.data, tokenizer=module.tokenizer, output_frames=module.output_frames,
