@@ -24,13 +24,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from asr.cli import user_errors
-from asr.pretrained import model_home
+from asr.inference import model_home
 from asr.report.scoring import evaluate_checkpoint, format_table
 
 
 def register_resolvers() -> None:
     """``${run_dir_of:<checkpoint>}`` for ``conf/evaluate.yaml`` (where its outputs and cache go): a checkpoint's run
-    dir, or a model folder itself (:func:`asr.pretrained.model_home`). Called before the config is composed: by this
+    dir, or a model folder itself (:func:`asr.inference.model_home`). Called before the config is composed: by this
     module's ``__main__``, and by tests that compose the config themselves."""
     OmegaConf.register_new_resolver("run_dir_of", lambda ckpt: str(model_home(ckpt)), replace=True)
 

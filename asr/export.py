@@ -8,7 +8,7 @@ ONNX inputs ``audio`` (B, S) float32 and ``audio_lengths`` (B,) int64; outputs `
 ``lengths`` (B,). Class 0 is the blank; the tokenizer's classes follow in order (written beside the model
 as ``<output>.tokens.txt``, one a line, ``<blank>`` first; the space is written ``|``, a word model's words ``▁word``).
 
-``format=pretrained`` writes a folder to hand on (:mod:`asr.pretrained`: ``config.json``, ``model.safetensors``,
+``format=pretrained`` writes a folder to hand on (:mod:`asr.model_files`: ``config.json``, ``model.safetensors``,
 ``tokenizer.json``) with a model card ``README.md`` built from what the run dir holds (WER table, training data,
 the training command; "unknown" where it holds nothing). ``asr.transcribe`` and ``asr.evaluate`` take the folder as
 ``checkpoint=``. ``quantize=int8`` stores the LSTM and linear weights as int8 with one scale per row (about 4x
@@ -32,10 +32,11 @@ from torch import nn
 from asr.cli import user_errors
 from asr.decoding import decoder_tokens
 from asr.features import LogMelFeatures
-from asr.pretrained import CARD, CONFIG, TOKENIZER, WEIGHTS, model_home, save_pretrained
+from asr.inference import model_home
+from asr.model_files import CARD, CONFIG, TOKENIZER, WEIGHTS
 from asr.quantize import check_quantize, is_quantized, quantize_int8
+from asr.recognizer import Recognizer
 from asr.report.run_report import _audio_hours, _wer_table
-from asr.training.module import ASRModule
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ class DFTLogMel(nn.Module):
 class ExportableASR(nn.Module):
     """Waveforms -> log-probs as one graph: ``module``'s features (STFT as :class:`DFTLogMel`) and model."""
 
-    def __init__(self, module: ASRModule) -> None:
+    def __init__(self, module: Recognizer) -> None:
         super().__init__()
         self.features = module.features
         self.log_mel = DFTLogMel(module.features)
@@ -98,7 +99,7 @@ def export(checkpoint: str, fmt: str = "onnx", output: str | None = None, opset:
 
     Args:
         checkpoint: a ``.ckpt`` written by ``asr.train`` (or a model folder).
-        fmt: ``onnx``, ``torchscript`` or ``pretrained`` (a folder: :mod:`asr.pretrained`, with a model card).
+        fmt: ``onnx``, ``torchscript`` or ``pretrained`` (a folder: :mod:`asr.model_files`, with a model card).
         output: file (folder for ``pretrained``) to write; default ``<checkpoint without .ckpt>.onnx`` / ``.pt``,
             ``<run dir>/pretrained`` / ``pretrained-int8``.
         opset: ONNX opset.
@@ -110,7 +111,7 @@ def export(checkpoint: str, fmt: str = "onnx", output: str | None = None, opset:
     if check_quantize(quantize) and fmt == "onnx":
         raise ValueError("quantize=int8 is for format=pretrained or format=torchscript; quantise an ONNX model with "
                          "onnxruntime.quantization.quantize_dynamic")
-    module = ASRModule.load_for_inference(checkpoint)
+    module = Recognizer.load(checkpoint)
     if fmt == "onnx" and is_quantized(module):
         raise ValueError(f"{checkpoint} holds int8 weights, which ONNX export does not take; export the float "
                          f"checkpoint")
@@ -161,13 +162,13 @@ def _onnx(model: ExportableASR, audio: torch.Tensor, lengths: torch.Tensor, out:
     )
 
 
-def _export_pretrained(module: ASRModule, checkpoint: str, output: str | None, quantize: str | None,
+def _export_pretrained(module: Recognizer, checkpoint: str, output: str | None, quantize: str | None,
                        license: str) -> Path:
-    """The model folder of :mod:`asr.pretrained` plus its ``README.md`` (:func:`model_card`)."""
+    """The model folder of :mod:`asr.model_files` plus its ``README.md`` (:func:`model_card`)."""
     run = model_home(checkpoint)
     out = Path(output) if output else run / ("pretrained-int8" if quantize else "pretrained")
     params = sum(p.numel() for p in module.model.parameters())  # counted before quantisation replaces them
-    save_pretrained(module, out, quantize, info={"checkpoint": Path(checkpoint).name})
+    module.save_pretrained(out, quantize, info={"checkpoint": Path(checkpoint).name})
     card = model_card(module, run, out, params=params, quantize=quantize, license=license)
     (out / CARD).write_text(card, encoding="utf-8")
     return out
@@ -192,7 +193,7 @@ def _read_run(run: Path) -> tuple[dict[str, Any], Any, dict[str, dict]]:
     return info if isinstance(info, dict) else {}, config, reports
 
 
-def _describe_model(module: ASRModule, params: int, quantize: str | None) -> list[tuple[str, str]]:
+def _describe_model(module: Recognizer, params: int, quantize: str | None) -> list[tuple[str, str]]:
     m, f, tok = module.model.config, module.features.config, module.tokenizer.state_dict()
     front = "none" if m["subsampling"] == "none" else f"{m['subsampling']} x{m['subsampling_factor']}"
     arch = f"{front} subsampling -> {m['num_layers']} x BiLSTM({m['hidden_size']} per direction) -> linear -> CTC"
@@ -256,12 +257,12 @@ def _usage(path: str, quantize: str | None) -> list[str]:
             f"`asr.evaluate` writes its results and log-prob cache into `{path}/decode/` unless given `out_dir=` and "
             "`cache_dir=` (leave `decode/` out when publishing the folder).",
             *(["int8 weights run on the CPU only."] if quantize else []), "",
-            f'In Python: `ASRModule.load_for_inference("{path}")` (`asr.training.module`).', "",
+            f'In Python: `from asr import Recognizer; Recognizer.load("{path}").transcribe("a.wav")`.', "",
             "## Files", "", f"- `{CONFIG}`: model and feature settings", f"- `{WEIGHTS}`: the weights",
             f"- `{TOKENIZER}`: the tokenizer", ""]
 
 
-def model_card(module: ASRModule, run: Path, folder: Path, params: int, quantize: str | None = None,
+def model_card(module: Recognizer, run: Path, folder: Path, params: int, quantize: str | None = None,
                license: str = "unknown") -> str:
     """The ``README.md`` of a model folder: YAML front matter (Hub metadata), what the model is, its WER (the run's
     ``decode/<split>/report.json``), training data and command (``run.json``, ``config.yaml``, ``data_check.json``)

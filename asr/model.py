@@ -58,18 +58,6 @@ class ConvSubsampling(nn.Module):
         return x, self.output_lengths(lengths)
 
 
-_PACKED_NAMES = ("lstm.weight_ih", "lstm.weight_hh", "lstm.bias_ih", "lstm.bias_hh")
-
-
-def _packed_lstm_key(key: str) -> str | None:
-    """Map a parameter name of the old single ``nn.LSTM(bidirectional=True)`` to :class:`BiLSTM`'s, else None."""
-    name, _, rest = key.rpartition("_l")  # "lstm.weight_ih", "2_reverse"
-    layer, _, direction = rest.partition("_")
-    if name not in _PACKED_NAMES or not layer.isdigit() or direction not in ("", "reverse"):
-        return None
-    return f"lstm.layers.{layer}.{'bwd' if direction else 'fwd'}.{name[len('lstm.'):]}_l0"
-
-
 class BiLSTMCTC(nn.Module):
     """Stacked bidirectional LSTM acoustic model for CTC. Class 0 is the blank.
 
@@ -83,7 +71,7 @@ class BiLSTMCTC(nn.Module):
         subsampling_factor: time reduction of the front end (ignored for ``"none"``).
         shared_dropout: one dropout mask per utterance and channel for all frames (variational dropout) instead of
             a fresh mask per frame.
-        inter_classes: give the intermediate-CTC layer (:meth:`forward_with_intermediate`) an output layer of its own
+        inter_classes: give the intermediate-CTC layer (:meth:`forward` ``layer``) an output layer of its own
             with this many classes (e.g. characters under a sub-word final layer); ``None``: it shares the final
             output layer.
         condition_layer: self-conditioned CTC (Nozaki & Komatsu, 2021): the class posteriors of LSTM layer
@@ -110,18 +98,16 @@ class BiLSTMCTC(nn.Module):
         lstm: str = "auto",
     ) -> None:
         super().__init__()
+        if condition_layer and not 1 <= condition_layer < num_layers:
+            raise ValueError(f"model.condition_layer must be 1..{num_layers - 1} (below "
+                             f"model.num_layers={num_layers}) or 0 (off), got {condition_layer}")
         self.config = dict(
-            input_dim=input_dim, num_classes=num_classes, hidden_size=hidden_size, num_layers=num_layers,
-            dropout=dropout, subsampling=subsampling, subsampling_factor=subsampling_factor,
-            shared_dropout=shared_dropout, lstm=check_implementation(lstm),
+            input_dim=input_dim, num_classes=num_classes, hidden_size=hidden_size,
+            num_layers=num_layers, dropout=dropout, subsampling=subsampling,
+            subsampling_factor=subsampling_factor, shared_dropout=shared_dropout,
+            inter_classes=inter_classes, condition_layer=condition_layer,
+            lstm=check_implementation(lstm),
         )
-        if inter_classes is not None:  # only then: older checkpoints' descriptions stay as they were
-            self.config["inter_classes"] = inter_classes
-        if condition_layer:
-            if not 1 <= condition_layer < num_layers:
-                raise ValueError(f"model.condition_layer must be 1..{num_layers - 1} (below model.num_layers="
-                                 f"{num_layers}) or 0 (off), got {condition_layer}")
-            self.config["condition_layer"] = condition_layer
         self.condition_layer = condition_layer
         if subsampling == "stack":
             self.frontend: nn.Module | None = FrameStack(input_dim, subsampling_factor)
@@ -147,10 +133,27 @@ class BiLSTMCTC(nn.Module):
         """Output frames for ``lengths`` input frames."""
         return self.frontend.output_lengths(lengths) if self.frontend is not None else lengths
 
-    def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, T, F) features, (B,) frame counts -> (B, T', C) log-probs, (B,) output frame counts."""
-        outputs, _, lengths = self._encode(feats, lengths, every_layer=False)
-        return self._log_probs(outputs[-1]), lengths
+    def forward(
+        self, feats: torch.Tensor, lengths: torch.Tensor, layer: int | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        """(B, T, F) features, (B,) frame counts -> (B, T', C) log-probs, (B,) output frames.
+
+        With ``layer`` (1-based, below the last; intermediate CTC), also that LSTM layer's
+        log-probs, through the intermediate output layer if there is one:
+        ``(log_probs, layer_log_probs, lengths)``.
+        """
+        if layer is None:
+            outputs, _, lengths = self._encode(feats, lengths, every_layer=False)
+            return self._log_probs(outputs[-1]), lengths
+        if not 1 <= layer < len(self.lstm.layers):
+            raise ValueError(f"the intermediate CTC layer must be 1..{len(self.lstm.layers) - 1} "
+                             f"(model.num_layers={len(self.lstm.layers)}), got {layer}")
+        outputs, conditioned, lengths = self._encode(feats, lengths)
+        if layer == self.condition_layer:
+            inter = conditioned
+        else:
+            inter = self._log_probs(outputs[layer - 1], self.inter_classifier)
+        return self._log_probs(outputs[-1]), inter, lengths
 
     def _encode(
         self, feats: torch.Tensor, lengths: torch.Tensor, every_layer: bool = True
@@ -179,27 +182,3 @@ class BiLSTMCTC(nn.Module):
     def _log_probs(self, x: torch.Tensor, classifier: nn.Linear | None = None) -> torch.Tensor:
         logits = (classifier or self.classifier)(self.output_dropout(x))  # (B, T', 2H) -> (B, T', C)
         return logits.float().log_softmax(dim=-1)
-
-    def forward_with_intermediate(
-        self, feats: torch.Tensor, lengths: torch.Tensor, layer: int
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Like :meth:`forward`, plus the log-probs of LSTM layer ``layer`` (1-based) for intermediate CTC, through
-        the intermediate output layer if the model has one, else the final one:
-        ``(log_probs, intermediate_log_probs, lengths)``."""
-        if not 1 <= layer < len(self.lstm.layers):
-            raise ValueError(f"the intermediate CTC layer must be 1..{len(self.lstm.layers) - 1} "
-                             f"(model.num_layers={len(self.lstm.layers)}), got {layer}")
-        outputs, conditioned, lengths = self._encode(feats, lengths)
-        if layer == self.condition_layer:
-            inter = conditioned
-        else:
-            inter = self._log_probs(outputs[layer - 1], self.inter_classifier)
-        return self._log_probs(outputs[-1]), inter, lengths
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
-        # Checkpoints written before BiLSTM held one packed nn.LSTM("lstm.weight_ih_l0_reverse"): rename in place.
-        for key in [k for k in state_dict if k.startswith(prefix + "lstm.")]:
-            new = _packed_lstm_key(key[len(prefix):])
-            if new is not None:
-                state_dict[prefix + new] = state_dict.pop(key)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

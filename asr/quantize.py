@@ -16,13 +16,9 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-
-if TYPE_CHECKING:
-    from asr.training.module import ASRModule
 
 QUANTIZE = (None, "int8")
 SCALE_SUFFIX = "_scale"  # "<weight name>_scale": the (rows,) float32 scales of an int8 weight
@@ -58,7 +54,7 @@ def is_quantized(module: nn.Module) -> bool:
     return any(isinstance(m, _dynamic()) for m in module.modules())
 
 
-def quantize_int8(module: ASRModule) -> ASRModule:
+def quantize_int8(module: nn.Module) -> nn.Module:
     """Replace the LSTMs and linear layers of ``module.model`` by int8 dynamically quantised ones, in place.
 
     Per-channel symmetric int8 weights (one float scale per output row); activations are quantised per call. The
@@ -100,13 +96,13 @@ def _layer_tensors(layer: nn.Module, is_lstm: bool) -> tuple[dict[str, torch.Ten
     return {"weight": layer.weight()}, {"bias": layer.bias()}
 
 
-def float_state(module: ASRModule) -> dict[str, torch.Tensor]:
+def float_state(module: nn.Module) -> dict[str, torch.Tensor]:
     """``module.state_dict()`` without the quantised layers' entries: the tensors that stay float."""
     inside = tuple(prefix for prefix, _, _ in _quantized_layers(module.model, "model."))
     return {k: v for k, v in module.state_dict().items() if not (inside and k.startswith(inside))}
 
 
-def int8_weights(module: ASRModule) -> dict[str, torch.Tensor]:
+def int8_weights(module: nn.Module) -> dict[str, torch.Tensor]:
     """The state of a module made by :func:`quantize_int8` as plain tensors, keyed like its float state_dict.
 
     Each quantised weight ``<name>`` is a (rows, columns) int8 tensor plus ``<name>_scale``, its (rows,) float32
@@ -137,7 +133,7 @@ def _int8(tensors: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:
                                           torch.zeros_like(scales, dtype=torch.long), 0, torch.qint8)
 
 
-def load_int8_weights(module: ASRModule, tensors: Mapping[str, torch.Tensor]) -> set[str]:
+def load_int8_weights(module: nn.Module, tensors: Mapping[str, torch.Tensor]) -> set[str]:
     """Quantise ``module`` (:func:`quantize_int8`, in place) and give its quantised layers the weights and biases of
     ``tensors`` (as :func:`int8_weights` gives them); the float tensors (:func:`float_state`) are the caller's to load.
 

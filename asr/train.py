@@ -97,11 +97,12 @@ def build_trainer(cfg: DictConfig, callbacks: dict[str, L.Callback], loggers: di
 
 def prepare_inputs(cfg: DictConfig, module: ASRModule, out_dir: Path) -> L.LightningDataModule:
     """Before the fit: global feature statistics (if asked for), the data check, and the DataModule."""
-    if module.features.normalize == "global":
-        stats = fit_global_stats(module.features, cfg.data.train_manifest, cfg.global_stats_utterances, cfg.seed)
+    recognizer = module.recognizer
+    if recognizer.features.normalize == "global":
+        stats = fit_global_stats(recognizer.features, cfg.data.train_manifest, cfg.global_stats_utterances, cfg.seed)
         if rank_zero_only.rank == 0:
             (out_dir / "global_stats.json").write_text(json.dumps(stats) + "\n")
-    rule = UtteranceFilter(module.label_tokenizers, module.output_frames, cfg.features.sample_rate)
+    rule = UtteranceFilter(module.label_tokenizers, recognizer.output_frames, cfg.features.sample_rate)
     if cfg.data_check and rank_zero_only.rank == 0:  # a report (data_check.json): one rank writes it
         train = cfg.data.train_manifest
         if cfg.data.get("train_shards") and not (train and Path(train).is_file()):
@@ -110,7 +111,7 @@ def prepare_inputs(cfg: DictConfig, module: ASRModule, out_dir: Path) -> L.Light
             train = None
         check_manifests({"train": train, "val": cfg.data.val_manifest} if train else {"val": cfg.data.val_manifest},
                         rule, out_dir)
-    return instantiate(cfg.data, tokenizer=module.tokenizer, output_frames=module.output_frames,
+    return instantiate(cfg.data, tokenizer=recognizer.tokenizer, output_frames=recognizer.output_frames,
                        extra_tokenizers=module.label_tokenizers[1:])
 
 
@@ -121,6 +122,20 @@ def _data_and_tokenizer(cfg: DictConfig) -> Any:
         instantiate(cfg.prepare)
     check_manifests_exist(cfg)
     return instantiate(cfg.tokenizer)
+
+
+def check_resume_dir(resume: str | None, out_dir: Path, run_dir_given: bool) -> None:
+    """``resume=auto`` continues ``<run dir>/checkpoints/last.ckpt``. Without ``hydra.run.dir``,
+    Hydra names a new run dir by the time, which holds none: a fresh start would be silent, so it
+    is an error naming the fix and the newest run of the recipe that has a ``last.ckpt``."""
+    if resume != "auto" or run_dir_given or (out_dir / "checkpoints" / "last.ckpt").exists():
+        return
+    runs = sorted(out_dir.parent.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    newest = (f"; the newest run under {out_dir.parent} with one is {runs[-1].parents[1]}" if runs
+              else f"; no run under {out_dir.parent} has one")
+    raise ValueError(f"resume=auto continues <run dir>/checkpoints/last.ckpt, but hydra.run.dir was "
+                     f"not given, so this run got a new dir ({out_dir}) without one: add "
+                     f"hydra.run.dir=<the run to continue>{newest}")
 
 
 def check_shared_run_dir(hydra_overrides: Sequence[str]) -> None:
@@ -221,7 +236,10 @@ def _evaluate_and_report(cfg: DictConfig, module: ASRModule, trainer: L.Trainer,
 def main(cfg: DictConfig) -> float | None:
     log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
     with user_errors(TrainingDiverged, CheckpointWriteError, InstantiationException, DownloadError, RankZeroFailed):
-        check_shared_run_dir(HydraConfig.get().overrides.hydra)
+        overrides = HydraConfig.get().overrides.hydra
+        check_shared_run_dir(overrides)
+        check_resume_dir(cfg.resume, Path(cfg.paths.output_dir),
+                         any(o.startswith(("hydra.run.dir=", "hydra.sweep.dir=")) for o in overrides))
         result = train(cfg)
     # The value Hydra sweepers optimise: best dev WER.
     return result["best_val_wer"]

@@ -27,13 +27,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from asr.audio import load_audio  # noqa: E402
 from asr.cli import user_errors  # noqa: E402
-from asr.data.audio import load_audio  # noqa: E402
 from asr.data.manifest import read_manifest  # noqa: E402
 from asr.export import export  # noqa: E402
 from asr.metrics import error_report  # noqa: E402
+from asr.recognizer import Recognizer  # noqa: E402
 from asr.text import normalize_text  # noqa: E402
-from asr.training.module import ASRModule  # noqa: E402
 
 Batch = tuple[torch.Tensor, torch.Tensor, list[int]]  # (B, S) audio, (B,) lengths, manifest indices
 
@@ -64,7 +64,7 @@ def _pad(wavs: list[torch.Tensor], ids: list[int]) -> Batch:
 
 
 @torch.inference_mode()
-def forward_pass(module: ASRModule, data: list[Batch]) -> tuple[float, dict[int, str]]:
+def forward_pass(module: Recognizer, data: list[Batch]) -> tuple[float, dict[int, str]]:
     """Seconds of one forward pass over every batch, and the greedy hypotheses by manifest index."""
     hyps: dict[int, str] = {}
     start = time.perf_counter()
@@ -75,7 +75,7 @@ def forward_pass(module: ASRModule, data: list[Batch]) -> tuple[float, dict[int,
     return seconds, hyps
 
 
-def measure(module: ASRModule, data: list[Batch], refs: list[str], audio_seconds: float, threads: list[int],
+def measure(module: Recognizer, data: list[Batch], refs: list[str], audio_seconds: float, threads: list[int],
             runs: int) -> dict[str, float]:
     """WER and the median real-time factor at each thread count."""
     result: dict[str, float] = {}
@@ -118,7 +118,7 @@ def main() -> None:
         folders = {name: export(args.checkpoint, "pretrained", str(Path(tmp) / name), quantize=quantize)
                    for name, quantize in (("float32", None), ("int8", "int8"))}
         sizes = {name: (folder / "model.safetensors").stat().st_size for name, folder in folders.items()}
-        modules = {name: ASRModule.load_for_inference(folder) for name, folder in folders.items()}
+        modules = {name: Recognizer.load(folder) for name, folder in folders.items()}
     rate = modules["float32"].features.config["sample_rate"]
     data, refs, audio_seconds = batches(args.manifest, rate, args.batch_seconds)
     print(f"{args.manifest}: {len(refs)} utterances, {audio_seconds:.1f} s of audio in {len(data)} batches; "

@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 import rehearsal  # noqa: E402  (benchmarks/ on the path first)
 
-from asr.data.audio import load_audio  # noqa: E402
+from asr.audio import load_audio  # noqa: E402
 from asr.data.dataset import collate  # noqa: E402
 from asr.data.manifest import Utterance, read_manifest, write_manifest  # noqa: E402
 from asr.data.sampler import BucketBatchSampler  # noqa: E402

@@ -38,15 +38,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from asr.data.audio import load_audio  # noqa: E402
+from asr.audio import load_audio  # noqa: E402
 from asr.data.manifest import read_manifest  # noqa: E402
-from asr.inference import long_log_probs  # noqa: E402
+from asr.recognizer import Recognizer  # noqa: E402
 from asr.text import normalize_text  # noqa: E402
 from asr.timing import frame_energy_db, reference_words, snap_to_sound, transcript_words  # noqa: E402
-from asr.training.module import ASRModule  # noqa: E402
 from asr.transcribe import transcribe  # noqa: E402
-
-CPU = torch.device("cpu")
 
 
 def pct(values: list[float], q: float) -> float:
@@ -74,7 +71,7 @@ def load_utterances(args: argparse.Namespace) -> dict[str, list[tuple[str, str, 
     return sets
 
 
-def check_alignment(module: ASRModule, utts: list, use_reference: bool) -> dict[str, list[float]]:
+def check_alignment(module: Recognizer, utts: list, use_reference: bool) -> dict[str, list[float]]:
     """Checks 1 and 2 over ``utts``; returns lists of ms differences by name."""
     sr, spf = module.features.config["sample_rate"], module.samples_per_frame
     fs = spf / sr
@@ -82,7 +79,7 @@ def check_alignment(module: ASRModule, utts: list, use_reference: bool) -> dict[
                                                     "offset_audio")}
     for path, ref, _ in utts:
         wav = load_audio(path, sr)
-        lp = long_log_probs(module, wav, CPU)
+        lp = module.long_log_probs(wav)
         if not ref or lp.shape[0] < 2 * len(ref.split()):
             continue
         ref_words = reference_words(lp, module.tokenizer, ref, fs)
@@ -101,7 +98,7 @@ def check_alignment(module: ASRModule, utts: list, use_reference: bool) -> dict[
     return out
 
 
-def check_concatenation(checkpoint: str, module: ASRModule, utts: list, group: int, chunk: float,
+def check_concatenation(checkpoint: str, module: Recognizer, utts: list, group: int, chunk: float,
                         use_reference: bool) -> dict[str, float]:
     """Check 3: utterances back to back, transcribed as one file cut into ``chunk``-second pieces; its words are
     matched (in order) to the words of each utterance transcribed alone, which says whose words they are."""
@@ -118,7 +115,7 @@ def check_concatenation(checkpoint: str, module: ASRModule, utts: list, group: i
             sf.write(path, torch.cat(wavs).numpy(), sr)
             files, pieces = files + 1, pieces + int(np.ceil(offsets[-1] / chunk))
             if use_reference:  # the model cannot recognise these words: time the reference through the chunks
-                lp = long_log_probs(module, torch.cat(wavs), CPU, chunk_seconds=chunk,
+                lp = module.long_log_probs(torch.cat(wavs), chunk_seconds=chunk,
                                     search_seconds=min(5.0, chunk / 2))
                 text = " ".join(r for _, r, _ in part)
                 words = [w.as_dict() for w in reference_words(lp, module.tokenizer, text, fs)]
@@ -127,7 +124,7 @@ def check_concatenation(checkpoint: str, module: ASRModule, utts: list, group: i
                                     search_seconds=min(5.0, chunk / 2))
                 words = res["words"]
             if use_reference:
-                each = [[w.as_dict() for w in reference_words(long_log_probs(module, x, CPU), module.tokenizer, r, fs)]
+                each = [[w.as_dict() for w in reference_words(module.long_log_probs(x), module.tokenizer, r, fs)]
                         for x, (_, r, _) in zip(wavs, part, strict=True)]
             else:
                 each = [r["words"] for r in transcribe(checkpoint, [p for p, _, _ in part], device="cpu")]
@@ -157,7 +154,7 @@ def main() -> None:
     ap.add_argument("--chunk-seconds", type=float, default=8.0)
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    module = ASRModule.load_for_inference(args.checkpoint).eval()
+    module = Recognizer.load(args.checkpoint).eval()
     for name, utts in load_utterances(args).items():
         known = sum(not module.tokenizer.unknown_chars(r) for _, r, _ in utts)
         # an AN4 word model spells LibriSpeech's words with letters it never learnt: time the references

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-from asr.training.checkpointing import PARTIAL_SUFFIX, load_checkpoint
+from asr.model_files import load_checkpoint
+from asr.training.checkpointing import PARTIAL_SUFFIX
 
 
 def _cmd(out: Path, overrides: list[str]) -> list[str]:

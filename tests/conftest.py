@@ -98,7 +98,7 @@ def an4_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
-    """A small untrained BiLSTM-CTC saved as an asr checkpoint (what ``load_for_inference`` reads).
+    """A small untrained BiLSTM-CTC saved as an asr checkpoint (what ``Recognizer.load`` reads).
 
     Decoding, export and transcription tests need the real network and checkpoint format, not a good model.
     """
@@ -107,13 +107,16 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     from asr.features import LogMelFeatures
     from asr.model import BiLSTMCTC
     from asr.text import CharTokenizer
-    from asr.training.module import CHECKPOINT_KEY, ASRModule
+    from asr.training.module import ASRModule
 
     torch.manual_seed(0)
-    module = ASRModule(CharTokenizer(), LogMelFeatures(), BiLSTMCTC(80, 29, hidden_size=32, num_layers=2))
+    model = BiLSTMCTC(80, 29, hidden_size=32, num_layers=2)
+    module = ASRModule(CharTokenizer(), LogMelFeatures(), model)
     path = tmp_path_factory.mktemp("tiny") / "checkpoints" / "best.ckpt"
     path.parent.mkdir(parents=True)
-    torch.save({"state_dict": module.state_dict(), CHECKPOINT_KEY: module.describe(), "global_step": 0}, path)
+    ckpt = {"state_dict": module.state_dict(), "global_step": 0}
+    module.on_save_checkpoint(ckpt)  # the module's own description, as training writes it
+    torch.save(ckpt, path)
     return path
 
 

@@ -1,13 +1,50 @@
 """Helpers of the fault-injection tests: a small AN4-layout corpus built from real AN4 audio (the committed fixture's,
-or the full corpus's)."""
+or the full corpus's), and :class:`ParkAfterCheckpoint`, which holds a training run where a test
+kills it."""
 
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
+import time
 from pathlib import Path
 
+import pytorch_lightning as L
+
 from asr.data.manifest import Utterance, read_manifest
+
+
+class ParkAfterCheckpoint(L.Callback):
+    """A test helper callback, added on the command line: ``+callbacks.park.marker=<file>
+    +callbacks.park._target_=tests.faults_util.ParkAfterCheckpoint``.
+
+    Once the run's first checkpoint is on disk and ``after_steps`` more optimizer steps are
+    done, each rank writes ``<marker>.rank<R>`` (the global step) at the start of its next
+    batch and waits there to be killed: the kill lands on that event, not on a time. (The
+    first save's ``on_save_checkpoint`` comes before the write, but rank 0 writes the file
+    and every rank passes the save's barrier before a next batch starts.) A rank left
+    waiting, its test gone, exits after ``max_wait_s``.
+    """
+
+    def __init__(self, marker: str, after_steps: int = 1, max_wait_s: float = 600.0) -> None:
+        self.marker, self.after_steps, self.max_wait_s = marker, after_steps, max_wait_s
+        self.saved_at: int | None = None
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           checkpoint: dict) -> None:
+        if self.saved_at is None:
+            self.saved_at = trainer.global_step
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch,
+                             batch_idx: int) -> None:
+        if self.saved_at is None or trainer.global_step < self.saved_at + self.after_steps:
+            return
+        Path(f"{self.marker}.rank{trainer.global_rank}").write_text(f"{trainer.global_step}\n")
+        deadline = time.monotonic() + self.max_wait_s
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+        os._exit(17)  # never killed: stop, saving nothing
 
 
 def _cycle(utts: list[Utterance], n: int) -> list[tuple[Utterance, int]]:

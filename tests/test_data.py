@@ -7,10 +7,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from asr.data.audio import load_audio
+from asr.audio import load_audio
 from asr.data.check import check_manifest, check_manifests, format_check
 from asr.data.datamodule import ASRDataModule
-from asr.data.dataset import AudioDataset, LoadFailure, collate
+from asr.data.dataset import AudioDataset, Item, LoadFailure, collate
 from asr.data.filter import UtteranceFilter
 from asr.data.manifest import Utterance, read_manifest, write_manifest
 from asr.data.sampler import BucketBatchSampler
@@ -69,7 +69,8 @@ def test_load_audio_downmixes_and_resamples(tiny_dir, tmp_path):
 
 
 def test_collate_pads_and_keeps_lengths():
-    items = [(torch.ones(5), torch.tensor([1, 2]), "a"), (torch.ones(3), torch.tensor([3, 4, 5]), "b")]
+    items = [Item(torch.ones(5), (torch.tensor([1, 2]),), "a", "x"),
+             Item(torch.ones(3), (torch.tensor([3, 4, 5]),), "b", "y")]
     b = collate(items)
     assert b.audio.shape == (2, 5) and b.audio[1, 3:].abs().sum() == 0
     assert b.audio_lengths.tolist() == [5, 3] and b.target_lengths.tolist() == [2, 3]
@@ -207,24 +208,25 @@ def test_datamodule_rejects_text_the_intermediate_tokenizer_cannot_encode(tiny_d
     both.setup("fit")
     assert "odd" not in [u.id for u in both.datasets["train"].utterances]
     assert [(r["id"], r["split"], r["reason"]) for r in both.rejected] == [
-        ("odd", "train", "characters outside the tokenizer: '\u00e9'"), ("odd", "val", "characters outside the "
-                                                                        "tokenizer: '\u00e9'")]
+        ("odd", "train", "characters outside the tokenizer: '\u00e9'")]
+    assert "odd" in [u.id for u in both.datasets["val"].utterances]  # validation scores every utterance
 
 
 def test_dataset_reads_real_an4(tiny_dir):
     utts = read_manifest(tiny_dir / "train.jsonl")[:3]
     ds = AudioDataset(utts, CharTokenizer())
-    wav, tokens, uid = ds[0]
-    assert uid == utts[0].id and CharTokenizer().decode(tokens.tolist()) == utts[0].text
+    item = ds[0]
+    assert item.id == utts[0].id and CharTokenizer().decode(item.labels[0].tolist()) == utts[0].text
+    assert item.text == utts[0].text
 
 
 def test_speed_perturbation_changes_length_by_factor(tiny_dir):
     utt = read_manifest(tiny_dir / "test.jsonl")[:1]
     n = AudioDataset(utt, CharTokenizer())[0][0].numel()
     for factor in (0.9, 1.1):
-        wav, tokens, _ = AudioDataset(utt, CharTokenizer(), speed_perturb=[factor])[0]
+        wav, labels, _, _ = AudioDataset(utt, CharTokenizer(), speed_perturb=[factor])[0]
         assert abs(wav.numel() - n / factor) <= 2
-        assert CharTokenizer().decode(tokens.tolist()) == utt[0].text  # labels untouched
+        assert CharTokenizer().decode(labels[0].tolist()) == utt[0].text  # labels untouched
     with pytest.raises(ValueError, match="speed_perturb"):
         AudioDataset(utt, CharTokenizer(), speed_perturb=[3.0])
 
@@ -275,7 +277,7 @@ def test_filled_cache_serves_every_speed_to_loader_workers(tiny_dir, tmp_path):
         loader = dm.train_dataloader()
         loader.batch_sampler.set_epoch(epoch)
         for batch in loader:  # a fresh worker process each time, forked after the fill
-            dropped.update(uid for uid, _ in batch.dropped)
+            dropped.update(f.id for f in batch.dropped)
             for uid, n in zip(batch.ids, batch.audio_lengths.tolist(), strict=True):
                 lengths.setdefault(uid, set()).add(n)
     assert dropped <= {"gone"} and set(lengths) == {u.id for u in utts}  # every cached one read, no failure
@@ -312,7 +314,12 @@ def test_data_check_and_datamodule_drop_utterances_too_short_for_ctc(tiny_dir, t
     assert [u.id for u in dm.datasets["train"].utterances] == ["ok"]
     train_reasons = {r["id"]: r["reason"] for r in dm.rejected if r["split"] == "train"}
     assert train_reasons["short"].startswith("too short for its label under CTC (5 frames <")
-    assert len(dm.datasets["val"].utterances) == 2  # evaluation keeps them: they still count in the WER
+    # validation keeps every utterance, as evaluation does: all count in the WER; the one whose text the tokenizer
+    # cannot encode has an empty label and stays out of the loss
+    assert len(dm.datasets["val"].utterances) == 3
+    batch = next(iter(dm.val_dataloader()))
+    assert sorted(batch.texts) == ["a much too long label for a fifth of a second", "hello world", "numbers 42"]
+    assert [n for t, n in zip(batch.texts, batch.target_lengths.tolist(), strict=True) if t == "numbers 42"] == [0]
     with pytest.raises(ValueError, match="needs at least the model's tokenizer"):
         UtteranceFilter([])
 

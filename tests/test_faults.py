@@ -27,17 +27,19 @@ import pytorch_lightning as L
 import soundfile as sf
 import torch
 
-from asr.data.audio import load_audio, probe_audio
+from asr.audio import load_audio, probe_audio
 from asr.data.corpora.an4 import prepare
 from asr.data.datamodule import ASRDataModule
 from asr.data.dataset import AudioDataset, collate
 from asr.data.download import extract_tar
 from asr.data.manifest import Utterance, read_manifest
+from asr.model_files import CHECKPOINT_KEY
+from asr.recognizer import Recognizer
 from asr.text import CharTokenizer, WordTokenizer, normalize_text
 from asr.train import train
 from asr.training.checkpointing import CheckpointWriteError, atomic_torch_save, load_checkpoint, remove_partials
 from asr.training.guards import TrainingDiverged
-from asr.training.module import CHECKPOINT_KEY, ASRModule
+from asr.training.module import ASRModule, ctc_loss
 from tests.conftest import ROOT, tiny_recipe_overrides, tiny_train_cfg
 from tests.faults_util import an4_tree, write_etc
 
@@ -134,8 +136,8 @@ def test_load_time_failures_are_dropped_counted_logged_once(tiny_dir, tmp_path, 
 def test_batch_of_only_failed_loads_is_skipped(tmp_path):
     ds = AudioDataset([Utterance(str(tmp_path / "gone.wav"), 1.0, "a", "gone")], CharTokenizer())
     batch = collate([ds[0]])
-    assert batch.ids == [] and batch.audio.shape[0] == 0 and batch.dropped[0][0] == "gone"
-    assert "gone.wav" in batch.dropped[0][1]
+    assert batch.ids == [] and batch.audio.shape[0] == 0 and batch.dropped[0].id == "gone"
+    assert "gone.wav" in batch.dropped[0].reason and batch.dropped[0].text == "a"
 
 
 # ------------------------------------------------------------------------ sample rate, channels, formats
@@ -175,7 +177,7 @@ def test_bad_transcripts_and_ctc_too_short_are_dropped_counted_listed(tiny_dir, 
     module = ASRModule(CharTokenizer(), __import__("asr.features").features.LogMelFeatures(),
                        __import__("asr.model").model.BiLSTMCTC(80, 29, hidden_size=16, num_layers=1))
     dm = ASRDataModule(CharTokenizer(), str(tmp_path / "m.jsonl"), str(tmp_path / "m.jsonl"),
-                       output_frames=module.output_frames, num_workers=0)
+                       output_frames=module.recognizer.output_frames, num_workers=0)
     with caplog.at_level("WARNING", logger="asr.data"):
         dm.setup("fit")
     train_ids = [u.id for u in dm.datasets["train"].utterances]
@@ -187,8 +189,8 @@ def test_bad_transcripts_and_ctc_too_short_are_dropped_counted_listed(tiny_dir, 
     assert "oddchars" in logged and "tooshort" in logged  # listed, not just counted
     # no inf loss: every kept training utterance has enough frames for its label
     batch = collate([dm.datasets["train"][i] for i in range(len(train_ids))])
-    log_probs, lengths = module(batch.audio, batch.audio_lengths)
-    assert torch.isfinite(module.ctc_loss(log_probs, lengths, batch))
+    log_probs, lengths = module.recognizer(batch.audio, batch.audio_lengths)
+    assert torch.isfinite(ctc_loss(log_probs, lengths, batch.targets, batch.target_lengths))
 
 
 # --------------------------------------------------------------------------------- NaN/inf loss or gradient
@@ -418,7 +420,7 @@ def test_untrusted_checkpoint_runs_no_code(tiny_checkpoint, tmp_path, monkeypatc
     ckpt["payload"] = _Evil()
     torch.save(ckpt, tmp_path / "evil.ckpt", pickle_protocol=pickle.HIGHEST_PROTOCOL)
     with pytest.raises(ValueError, match="cannot be loaded safely"):
-        ASRModule.load_for_inference(tmp_path / "evil.ckpt")
+        Recognizer.load(tmp_path / "evil.ckpt")
     from asr.training.checkpointing import AtomicCheckpointIO
 
     with pytest.raises(ValueError, match="cannot be loaded safely"):  # the resume path too
@@ -438,14 +440,14 @@ def test_checkpoint_description_is_validated(tiny_checkpoint, tmp_path, edit, ma
     edit(ckpt[CHECKPOINT_KEY])
     torch.save(ckpt, tmp_path / "odd.ckpt")
     with pytest.raises(ValueError, match=match):
-        ASRModule.load_for_inference(tmp_path / "odd.ckpt")
+        Recognizer.load(tmp_path / "odd.ckpt")
 
 
 def test_truncated_checkpoint_is_a_clear_error(tiny_checkpoint, tmp_path):
     data = tiny_checkpoint.read_bytes()
     (tmp_path / "cut.ckpt").write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="cut.ckpt cannot be loaded safely.*truncated"):
-        ASRModule.load_for_inference(tmp_path / "cut.ckpt")
+        Recognizer.load(tmp_path / "cut.ckpt")
 
 
 # ----------------------------------------------------------------------------------- archive escapes

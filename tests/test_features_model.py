@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from asr.data.audio import load_audio
+from asr.audio import load_audio
 from asr.data.manifest import read_manifest
 from asr.features import LogMelFeatures, SpecAugment
 from asr.model import BiLSTMCTC

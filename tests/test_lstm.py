@@ -117,7 +117,7 @@ def test_bilstmctc_dense_and_packed_agree_with_intermediate_ctc_and_self_conditi
     dense, packed = _ctc_model("dense", **settings), _ctc_model("packed", **settings)
     packed.load_state_dict(dense.state_dict())
     feats = torch.randn(len(LENGTHS), int(LENGTHS.max()), 12)
-    for call in (lambda m: lambda x: m(x, LENGTHS), lambda m: lambda x: m.forward_with_intermediate(x, LENGTHS, 2)):
+    for call in (lambda m: lambda x: m(x, LENGTHS), lambda m: lambda x: m(x, LENGTHS, 2)):
         ref = _outputs_and_grads(call(dense), feats, dict(dense.named_parameters()))
         got = _outputs_and_grads(call(packed), feats, dict(packed.named_parameters()))
         _assert_close(ref[0], got[0])
@@ -166,17 +166,20 @@ def test_a_dense_state_dict_loads_into_packed_with_the_same_outputs():
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-def test_bilstm_equals_packed_bidirectional_lstm_and_loads_its_weights(impl):
-    """BiLSTM must give what nn.LSTM(bidirectional) over a PackedSequence gives, outputs and gradients,
-    and a checkpoint holding that packed module's weights must load into BiLSTMCTC unchanged."""
+def test_bilstm_equals_packed_bidirectional_lstm_with_its_weights(impl):
+    """BiLSTM must give what nn.LSTM(bidirectional) over a PackedSequence gives, outputs and gradients, with that
+    packed module's weights (layer l, direction d of one holds layer l's d LSTM of the other)."""
     from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
     torch.manual_seed(0)
     model = BiLSTMCTC(20, 9, hidden_size=12, num_layers=3, dropout=0.0, subsampling="none", lstm=impl).eval()
     packed = torch.nn.LSTM(20, 12, num_layers=3, bidirectional=True, batch_first=True)
-    old_state = {k: v for k, v in model.state_dict().items() if not k.startswith("lstm.")}
-    old_state.update({f"lstm.{k}": v for k, v in packed.state_dict().items()})
-    model.load_state_dict(old_state)  # strict: every renamed key must land
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("lstm.")}
+    for key, value in packed.state_dict().items():  # "weight_ih_l2_reverse" -> "layers.2.bwd.weight_ih_l0"
+        name, _, rest = key.rpartition("_l")
+        layer, _, reverse = rest.partition("_")
+        state[f"lstm.layers.{layer}.{'bwd' if reverse else 'fwd'}.{name}_l0"] = value
+    model.load_state_dict(state)  # strict: every weight has its place
 
     lengths = torch.tensor([17, 3, 17, 1, 9])
     x = torch.randn(5, 17, 20, requires_grad=True)
@@ -275,16 +278,16 @@ def test_intermediate_ctc_outputs_share_the_output_layer(impl):
     torch.manual_seed(0)
     model = BiLSTMCTC(20, 9, hidden_size=8, num_layers=3, dropout=0.0, lstm=impl).eval()
     feats, lengths = torch.randn(2, 30, 20), torch.tensor([30, 21])
-    final, inter, out_lengths = model.forward_with_intermediate(feats, lengths, layer=2)
+    final, inter, out_lengths = model(feats, lengths, layer=2)
     ref, ref_lengths = model(feats, lengths)
-    # packed: forward runs the stack in one call, forward_with_intermediate layer by layer
+    # packed: forward runs the stack in one call, forward(layer=...) layer by layer
     assert torch.allclose(final, ref, atol=1e-5) and torch.equal(out_lengths, ref_lengths)
     x, _ = model.frontend(feats, lengths)
     second = model.lstm.layer_outputs(x, ref_lengths)[1]
     assert torch.allclose(inter, model.classifier(second).log_softmax(-1))
     assert not torch.allclose(inter, final)
     with pytest.raises(ValueError, match="1..2"):
-        model.forward_with_intermediate(feats, lengths, layer=3)
+        model(feats, lengths, layer=3)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -293,7 +296,7 @@ def test_self_conditioned_ctc_feeds_the_intermediate_posteriors_to_the_next_laye
     model = BiLSTMCTC(20, 9, hidden_size=8, num_layers=3, dropout=0.0, condition_layer=2, lstm=impl).eval()
     assert model.config["condition_layer"] == 2 and model.condition_proj.weight.shape == (16, 9)
     feats, lengths = torch.randn(2, 30, 20), torch.tensor([30, 21])
-    final, inter, out_lengths = model.forward_with_intermediate(feats, lengths, layer=2)
+    final, inter, out_lengths = model(feats, lengths, layer=2)
     ref, _ = model(feats, lengths)
     assert torch.equal(final, ref)  # decoding sees the same conditioned network as training
     # by hand: layer 2's posteriors, projected, are added to its output before layer 3 reads it
@@ -325,7 +328,7 @@ def test_packed_equals_dense_on_cuda_and_auto_takes_packed(monkeypatch):
     feats = torch.randn(len(LENGTHS), int(LENGTHS.max()), 12, device="cuda")
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=False), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        for call in (lambda m: lambda x: m(x, LENGTHS), lambda m: lambda x: m.forward_with_intermediate(x, LENGTHS, 1)):
+        for call in (lambda m: lambda x: m(x, LENGTHS), lambda m: lambda x: m(x, LENGTHS, 1)):
             ref = _outputs_and_grads(call(dense), feats, dict(dense.named_parameters()))
             got = _outputs_and_grads(call(packed), feats, dict(packed.named_parameters()))
             _assert_close([t.cpu() for t in ref[0]], [t.cpu() for t in got[0]])

@@ -75,10 +75,11 @@ def test_table_after_fork_in_loader_workers(manifest):
     assert ds.utterances is table and ds.durations is table.durations  # not turned into a list
     expected = [ds[i] for i in range(len(ds))]
     loader = DataLoader(ds, batch_size=2, collate_fn=collate, num_workers=1, multiprocessing_context="fork")
-    got = [(b.audio[j, : b.audio_lengths[j]], b.targets[j, : b.target_lengths[j]], b.ids[j])
+    got = [(b.audio[j, : b.audio_lengths[j]], (b.targets[j, : b.target_lengths[j]],), b.ids[j])
            for b in loader for j in range(len(b.ids))]
     assert [g[2] for g in got] == [e[2] for e in expected] == [u.id for u in read_manifest(manifest)]
-    assert all(torch.equal(g[0], e[0]) and torch.equal(g[1], e[1]) for g, e in zip(got, expected, strict=True))
+    assert all(torch.equal(g[0], e.wav) and torch.equal(g[1][0], e.labels[0])
+               for g, e in zip(got, expected, strict=True))
     # a worker started by spawn gets a pickled table: it opens the manifest again
     assert list(pickle.loads(pickle.dumps(table.select([2, 1])))) == [table[2], table[1]]
 

@@ -13,12 +13,12 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
-from asr.data.audio import load_audio
+from asr.audio import load_audio
 from asr.data.manifest import read_manifest
 from asr.export import export
 from asr.quantize import is_quantized, quantize_int8
+from asr.recognizer import Recognizer
 from asr.report.scoring import evaluate_checkpoint
-from asr.training.module import ASRModule
 from tests.conftest import ROOT
 
 FILES = {"config.json", "model.safetensors", "tokenizer.json", "README.md"}
@@ -36,7 +36,7 @@ def _batch(tiny_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def _log_probs(module: ASRModule, tiny_dir: Path) -> torch.Tensor:
+def _log_probs(module: Recognizer, tiny_dir: Path) -> torch.Tensor:
     return module(*_batch(tiny_dir))[0]
 
 
@@ -68,8 +68,8 @@ def folders(tiny_checkpoint, tiny_dir, tmp_path_factory) -> dict[str, Path]:
 def test_float_folder_alone_gives_the_checkpoints_log_probs(folders, tiny_checkpoint, tiny_dir):
     folder = folders["float"]
     assert {p.name for p in folder.iterdir() if p.is_file()} == FILES
-    module = ASRModule.load_for_inference(folder)
-    ref = ASRModule.load_for_inference(tiny_checkpoint)
+    module = Recognizer.load(folder)
+    ref = Recognizer.load(tiny_checkpoint)
     assert torch.equal(_log_probs(module, tiny_dir), _log_probs(ref, tiny_dir))
     assert module.eval_manifests == {} and not is_quantized(module)  # manifests of the training data: information only
     config = json.loads((folder / "config.json").read_text())
@@ -127,9 +127,9 @@ def test_transcribe_and_evaluate_take_the_folder(folders, tiny_checkpoint, tiny_
 
 
 def test_int8_quantisation_replaces_the_layers_forward_uses(tiny_checkpoint, tiny_dir):
-    float_module = ASRModule.load_for_inference(tiny_checkpoint)
+    float_module = Recognizer.load(tiny_checkpoint)
     ref = _log_probs(float_module, tiny_dir)
-    module = quantize_int8(ASRModule.load_for_inference(tiny_checkpoint))
+    module = quantize_int8(Recognizer.load(tiny_checkpoint))
     layers = [module.model.lstm.layers[0]["fwd"], module.model.lstm.layers[1]["bwd"], module.model.classifier]
     assert all("quantized.dynamic" in type(m).__module__ for m in layers)
     got = _log_probs(module, tiny_dir)
@@ -137,11 +137,11 @@ def test_int8_quantisation_replaces_the_layers_forward_uses(tiny_checkpoint, tin
     assert quantize_int8(module) is module  # already quantised: as it is
     # the packed LSTM algorithm reads float weights; a quantised model runs the dense one whatever the setting
     meta = {**float_module.describe(), "model": {**float_module.model.config, "lstm": "packed"}}
-    packed = ASRModule.from_description(meta)
+    packed = Recognizer.from_description(meta)
     packed.load_state_dict(float_module.state_dict())
     assert torch.equal(_log_probs(quantize_int8(packed.eval()), tiny_dir), got)
     with pytest.raises(ValueError, match="CPU only.*device=cpu"):
-        quantize_int8(ASRModule.load_for_inference(tiny_checkpoint).to("meta"))
+        quantize_int8(Recognizer.load(tiny_checkpoint).to("meta"))
 
 
 def test_int8_folder_is_smaller_and_loads_the_quantised_model(folders, tiny_checkpoint, tiny_dir):
@@ -150,14 +150,14 @@ def test_int8_folder_is_smaller_and_loads_the_quantised_model(folders, tiny_chec
     assert json.loads((folder / "config.json").read_text())["quantize"] == "int8"
     float_size, int8_size = (folders[k] / "model.safetensors" for k in ("float", "int8"))
     assert float_size.stat().st_size >= 3 * int8_size.stat().st_size
-    module = ASRModule.load_for_inference(folder)
+    module = Recognizer.load(folder)
     assert is_quantized(module)
     # stored int8 rows and scales give back the very model quantize_int8 makes: no second rounding
-    expected = _log_probs(quantize_int8(ASRModule.load_for_inference(tiny_checkpoint)), tiny_dir)
+    expected = _log_probs(quantize_int8(Recognizer.load(tiny_checkpoint)), tiny_dir)
     assert torch.equal(_log_probs(module, tiny_dir), expected)
     assert "int8" in (folder / "README.md").read_text().split("---")[1]
     with pytest.raises(ValueError, match="CPU only; pass device=cpu"):
-        ASRModule.load_for_inference(folder, map_location="cuda")
+        Recognizer.load(folder, device="cuda")
 
 
 def test_evaluate_quantize_option_keeps_its_own_cache_and_folder(tiny_checkpoint, tiny_dir, tmp_path):
@@ -180,7 +180,7 @@ def test_torchscript_int8_export_matches_the_quantised_model(tiny_checkpoint, ti
     audio, lengths = _batch(tiny_dir)
     with torch.no_grad():
         got, got_lengths = torch.jit.load(str(path))(audio, lengths)
-        ref, ref_lengths = quantize_int8(ASRModule.load_for_inference(tiny_checkpoint))(audio, lengths)
+        ref, ref_lengths = quantize_int8(Recognizer.load(tiny_checkpoint))(audio, lengths)
     assert got_lengths.tolist() == ref_lengths.tolist()
     for i, n in enumerate(ref_lengths.tolist()):  # the DFT features differ from torch.stft by float rounding
         assert torch.allclose(got[i, :n], ref[i, :n], atol=1e-3)
@@ -199,23 +199,23 @@ def test_a_broken_folder_names_the_file_at_fault(folders, tmp_path):
         folder = broken(f"no-{missing}")
         (folder / missing).unlink()
         with pytest.raises(FileNotFoundError, match=f"{folder / missing} does not exist.*format=pretrained"):
-            ASRModule.load_for_inference(folder)
+            Recognizer.load(folder)
     folder = broken("cut")
     data = (folder / "model.safetensors").read_bytes()
     (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="model.safetensors cannot be read"):
-        ASRModule.load_for_inference(folder)
+        Recognizer.load(folder)
     folder = broken("other")
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "model": {**config["model"], "hidden_size": 16}}))
     with pytest.raises(ValueError, match="model.safetensors does not hold the weights .* misshapen"):
-        ASRModule.load_for_inference(folder)
+        Recognizer.load(folder)
     (folder / "config.json").write_text(json.dumps({**config, "model": {**config["model"], "_target_": "os.system"}}))
     with pytest.raises(ValueError, match="unexpected keys"):
-        ASRModule.load_for_inference(folder)
+        Recognizer.load(folder)
     (folder / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="config.json is not valid JSON"):
-        ASRModule.load_for_inference(folder)
+        Recognizer.load(folder)
 
 
 def test_sentencepiece_and_global_statistics_travel_in_the_folder(tiny_dir, tmp_path):
@@ -224,7 +224,7 @@ def test_sentencepiece_and_global_statistics_travel_in_the_folder(tiny_dir, tmp_
     from asr.features import LogMelFeatures
     from asr.model import BiLSTMCTC
     from asr.text import SentencePieceTokenizer
-    from asr.training.module import CHECKPOINT_KEY
+    from asr.training.module import ASRModule
 
     torch.manual_seed(0)
     tok = SentencePieceTokenizer(tmp_path / "sp.model", tiny_dir / "train.jsonl", vocab_size=40)
@@ -232,10 +232,12 @@ def test_sentencepiece_and_global_statistics_travel_in_the_folder(tiny_dir, tmp_
     features.set_global_stats(torch.randn(80), torch.rand(80) + 0.5)
     module = ASRModule(tok, features, BiLSTMCTC(80, tok.num_classes, hidden_size=16, num_layers=2))
     ckpt = tmp_path / "sp.ckpt"
-    torch.save({"state_dict": module.state_dict(), CHECKPOINT_KEY: module.describe()}, ckpt)
+    saved = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(saved)
+    torch.save(saved, ckpt)
     folder = export(str(ckpt), "pretrained", str(tmp_path / "sp"))
-    loaded = ASRModule.load_for_inference(folder)
+    loaded = Recognizer.load(folder)
     assert loaded.tokenizer.state_dict() == tok.state_dict() and loaded.tokenizer.encode("yes") == tok.encode("yes")
     assert torch.equal(loaded.features.global_std, features.global_std)
-    assert torch.equal(_log_probs(loaded, tiny_dir), _log_probs(module.eval(), tiny_dir))
+    assert torch.equal(_log_probs(loaded, tiny_dir), _log_probs(module.recognizer.eval(), tiny_dir))
     assert f"| tokenizer | sentencepiece: {tok.vocab_size} pieces" in (folder / "README.md").read_text()

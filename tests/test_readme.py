@@ -62,3 +62,33 @@ def test_readme_own_data_command_trains_evaluates_and_writes_the_run(tiny_dir, t
     runs = list((tmp_path / "exp" / "custom").iterdir())
     assert len(runs) == 1 and (runs[0] / "checkpoints" / "best.ckpt").is_file()
     assert (runs[0] / "decode" / "test" / "hyps.txt").is_file()
+
+
+def test_readme_python_example_runs_as_written(tiny_checkpoint, tiny_dir, tmp_path):
+    """README "## Use a model from Python": its export command (with a checkpoint in place of
+    ``exp/an4/<run>/...``), then its Python block as written, from a folder where ``data/an4`` is
+    the fixture's AN4 layout. It prints each file's text, the same ``asr.transcribe`` prints, and
+    its words with times."""
+    blocks = fenced_blocks(readme_section("Use a model from Python"))
+    export_cmd = shlex.split(next(b for b in blocks if b.startswith("python -m asr.export")))
+    code = next(b for b in blocks if b.startswith("from asr import Recognizer"))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "an4").symlink_to(tiny_dir)
+    export_cmd = [a.replace("exp/an4/<run>/checkpoints/best.ckpt", str(tiny_checkpoint))
+                  for a in export_cmd]
+    run = {"cwd": tmp_path, "capture_output": True, "text": True, "timeout": 300}
+    proc = subprocess.run([sys.executable, *export_cmd[1:]], **run)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = subprocess.run([sys.executable, "-c", code], **run)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    files = re.findall(r'"(data/an4/[^"]+\.sph)"', code)
+    assert len(files) == 2 and all((tmp_path / f).is_file() for f in files)
+    heads = [line for line in proc.stdout.splitlines() if not line.startswith(" ")]
+    words = [line.split() for line in proc.stdout.splitlines() if line.startswith(" ")]
+    assert [h.split(": ")[0] for h in heads] == files
+    assert all(len(w) == 4 and 0 <= float(w[0]) <= float(w[1]) for w in words)
+    cli = subprocess.run([sys.executable, "-m", "asr.transcribe", "checkpoint=an4-bilstm-ctc",
+                          f"audio=[{','.join(files)}]"], **run)
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    texts = [line.split("\t")[1] for line in cli.stdout.splitlines()]
+    assert [h.split(": ", 1)[1].rsplit(" (", 1)[0] for h in heads] == texts

@@ -56,8 +56,9 @@ def test_every_recipe_composes_and_builds_without_data(recipe, tmp_path):
     assert cfg.tokenizer._target_ == tokenizer
     # the tokenizer is the one part left out: a word vocabulary or a SentencePiece model is read from data
     module = instantiate(cfg.module)(tokenizer=CharTokenizer())
-    assert isinstance(module, ASRModule) and module.model.config["num_classes"] == 29
-    assert (module.model.config["num_layers"], module.model.config["hidden_size"]) == (layers, units)
+    model = module.recognizer.model
+    assert isinstance(module, ASRModule) and model.config["num_classes"] == 29
+    assert (model.config["num_layers"], model.config["hidden_size"]) == (layers, units)
     assert (module.inter_ctc.layer if module.inter_ctc is not None else None) == inter_layer
     assert set(module.eval_manifests) == eval_names  # a null path (the default dev/test pair) is left out
     callbacks = instantiate_all(cfg.callbacks)
@@ -68,7 +69,8 @@ def test_every_recipe_composes_and_builds_without_data(recipe, tmp_path):
     assert [type(x).__name__ for x in instantiate_all(cfg.logger).values()] == ["CSVLogger", "TensorBoardLogger"]
     trainer = build_trainer(cfg, callbacks, instantiate_all(cfg.logger))
     assert trainer.max_epochs == cfg.trainer.max_epochs
-    datamodule = instantiate(cfg.data, tokenizer=module.tokenizer, output_frames=module.output_frames,
+    datamodule = instantiate(cfg.data, tokenizer=module.recognizer.tokenizer,
+                             output_frames=module.recognizer.output_frames,
                              extra_tokenizers=module.label_tokenizers[1:])
     assert type(datamodule) is datamodule_class and datamodule.val_manifest.endswith(".jsonl")
     assert not [p for p in tmp_path.iterdir()], "building the parts touched the disk"
@@ -126,7 +128,7 @@ def test_an4_recipe_composes_to_what_its_readme_says(tmp_path):
 def test_an4_recipe_puts_self_conditioned_intermediate_ctc_on_the_middle_layer(layers, middle):
     cfg = compose_train(["recipe=an4", f"model.num_layers={layers}", "paths.output_dir=unused"])
     module = instantiate(cfg.module)(tokenizer=CharTokenizer())
-    assert module.inter_ctc.layer == module.model.config["condition_layer"] == middle
-    assert module.inter_ctc.weight == 0.3 and module.features.normalize == "global"
+    assert module.inter_ctc.layer == module.recognizer.model.config["condition_layer"] == middle
+    assert module.inter_ctc.weight == 0.3 and module.recognizer.features.normalize == "global"
     assert isinstance(module.inter_ctc.tokenizer, CharTokenizer) and len(module.label_tokenizers) == 2
-    assert module.model.config["inter_classes"] == 29
+    assert module.recognizer.model.config["inter_classes"] == 29

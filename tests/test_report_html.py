@@ -86,7 +86,10 @@ def test_missing_audio_is_a_note_and_long_audio_is_cut(tmp_path):
 
 
 def test_page_opens_in_chromium_with_audio_images_and_error_marks(run, tmp_path):
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed: pip install -e '.[dev]'")
+    try:  # `make install` installs it (the dev extra): its absence is a broken install, not a skip
+        from playwright import sync_api
+    except ImportError as err:
+        pytest.fail(f"playwright is not installed ({err}): run `make install`", pytrace=False)
     if not CHROMIUM.is_file():
         pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install chromium (.ci/run does)")
     out, _ = run

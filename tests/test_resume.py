@@ -6,6 +6,7 @@ worker are all on."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -31,7 +32,7 @@ def _command(tiny_dir: Path, run: Path, extra: list[str]) -> list[str]:
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
 
 
 def _run(cmd: list[str]) -> None:
@@ -39,21 +40,39 @@ def _run(cmd: list[str]) -> None:
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 
-def _kill_after_first_step_checkpoint(cmd: list[str], run: Path) -> dict:
-    """Start ``cmd`` (0.3 s per step, so the kill lands mid-epoch), SIGKILL its process group as soon as last.ckpt
-    exists; returns that checkpoint."""
-    proc = subprocess.Popen([*cmd, "+callbacks.trace.delay=0.3"], cwd=ROOT, env=_env(), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    last = run / "checkpoints" / "last.ckpt"
-    deadline = time.monotonic() + 300
-    while not last.exists():
-        assert proc.poll() is None, proc.stderr.read()[-4000:]
-        assert time.monotonic() < deadline, "no step checkpoint within 300 s"
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    proc.stderr.close()
-    return torch.load(last, weights_only=True)
+def _kill_after_first_step_checkpoint(cmd: list[str], run: Path, world: int) -> tuple[dict, int]:
+    """Start ``cmd``; once its first step checkpoint is written and one more step trained, every
+    rank parks at the start of its next batch (:class:`tests.faults_util.ParkAfterCheckpoint`)
+    and the process group is SIGKILLed there: mid-epoch, on that event, on a fast or a slow
+    machine alike. Returns last.ckpt and the global step the ranks were killed at."""
+    marker = run.parent / f"{run.name}.parked"
+    park = ["+callbacks.park._target_=tests.faults_util.ParkAfterCheckpoint",
+            f"+callbacks.park.marker={marker}"]
+    stderr = run.parent / f"{run.name}.stderr"
+    with stderr.open("w") as err:  # a file, not a pipe: a full pipe would stall the run
+        proc = subprocess.Popen([*cmd, *park], cwd=ROOT, env=_env(), start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=err)
+    parked = [Path(f"{marker}.rank{rank}") for rank in range(world)]
+    try:
+        deadline = time.monotonic() + 300  # a hang guard, not a timing
+        while not all(p.exists() for p in parked):
+            assert proc.poll() is None, f"exited {proc.returncode}: {stderr.read_text()[-4000:]}"
+            if time.monotonic() > deadline:  # each process's Python stacks (PYTHONFAULTHANDLER), then fail
+                os.killpg(proc.pid, signal.SIGABRT)
+                proc.wait()
+                traces = {t.name: len(t.read_text().splitlines()) for t in run.parent.glob("*.jsonl")}
+                pytest.fail(f"not all ranks parked after a checkpoint within 300 s: parked "
+                            f"{[p.name for p in parked if p.exists()]}, checkpoints "
+                            f"{sorted(q.name for q in run.glob('checkpoints/*'))}, trace lines {traces}; "
+                            f"stderr: {stderr.read_text()[-12000:]}")
+            time.sleep(0.02)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # the group may be gone already
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    steps = {int(p.read_text()) for p in parked if p.read_text().strip()}
+    assert len(steps) == 1, steps  # every rank at the same step
+    return torch.load(run / "checkpoints" / "last.ckpt", weights_only=True), steps.pop()
 
 
 def _shards(tiny_dir: Path, out: Path) -> list[str]:
@@ -76,11 +95,14 @@ def test_sigkill_mid_epoch_then_resume_auto_is_exact(tiny_dir, tmp_path, world, 
     clean, killed = tmp_path / "uninterrupted", tmp_path / "killed"
     _run(_command(tiny_dir, clean, extra))
 
-    ckpt = _kill_after_first_step_checkpoint(_command(tiny_dir, killed, extra), killed)
+    ckpt, killed_at = _kill_after_first_step_checkpoint(_command(tiny_dir, killed, extra), killed,
+                                                        world)
     steps_per_epoch = len(read_trace(f"{clean}.trace")) // 2
+    assert killed_at == ckpt["global_step"] + 1  # a step trained after the checkpoint was lost
+    assert read_trace(f"{killed}.trace")[-1][0] >= ckpt["global_step"]  # (and is traced)
     assert ckpt["ASRDataModule"] == {"epoch": 0, "batches_done": ckpt["global_step"], "world_size": world,
                                      "num_workers": 1}
-    assert 0 < ckpt["global_step"] < steps_per_epoch  # killed in the middle of the first epoch
+    assert 0 < ckpt["global_step"] < killed_at < steps_per_epoch  # in the middle of the first epoch
     assert len(ckpt["rng_states"]["ranks"]) == world  # each rank's random generators
     _run([*_command(tiny_dir, killed, extra), "resume=auto"])
 

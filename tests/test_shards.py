@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from asr.data.audio import load_audio
+from asr.audio import load_audio
 from asr.data.dataset import collate
 from asr.data.filter import UtteranceFilter
 from asr.data.manifest import read_manifest, write_manifest
@@ -39,7 +39,7 @@ def _epoch(index: ShardIndex, workers: int, epoch: int = 0, resume: int | None =
     sampler.set_epoch(epoch)
     if resume is not None:
         sampler.resume(epoch, resume)
-    loader = DataLoader(ShardDataset(index, tok, UtteranceFilter([tok])), batch_sampler=sampler, collate_fn=collate,
+    loader = DataLoader(ShardDataset(index, UtteranceFilter([tok])), batch_sampler=sampler, collate_fn=collate,
                         num_workers=workers)
     return list(loader)
 
@@ -112,7 +112,7 @@ def test_an_epoch_reads_every_utterance_once_with_its_audio(tiny_dir, tmp_path, 
             assert torch.equal(b.audio[k, : b.audio_lengths[k]], load_audio(utts[uid].audio_filepath))
     if workers == 0:
         tok = CharTokenizer()
-        dataset, sampler = ShardDataset(index, tok, UtteranceFilter([tok])), ShardBatchSampler(index, 4.0, 0)
+        dataset, sampler = ShardDataset(index, UtteranceFilter([tok])), ShardBatchSampler(index, 4.0, 0)
         loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate)
         assert [b.ids for b in loader] == [b.ids for b in loader]  # one dataset read twice in one process
         later = [i for b in _epoch(index, 0, epoch=1, shuffle_buffer=6) for i in b.ids]

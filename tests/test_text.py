@@ -3,6 +3,7 @@ from collections import Counter
 import pytest
 
 from asr.data.manifest import read_manifest, write_manifest
+from asr.model_files import validate_description
 from asr.text import (
     CharTokenizer,
     WordTokenizer,
@@ -12,7 +13,6 @@ from asr.text import (
     tokenizer_from_state_dict,
     vocabulary,
 )
-from asr.training.checkpointing import validate_description
 
 
 def test_roundtrip_and_blank():

@@ -17,14 +17,13 @@ from hydra.errors import ConfigCompositionException, InstantiationException
 from omegaconf.errors import ConfigAttributeError
 from pytorch_lightning.callbacks import ProgressBar, RichProgressBar, TQDMProgressBar
 
-from asr.data.dataset import Batch
-from asr.data.manifest import read_manifest
+from asr.data.dataset import AudioDataset, collate
+from asr.data.manifest import Utterance, read_manifest
+from asr.recognizer import Recognizer
 from asr.report.scoring import evaluate_checkpoint
 from asr.text import CharTokenizer
 from asr.train import build_trainer, instantiate_all, train
 from asr.training.averaging import AverageBest
-from asr.training.inter_ctc import retokenize
-from asr.training.module import ASRModule
 from asr.training.regularizers import ema_update
 from tests.conftest import ROOT, compose_train, tiny_recipe_overrides, tiny_train_cfg
 
@@ -105,7 +104,7 @@ def test_checkpoint_loads_weights_only_and_decodes(trained):
     out, _, _ = trained
     ckpt = _load(out / "checkpoints" / "best.ckpt")
     assert ckpt["asr"]["model"]["hidden_size"] == 64 and ckpt["asr"]["tokenizer"]["type"] == "char"  # the recipe's
-    module = ASRModule.load_for_inference(out / "checkpoints" / "best.ckpt")
+    module = Recognizer.load(out / "checkpoints" / "best.ckpt")
     assert not module.training
     log_probs, lengths = module(torch.zeros(1, 16000), torch.tensor([16000]))
     assert log_probs.shape[-1] == module.tokenizer.num_classes and int(lengths) == log_probs.shape[1]
@@ -167,6 +166,26 @@ def test_cli_multirun_sweep(tiny_dir, tmp_path):
         assert re.search(rf"^test\s+4\s+4\s+{100 * report['wer']:.2f}\s", proc.stdout, re.M)
 
 
+def test_resume_auto_without_a_run_dir_names_the_fix(tiny_dir, tmp_path):
+    """resume=auto without hydra.run.dir: Hydra names a new dir by the time, which holds no last.ckpt; rather than
+    a silent fresh start, one line naming the setting and the newest run of the recipe that has a last.ckpt."""
+    for run, mtime in (("2026-01-01_00-00-00", 1_000_000), ("2026-01-02_00-00-00", 2_000_000),
+                       ("2026-01-03_00-00-00", None)):
+        ckpt = tmp_path / "exp" / "tiny" / run / "checkpoints" / "last.ckpt"
+        if mtime is None:  # the newest folder holds no last.ckpt: not the one to continue
+            ckpt.parent.mkdir(parents=True)
+            continue
+        ckpt.parent.mkdir(parents=True)
+        ckpt.write_bytes(b"")
+        os.utime(ckpt, (mtime, mtime))
+    proc = _run(["-m", "asr.train", *tiny_recipe_overrides(tiny_dir.parent), f"paths.exp_dir={tmp_path / 'exp'}",
+                 "resume=auto"], cwd=ROOT, timeout=300)
+    newest = tmp_path / "exp" / "tiny" / "2026-01-02_00-00-00"
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "hydra.run.dir was not given" in proc.stderr and f"with one is {newest}" in proc.stderr
+    assert "add hydra.run.dir=<the run to continue>" in proc.stderr
+
+
 def test_cli_errors_are_one_line(tmp_path):
     """evaluate's own error; train's: test_faults.py (a missing manifest, a mistyped model key), and a misspelt key
     is Hydra's composition error (test_misspelled_key_is_named)."""
@@ -179,7 +198,7 @@ def test_bf16_autocast_path_on_cpu(tiny_dir, tmp_path):
     result = train(tiny_train_cfg(tiny_dir, tmp_path, ["trainer.precision=bf16-mixed", "eval_manifests=null"]))
     ckpt = _load(result["best_checkpoint"])
     assert all(v.dtype == torch.float32 for v in ckpt["state_dict"].values() if v.is_floating_point())
-    module = ASRModule.load_for_inference(result["best_checkpoint"]).train()
+    module = Recognizer.load(result["best_checkpoint"]).train()
     audio = torch.randn(2, 16000) * 0.1
     with torch.autocast("cpu", dtype=torch.bfloat16):
         feats, _ = module.features(audio, torch.tensor([16000, 12000]))
@@ -201,27 +220,17 @@ def test_weight_average_is_what_checkpoints_and_decoding_use(tiny_dir, tmp_path)
     ckpt = _load(tmp_path / "checkpoints" / "last.ckpt")
     assert int(ckpt["averaging_state"]["n_averaged"]) == 3  # one update per step
     name = "model.lstm.layers.0.fwd.weight_hh_l0"
-    assert name in ckpt["state_dict"] and not torch.equal(ckpt["state_dict"][name], ckpt["current_model_state"][name])
+    key = f"recognizer.{name}"
+    assert key in ckpt["state_dict"] and not torch.equal(ckpt["state_dict"][key], ckpt["current_model_state"][key])
 
-    module = ASRModule.load_for_inference(tmp_path / "checkpoints" / "last.ckpt")
-    assert not hasattr(module, "ema_model")
-    assert torch.equal(module.state_dict()[name], ckpt["state_dict"][name])
+    module = Recognizer.load(tmp_path / "checkpoints" / "last.ckpt")
+    assert torch.equal(module.state_dict()[name], ckpt["state_dict"][key])
 
     again = train(tiny_train_cfg(tiny_dir, tmp_path, [*cfg, "trainer.max_epochs=2", "resume=auto"]))
     assert again["epochs"] == 2
     resumed = _load(tmp_path / "checkpoints" / "last.ckpt")
     assert int(resumed["averaging_state"]["n_averaged"]) == 6  # counted on from the checkpoint
     assert resumed["global_step"] == 6
-
-    # a checkpoint from before EMA was a callback kept the average beside the model, as ema_model.module.*: that
-    # average is what decodes
-    old = {k: v for k, v in ckpt.items() if k not in ("averaging_state", "current_model_state")}
-    old["state_dict"] = {**ckpt["current_model_state"], "ema_model.n_averaged": torch.tensor(3),
-                         **{f"ema_model.module.{k[len('model.'):]}": v for k, v in ckpt["state_dict"].items()
-                            if k.startswith("model.")}}
-    torch.save(old, tmp_path / "old.ckpt")
-    module = ASRModule.load_for_inference(tmp_path / "old.ckpt")
-    assert torch.equal(module.state_dict()[name], ckpt["state_dict"][name])
 
     # the k best epochs' weights-only files would hold the raw weights, not the average: refused before training
     with pytest.raises(ValueError, match="callbacks.average_best and callbacks.ema do not combine"):
@@ -262,7 +271,7 @@ def test_global_normalisation_statistics_travel_with_the_checkpoint(tiny_dir, tm
     result = train(tiny_train_cfg(tiny_dir, tmp_path, ["features.normalize=global", "global_stats_utterances=20"]))
     stats = json.loads((tmp_path / "global_stats.json").read_text())
     assert stats["utterances"] == 20 and len(stats["mean"]) == len(stats["std"]) == 80
-    module = ASRModule.load_for_inference(result["best_checkpoint"])
+    module = Recognizer.load(result["best_checkpoint"])
     assert torch.allclose(module.features.global_mean, torch.tensor(stats["mean"]))
     assert torch.allclose(module.features.global_std, torch.tensor(stats["std"]))
     assert not torch.allclose(module.features.global_std, torch.ones(80))
@@ -298,7 +307,7 @@ def test_self_conditioned_ctc_trains_and_decodes_from_its_checkpoint(tiny_dir, t
     result = train(tiny_train_cfg(tiny_dir, tmp_path, cfg))
     state = _load(result["best_checkpoint"])
     assert state["asr"]["model"]["condition_layer"] == 1
-    assert state["state_dict"]["model.condition_proj.weight"].shape == (2 * 64, 29)  # 64 units each way
+    assert state["state_dict"]["recognizer.model.condition_proj.weight"].shape == (2 * 64, 29)  # 64 units each way
     again = evaluate_checkpoint(result["best_checkpoint"], out_dir=str(tmp_path / "again"), progress=False)
     assert again["test"]["wer"] == result["reports"]["test"]["wer"]
     with pytest.raises(InstantiationException, match=r"inter_ctc.weight must be in \(0, 1\)"):
@@ -317,7 +326,7 @@ def test_weight_noise_perturbs_forward_and_backward_only(tiny_dir, tmp_path):
     noise = ["callbacks=[default,weight_noise]", "callbacks.weight_noise.std=0.3"]
     noisy, noisy_losses = run(tmp_path / "noisy", noise)
     for k, v in clean.items():
-        if k.startswith("model."):
+        if k.startswith("recognizer.model."):
             assert torch.allclose(noisy[k], v, atol=1e-6), k  # same seed, same init, noise removed every step
     assert len(noisy_losses) == 3 and noisy_losses != clean_losses
     # start_epoch: no noise before it, so a 1-epoch run with start_epoch=1 is the clean run
@@ -333,8 +342,8 @@ def test_hierarchical_ctc_characters_under_subwords(tiny_dir, tmp_path):
     result = train(tiny_train_cfg(tiny_dir, tmp_path, cfg))
     state = _load(result["best_checkpoint"])
     assert state["asr"]["model"]["inter_classes"] == 29 and state["asr"]["tokenizer"]["type"] == "sentencepiece"
-    assert state["state_dict"]["model.inter_classifier.weight"].shape == (29, 2 * 64)
-    module = ASRModule.load_for_inference(result["best_checkpoint"])
+    assert state["state_dict"]["recognizer.model.inter_classifier.weight"].shape == (29, 2 * 64)
+    module = Recognizer.load(result["best_checkpoint"])
     assert module.model.inter_classifier is not None and module.tokenizer.num_classes > 29
     again = evaluate_checkpoint(result["best_checkpoint"], out_dir=str(tmp_path / "again"), progress=False)
     assert again["test"]["wer"] == result["reports"]["test"]["wer"]
@@ -351,24 +360,25 @@ def test_word_model_trains_with_characters_below(tiny_dir, tmp_path):
     counts = Counter(w for u in read_manifest(tiny_dir / "train.jsonl") for w in u.text.split())
     assert state["asr"]["tokenizer"]["type"] == "word" and sorted(words) == sorted(counts)
     assert [counts[w] for w in words] == sorted(counts.values(), reverse=True)  # most frequent first
-    assert state["state_dict"]["model.classifier.weight"].shape[0] == 1 + len(words) + 28
-    assert state["state_dict"]["model.inter_classifier.weight"].shape[0] == 29  # blank + characters
+    assert state["state_dict"]["recognizer.model.classifier.weight"].shape[0] == 1 + len(words) + 28
+    assert state["state_dict"]["recognizer.model.inter_classifier.weight"].shape[0] == 29  # blank + characters
     assert state["asr"]["model"]["condition_layer"] == 1  # the middle of 2 layers
     again = evaluate_checkpoint(result["best_checkpoint"], out_dir=str(tmp_path / "again"), progress=False)
     assert again["test"]["wer"] == result["reports"]["test"]["wer"]
 
 
-def test_retokenized_targets_spell_the_same_text():
+def test_intermediate_labels_are_made_from_the_text(tiny_dir):
+    """The dataset encodes each transcript with every tokenizer (the model's, then the intermediate CTC's): the
+    second label spells the same text in its own units, and collate pads it beside the first."""
     main, chars = CharTokenizer(" abcdefghijklmnopqrstuvwxyz'"), CharTokenizer(" abcdefghij")
-    texts = ["a bad cafe", "hi"]
-    ids = [main.encode(t) for t in texts]
-    targets = torch.zeros(2, 10, dtype=torch.long)
-    for i, t in enumerate(ids):
-        targets[i, : len(t)] = torch.tensor(t)
-    batch = Batch(torch.zeros(2, 5), torch.tensor([5, 5]), targets, torch.tensor([len(t) for t in ids]), ["x", "y"])
-    out = retokenize(batch, main, chars)
-    assert [chars.decode(t[:n].tolist()) for t, n in zip(out.targets, out.target_lengths, strict=True)] == texts
-    assert out.ids == ["x", "y"] and torch.equal(out.audio, batch.audio)
+    audio = read_manifest(tiny_dir / "test.jsonl")[0].audio_filepath
+    utts = [Utterance(audio, 1.0, text, uid) for text, uid in (("A bad  cafe", "x"), ("hi", "y"))]
+    batch = collate([AudioDataset(utts, [main, chars])[i] for i in range(2)])
+    assert batch.texts == ["a bad cafe", "hi"] and batch.ids == ["x", "y"]
+    for targets, lengths, tok in ((batch.targets, batch.target_lengths, main),
+                                  (batch.inter_targets, batch.inter_target_lengths, chars)):
+        assert [tok.decode(t[:n].tolist()) for t, n in zip(targets, lengths, strict=True)] == batch.texts
+    assert batch.inter_targets.shape == (2, 10) and batch.inter_target_lengths.tolist() == [10, 2]
 
 
 # ------------------------------------------------------------------- callbacks=[default,average_best,validate_from]
@@ -389,10 +399,11 @@ def test_average_best_keeps_the_k_best_epochs_and_picks_on_validation(tiny_dir, 
     if sel["chosen"] == "average":
         assert sel["val_wer_average"] <= sel["val_wer_best_epoch"] and result["best_val_wer"] == sel["val_wer_average"]
         assert best["averaged_from"] == sel["averaged"]
+        bias = "recognizer.model.classifier.bias"
         first = _load(sel["averaged"][0])["state_dict"]
-        mean = torch.stack([_load(p)["state_dict"]["model.classifier.bias"] for p in sel["averaged"]]).mean(0)
-        assert torch.allclose(best["state_dict"]["model.classifier.bias"], mean, atol=1e-6)
-        assert not torch.equal(best["state_dict"]["model.classifier.bias"], first["model.classifier.bias"])
+        mean = torch.stack([_load(p)["state_dict"][bias] for p in sel["averaged"]]).mean(0)
+        assert torch.allclose(best["state_dict"][bias], mean, atol=1e-6)
+        assert not torch.equal(best["state_dict"][bias], first[bias])
     else:
         assert sel["val_wer_average"] > sel["val_wer_best_epoch"] and "averaged_from" not in best
     assert not (tmp_path / "checkpoints" / "averaged.ckpt").exists()
@@ -403,9 +414,11 @@ def test_average_best_keeps_the_k_best_epochs_and_picks_on_validation(tiny_dir, 
     # select=always over the same k epochs: their mean replaces the best epoch's file in any case
     shutil.copy(result["best_checkpoint"], tmp_path / "epoch_best.ckpt")
     always = AverageBest(k=3, select="always", best_path=str(tmp_path / "epoch_best.ckpt"),
-                         val_manifest=str(tiny_dir / "dev.jsonl"), dirpath=str(tmp_path / "checkpoints" / "top"))
+                         dirpath=str(tmp_path / "checkpoints" / "top"))
     always.best_k_models = {p: torch.tensor(_load(p)["val_wer"]) for p in sel["averaged"]}
-    chosen = always.choose(torch.device("cpu"))
+    dev = {"dev": str(tiny_dir / "dev.jsonl")}
+    chosen = always.choose(
+        lambda p: evaluate_checkpoint(p, dev, str(tmp_path / "x"), "cpu", progress=False)["dev"]["wer"])
     assert chosen["chosen"] == "average" and chosen["averaged"] == sel["averaged"]
     assert chosen["val_wer_best_epoch"] is not None and chosen["val_wer_average"] is not None
     assert _load(tmp_path / "epoch_best.ckpt")["averaged_from"] == sel["averaged"]

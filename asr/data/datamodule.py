@@ -96,36 +96,43 @@ class ASRDataModule(L.LightningDataModule):
         self._resume_at: tuple[int, int] | None = None  # (epoch, batches trained) from a checkpoint
 
     def _load(self, manifest: str, split: str, train: bool = False) -> AudioDataset:
-        """The usable utterances of a manifest (:mod:`asr.data.filter`; durations and CTC lengths in training only),
-        the others listed in :attr:`rejected` and counted in the log."""
+        """A manifest's utterances. Training keeps the usable ones (:mod:`asr.data.filter`) and
+        lists the others in :attr:`rejected`; validation and test keep every utterance, as
+        evaluation scores them (one whose text a tokenizer cannot encode counts in the WER, not
+        in the loss)."""
         dropped: dict[str, list[str]] = {kind: [] for kind in KINDS}
         seen = 0
 
         def keep(utts: list[Utterance]) -> list[bool]:
             nonlocal seen
             seen += len(utts)
-            verdicts = self.filter.rejects(utts, check_duration=train, check_ctc=train)
+            if not train:
+                return [True] * len(utts)
+            verdicts = self.filter.rejects(utts, check_duration=True, check_ctc=True)
             for u, rejected in zip(utts, verdicts, strict=True):
                 if rejected is not None:
                     kind, why = rejected
                     dropped[kind].append(u.id)
-                    self.rejected.append({"id": u.id, "split": split, "manifest": str(manifest), "reason": why})
+                    self.rejected.append({"id": u.id, "split": split, "manifest": str(manifest),
+                                          "reason": why})
             return [rejected is None for rejected in verdicts]
 
-        # the kept lines as offsets into the manifest: no Python object per utterance, none copied into the workers
+        # the kept lines as offsets into the manifest: no Python object per utterance
         kept = ManifestTable.read(manifest, keep)
         for kind, ids in dropped.items():
             if ids:
-                log.warning("%s (%s): dropped %d utterances %s: %s%s", manifest, split, len(ids), KINDS[kind],
-                            ", ".join(ids[:20]), " ..." if len(ids) > 20 else "")
+                log.warning("%s (%s): dropped %d utterances %s: %s%s", manifest, split, len(ids),
+                            KINDS[kind], ", ".join(ids[:20]), " ..." if len(ids) > 20 else "")
         if not len(kept):
             raise ValueError(f"{split} manifest {manifest} has no usable utterances (of {seen})")
-        return AudioDataset(kept, self.tokenizer, self.sample_rate, self.speed_perturb if train else None,
-                            cache=self.cache_audio and train)
+        if train:
+            return AudioDataset(kept, self.filter.tokenizers, self.sample_rate, self.speed_perturb,
+                                cache=self.cache_audio)
+        return AudioDataset(kept, self.tokenizer, self.sample_rate, strict_labels=False)
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit") and self.train_shards:
-            self.datasets["train"] = ShardDataset(ShardIndex(self.train_shards, self.shard_url), self.tokenizer,
+            self.datasets["train"] = ShardDataset(ShardIndex(self.train_shards, self.shard_url),
                                                   self.filter, self.sample_rate, self.speed_perturb)
         elif stage in (None, "fit"):
             self.datasets["train"] = self._load(self.train_manifest, "train", train=True)
@@ -169,6 +176,14 @@ class ASRDataModule(L.LightningDataModule):
             # numbers of the model (dropout, SpecAugment) as they were, whether a run validates or resumes or not
             generator=torch.Generator().manual_seed(self.seed),
         )
+
+    def whole_loader(self, split: str) -> DataLoader:
+        """Every utterance of the ``val`` or ``test`` split, for this process alone (not shared
+        out over ranks), batched as ``asr.evaluate`` batches a manifest."""
+        ds = self.datasets[split]
+        sampler = BucketBatchSampler(ds.durations, self.eval_batch_seconds, num_buckets=1,
+                                     shuffle=False, drop_last=False, num_replicas=1, rank=0)
+        return DataLoader(ds, batch_sampler=sampler, collate_fn=collate)
 
     def state_dict(self) -> dict[str, int]:
         """Where training stands, saved with every checkpoint: ``{"epoch", "batches_done", "world_size",

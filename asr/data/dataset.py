@@ -14,11 +14,19 @@ import soundfile as sf
 import torch
 from torch.utils.data import Dataset
 
-from asr.data.audio import bad_samples, load_audio, speed_perturb
+from asr.audio import bad_samples, load_audio, speed_perturb
 from asr.data.manifest import ManifestTable, Utterance
 from asr.text import Tokenizer, normalize_text
 
 log = logging.getLogger(__name__)
+
+
+class LoadFailure(NamedTuple):
+    """What a dataset yields for an utterance whose audio cannot be used."""
+
+    id: str
+    reason: str
+    text: str = ""  # its normalised transcript, when known: scored as an empty hypothesis
 
 
 class Batch(NamedTuple):
@@ -26,13 +34,12 @@ class Batch(NamedTuple):
 
     audio: (B, S) float waveforms, zero-padded; audio_lengths: (B,) samples;
     targets: (B, L) token ids, zero-padded; target_lengths: (B,); ids: utterance ids;
-    dropped: ``(id, reason)`` of utterances whose audio failed to load (not in the batch);
-    inter_targets, inter_target_lengths: the targets in the intermediate CTC's own units, when it has them
-    (:meth:`asr.training.inter_ctc.InterCTC.add_targets`, before the batch goes to the device).
+    texts: their normalised transcripts (what WER is scored against);
+    dropped: the :class:`LoadFailure` of utterances whose audio failed to load (not in the batch);
+    inter_targets, inter_target_lengths: the labels in the intermediate CTC's own units, if any.
 
-    In training, only ``audio``, ``targets`` and ``inter_targets`` go to the accelerator
-    (:meth:`asr.training.module.ASRModule.transfer_batch_to_device`); the lengths stay on the host, where CTC and
-    packed LSTMs read them, so no step waits for the device to hand a number back.
+    Only ``audio`` and the targets go to the accelerator; the lengths stay on the host, where CTC
+    and packed LSTMs read them, so no step waits for the device to hand a number back.
     """
 
     audio: torch.Tensor
@@ -40,41 +47,66 @@ class Batch(NamedTuple):
     targets: torch.Tensor
     target_lengths: torch.Tensor
     ids: list[str]
-    dropped: tuple[tuple[str, str], ...] = ()
+    texts: list[str] = []
+    dropped: tuple[LoadFailure, ...] = ()
     inter_targets: torch.Tensor | None = None
     inter_target_lengths: torch.Tensor | None = None
 
 
-class LoadFailure(NamedTuple):
-    """What :class:`AudioDataset` yields for an utterance whose audio cannot be used."""
+class Item(NamedTuple):
+    """One utterance, ready to batch: (S,) waveform, its label in each tokenizer's ids (the
+    model's first, then the intermediate CTC's), id and normalised text."""
 
+    wav: torch.Tensor
+    labels: tuple[torch.Tensor, ...]
     id: str
-    reason: str
+    text: str
+
+
+def encode_labels(text: str, tokenizers: Sequence[Tokenizer], strict: bool = True
+                  ) -> tuple[torch.Tensor, ...]:
+    """``text``'s ids in each tokenizer. ``strict=False``: a text a tokenizer cannot encode gets an
+    empty label (validation scores such an utterance but leaves it out of the loss)."""
+    labels = []
+    for tok in tokenizers:
+        try:
+            ids = tok.encode(text)
+        except ValueError:
+            if strict:
+                raise
+            ids = []
+        labels.append(torch.tensor(ids, dtype=torch.long))
+    return tuple(labels)
 
 
 class AudioDataset(Dataset):
-    """Utterances -> (waveform, token ids, id); decoding happens here, features on the model's device.
+    """Utterances -> :class:`Item` (waveform, labels, id, text), or :class:`LoadFailure`.
 
-    With ``tokenizer=None`` the token ids are empty (decoding only needs audio). With ``speed_perturb``
-    (e.g. ``[0.9, 1.0, 1.1]``) each read picks one factor at random and resamples the waveform so it
-    plays that much faster (tempo and pitch, as Kaldi's ``sox speed``). With ``cache`` each decoded waveform, and
-    each speed-perturbed copy of it, is kept in memory: later reads skip the file, the decoder and the resampler.
-    :meth:`fill_cache` fills it up front in this process, so loader workers forked afterwards share it.
+    Args:
+        utterances: a manifest's utterances (a :class:`ManifestTable` or a list).
+        tokenizers: the tokenizer(s) labels are made with (the model's first); none: no labels.
+        sample_rate: audio is resampled to this rate.
+        speed_perturb: speed factors, one drawn per read (e.g. ``[0.9, 1.0, 1.1]``).
+        cache: keep each decoded waveform, and its speed-perturbed copies, in memory.
+        strict_labels: ``False``: a text a tokenizer cannot encode gets an empty label.
     """
 
     def __init__(
         self,
         utterances: Sequence[Utterance],
-        tokenizer: Tokenizer | None,
+        tokenizers: Tokenizer | Sequence[Tokenizer] | None = None,
         sample_rate: int = 16000,
         speed_perturb: Sequence[float] | None = None,
         cache: bool = False,
+        strict_labels: bool = True,
     ) -> None:
-        # a table stays one: its lines are read when asked for, and forked loader workers share its arrays
+        # a table stays one: its lines are read when asked for, and forked workers share its arrays
         self.utterances = utterances if isinstance(utterances, ManifestTable) else list(utterances)
         # index -> decoded waveform; (index, factor) -> that waveform at speed ``factor``
         self.cache: dict[int | tuple[int, float], torch.Tensor] | None = {} if cache else None
-        self.tokenizer = tokenizer
+        single = hasattr(tokenizers, "encode")
+        self.tokenizers = [tokenizers] if single else list(tokenizers or [])
+        self.strict_labels = strict_labels
         self.sample_rate = sample_rate
         self.speed_perturb = [float(f) for f in speed_perturb or []]
         for f in self.speed_perturb:
@@ -138,42 +170,51 @@ class AudioDataset(Dataset):
         log.info("cached %d utterances%s in memory: %.0f MB, %.1f s", len(self),
                  f" at speeds {[1.0, *speeds]}" if speeds else "", nbytes / 2**20, time.perf_counter() - start)
 
-    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, str] | LoadFailure:
-        """(waveform, token ids, id), or a :class:`LoadFailure` when the audio cannot be used.
+    def __getitem__(self, item: int | tuple[int, int]) -> Item | LoadFailure:
+        """:class:`Item` or :class:`LoadFailure` (``collate`` drops it from its batch and lists it
+        in ``Batch.dropped``: a broken file must not kill a long run).
 
-        ``item`` is an index, or ``(index, seed)`` (:class:`~asr.data.sampler.BucketBatchSampler` with
-        ``draw_seeds``): the speed factor is then drawn from ``seed``, else from Python's ``random``.
-
-        A file that went missing, is corrupt or truncated, or decodes to no or non-finite samples must not
-        kill a long run: ``collate`` drops it from its batch and lists it in ``Batch.dropped``.
+        ``item`` is an index, or ``(index, seed)`` (the training sampler's): the speed factor is
+        then drawn from ``seed``, else from Python's ``random``.
         """
         index, seed = item if isinstance(item, tuple) else (item, None)
         u = self.utterances[index]
+        text = normalize_text(u.text)
         wav = self._decoded(index)
         if isinstance(wav, LoadFailure):
-            return wav
+            return wav._replace(text=text)
         if self.speed_perturb:
             factor = (random if seed is None else random.Random(seed)).choice(self.speed_perturb)
             if factor != 1.0:
                 wav = self._perturbed(index, wav, factor)
-        ids = self.tokenizer.encode(normalize_text(u.text)) if self.tokenizer is not None else []
-        tokens = torch.tensor(ids, dtype=torch.long)
-        return wav, tokens, u.id
+        return Item(wav, encode_labels(text, self.tokenizers, self.strict_labels), u.id, text)
 
 
-def collate(items: Sequence[tuple[torch.Tensor, torch.Tensor, str] | LoadFailure]) -> Batch:
-    """Pad waveforms and targets into a :class:`Batch`; failed loads go to ``Batch.dropped`` (may leave B = 0)."""
-    dropped = tuple((f.id, f.reason) for f in items if isinstance(f, LoadFailure))
+def _pad(labels: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labels -> (B, L) zero-padded ids (L >= 1), (B,) lengths."""
+    lengths = torch.tensor([t.numel() for t in labels], dtype=torch.long)
+    padded = torch.zeros(len(labels), max(1, int(lengths.max())), dtype=torch.long)
+    for i, t in enumerate(labels):
+        padded[i, : t.numel()] = t
+    return padded, lengths
+
+
+def collate(items: Sequence[Item | LoadFailure]) -> Batch:
+    """Pad waveforms and labels into a :class:`Batch`; failed loads go to ``Batch.dropped`` (which
+    may leave B = 0)."""
+    dropped = tuple(f for f in items if isinstance(f, LoadFailure))
     items = [it for it in items if not isinstance(it, LoadFailure)]
     if not items:
         empty = torch.zeros(0, dtype=torch.long)
-        return Batch(torch.zeros(0, 0), empty, torch.zeros(0, 1, dtype=torch.long), empty, [], dropped)
-    wavs, tokens, ids = zip(*items, strict=True)
-    audio_lengths = torch.tensor([w.numel() for w in wavs], dtype=torch.long)
-    target_lengths = torch.tensor([t.numel() for t in tokens], dtype=torch.long)
-    audio = torch.zeros(len(wavs), int(audio_lengths.max()))
-    targets = torch.zeros(len(tokens), max(1, int(target_lengths.max())), dtype=torch.long)
-    for i, (w, t) in enumerate(zip(wavs, tokens, strict=True)):
-        audio[i, : w.numel()] = w
-        targets[i, : t.numel()] = t
-    return Batch(audio, audio_lengths, targets, target_lengths, list(ids), dropped)
+        return Batch(torch.zeros(0, 0), empty, torch.zeros(0, 1, dtype=torch.long), empty, [], [],
+                     dropped)
+    audio_lengths = torch.tensor([it.wav.numel() for it in items], dtype=torch.long)
+    audio = torch.zeros(len(items), int(audio_lengths.max()))
+    for i, it in enumerate(items):
+        audio[i, : it.wav.numel()] = it.wav
+    n_labels = len(items[0].labels)
+    targets, target_lengths = _pad([it.labels[0] for it in items]) if n_labels else _pad(
+        [torch.zeros(0, dtype=torch.long)] * len(items))
+    inter = _pad([it.labels[1] for it in items]) if n_labels > 1 else (None, None)
+    return Batch(audio, audio_lengths, targets, target_lengths, [it.id for it in items],
+                 [it.text for it in items], dropped, *inter)

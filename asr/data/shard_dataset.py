@@ -11,21 +11,19 @@ import tarfile
 from collections.abc import Iterator, Sequence
 
 import soundfile as sf
-import torch
 import webdataset as wds
 from torch.utils.data import Dataset
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from asr.data.audio import bad_samples, load_audio, speed_perturb
-from asr.data.dataset import LoadFailure
+from asr.audio import bad_samples, load_audio, speed_perturb
+from asr.data.dataset import Item, LoadFailure, encode_labels
 from asr.data.filter import UtteranceFilter
 from asr.data.manifest import Utterance
 from asr.data.shard_loader import ShardBatch, ShardIndex
-from asr.text import Tokenizer, normalize_text
+from asr.text import normalize_text
 
 log = logging.getLogger(__name__)
 
-Item = tuple[torch.Tensor, torch.Tensor, str] | LoadFailure
 
 
 class _StreamReader:
@@ -87,7 +85,7 @@ class _StreamReader:
 
 
 class ShardDataset(Dataset):
-    """Planned batches (:class:`~asr.data.shard_loader.ShardBatch`) -> lists of (waveform, token ids, id) or
+    """Planned batches (:class:`~asr.data.shard_loader.ShardBatch`) -> lists of :class:`~asr.data.dataset.Item` or
     :class:`~asr.data.dataset.LoadFailure`, as :class:`~asr.data.dataset.AudioDataset` yields them.
 
     Utterances the run's :class:`~asr.data.filter.UtteranceFilter` rejects (text outside the tokenizer, too short
@@ -95,16 +93,14 @@ class ShardDataset(Dataset):
 
     Args:
         index: the shards.
-        tokenizer: encodes transcripts.
-        rule: which utterances can train.
+        rule: which utterances can train; its tokenizers make the labels.
         sample_rate: audio is resampled to this rate.
         speed_perturb: speed factors drawn per utterance from its planned seed.
     """
 
-    def __init__(self, index: ShardIndex, tokenizer: Tokenizer, rule: UtteranceFilter, sample_rate: int = 16000,
+    def __init__(self, index: ShardIndex, rule: UtteranceFilter, sample_rate: int = 16000,
                  speed_perturb: Sequence[float] | None = None) -> None:
         self.index = index
-        self.tokenizer = tokenizer
         self.rule = rule
         self.sample_rate = sample_rate
         self.speed_perturb = [float(f) for f in speed_perturb or []]
@@ -118,10 +114,10 @@ class ShardDataset(Dataset):
         """A loader worker starts with no stream open (what this process has read is not its)."""
         return {**self.__dict__, "_readers": {}, "_at": (-1, -1)}
 
-    def __getitem__(self, item: int) -> Item:
+    def __getitem__(self, item: int) -> Item | LoadFailure:
         raise TypeError("ShardDataset reads whole planned batches (__getitems__), not single utterances")
 
-    def __getitems__(self, batch: ShardBatch) -> list[Item]:
+    def __getitems__(self, batch: ShardBatch) -> list[Item | LoadFailure]:
         if batch.epoch != self._at[0] or batch.position <= self._at[1]:  # a new epoch, or one read again: afresh
             for reader in self._readers.values():
                 reader.close()
@@ -131,7 +127,7 @@ class ShardDataset(Dataset):
         reader.load(batch)
         return [self._item(reader.take(shard, member), seed) for shard, member, seed in batch.members]
 
-    def _item(self, sample: dict | str, seed: int) -> Item:
+    def _item(self, sample: dict | str, seed: int) -> Item | LoadFailure:
         if isinstance(sample, str):
             return LoadFailure(sample.split(" ", 2)[1] if sample.startswith("shard ") else "?", sample)
         where = f"{sample.get('__url__')} {sample['__key__']}"
@@ -151,5 +147,5 @@ class ShardDataset(Dataset):
             return LoadFailure(uid, f"{where}: {rejected[1]}")
         if self.speed_perturb:
             wav = speed_perturb(wav, self.sample_rate, random.Random(seed).choice(self.speed_perturb))
-        tokens = torch.tensor(self.tokenizer.encode(normalize_text(utt.text)), dtype=torch.long)
-        return wav, tokens, uid
+        text = normalize_text(utt.text)
+        return Item(wav, encode_labels(text, self.rule.tokenizers), uid, text)

@@ -11,7 +11,7 @@ import soundfile as sf
 import torch
 from tqdm import tqdm
 
-from asr.data.audio import load_audio
+from asr.audio import load_audio
 from asr.data.manifest import read_manifest
 from asr.features import LogMelFeatures, global_stats
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from asr.data.audio import load_audio
+from asr.audio import load_audio
 from asr.data.manifest import read_manifest
 
 # 30 s of 16 kHz 16-bit audio is ~1.3 MB of base64: five utterances a split keep the page a few MB

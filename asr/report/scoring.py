@@ -9,16 +9,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
 from asr.decoding import Decoder
-from asr.inference import cached_log_probs, decode_log_probs, load_model
+from asr.inference import cached_log_probs, decode_log_probs, model_home
 from asr.metrics import error_report
-from asr.pretrained import model_home
+from asr.model_files import saved_quantization
+from asr.recognizer import Recognizer
 from asr.report.alignment import save_sample_alignment
 from asr.report.analysis import write_error_analysis
 from asr.text import Tokenizer
-from asr.training.module import ASRModule
 
 log = logging.getLogger(__name__)
 
@@ -35,30 +33,28 @@ def evaluate_checkpoint(
     cache_dir: str | None = None,
     quantize: str | None = None,
 ) -> dict[str, dict]:
-    """Decode each manifest with ``checkpoint`` and write ``<out_dir>/<name>/``: ``hyps.txt``, ``refs.txt``,
-    ``report.json``, the error analysis ``errors.{md,json}`` and ``alignment.png`` (:func:`write_split`).
+    """Decode each manifest with ``checkpoint`` and write ``<out_dir>/<name>/``: ``hyps.txt``,
+    ``refs.txt``, ``report.json``, ``errors.{md,json}`` and ``alignment.png``.
 
     Args:
-        checkpoint: a ``.ckpt`` written by ``asr.train``, or a model folder written by ``asr.export format=pretrained``.
-        manifests: ``{name: path}``; empty/None = the eval manifests stored in the checkpoint (a model folder keeps
-            none: they point into the training data).
-        out_dir: default ``<run dir>/decode`` (the checkpoint's ``checkpoints/`` folder's parent), or
-            ``<folder>/decode`` for a model folder (:func:`asr.pretrained.model_home`).
+        checkpoint: a ``.ckpt`` of ``asr.train`` or a model folder of ``asr.export``.
+        manifests: ``{name: path}``; none: those stored in the checkpoint (a folder keeps none).
+        out_dir: default ``<run dir>/decode``, or ``<folder>/decode`` for a model folder.
         device: ``auto``, ``cpu`` or ``cuda`` (``auto`` is the CPU for an int8 model).
         batch_seconds: padded audio seconds per batch.
-        decoder: builds the decoder from the checkpoint's tokenizer (``None``: greedy).
+        decoder: builds the decoder from the tokenizer (``None``: greedy).
         decoder_settings: plain description of the decoder, copied into each report.
-        cache_dir: keep the model's log-probs in ``<cache_dir>/<name>.pt`` and reuse them while the
-            checkpoint and manifest are unchanged (``None``: no cache); ``<name>.int8.pt`` for an int8 model.
-        quantize: ``int8``: quantise the LSTM and linear layers to int8 (:func:`asr.quantize.quantize_int8`, CPU
-            only); ``None``: as stored (float, or int8 for a folder exported with ``quantize=int8``).
+        cache_dir: reuse the log-probs in ``<cache_dir>/<name>[.int8].pt`` while the weights
+            and manifest are unchanged (``None``: no cache).
+        quantize: ``int8``: int8 LSTM and linear layers (CPU only); ``None``: as stored.
 
     Returns:
-        ``{name: report}`` (see :func:`asr.metrics.error_report`, plus timings, ``rtf`` and paths).
+        ``{name: report}`` (:func:`asr.metrics.error_report`, plus timings, ``rtf`` and paths).
     """
-    module, dev, quantize = load_model(checkpoint, device, quantize)
-    dec = decoder(module.tokenizer) if decoder is not None else module.decoder
-    manifests = dict(manifests or module.eval_manifests)
+    recognizer = Recognizer.load(checkpoint, device, quantize)
+    quantize = quantize or saved_quantization(checkpoint)
+    dec = recognizer.decoder_for(decoder)
+    manifests = dict(manifests or recognizer.eval_manifests)
     if not manifests:
         raise ValueError(
             f"no manifests to evaluate: {checkpoint} stores none; pass manifests='{{test: path/to/test.jsonl}}'"
@@ -73,13 +69,15 @@ def evaluate_checkpoint(
                 f"pass manifests='{{{name}: path/to/{name}.jsonl}}'"
             )
         cache_file = str(Path(cache_dir) / f"{name}{'.' + quantize if quantize else ''}.pt") if cache_dir else None
-        data = cached_log_probs(module, checkpoint, manifest, dev, cache_file, batch_seconds, progress, quantize)
+        data = cached_log_probs(recognizer, checkpoint, manifest, cache_file, batch_seconds, progress,
+                                quantize)
         start = time.perf_counter()
         hyps = decode_log_probs(dec, data["log_probs"])
         report = error_report(data["refs"], hyps)
-        report.update(split=name, manifest=str(manifest), checkpoint=str(checkpoint), device=str(dev),
+        report.update(split=name, manifest=str(manifest), checkpoint=str(checkpoint),
+                      device=str(recognizer.device),
                       quantize=quantize, decoder=settings, **_timings(data, time.perf_counter() - start))
-        write_split(out / name, module, data, hyps, report)
+        write_split(out / name, recognizer, data, hyps, report)
         reports[name] = report
     return reports
 
@@ -95,7 +93,8 @@ def _timings(data: dict, search_seconds: float) -> dict:
     )
 
 
-def write_split(split_dir: Path, module: ASRModule, data: dict, hyps: list[str], report: dict) -> None:
+def write_split(split_dir: Path, recognizer: Recognizer, data: dict, hyps: list[str],
+                report: dict) -> None:
     """``hyps.txt`` and ``refs.txt`` (sclite trn style: ``text (id)``), ``report.json``, ``errors.{md,json}`` and
     ``alignment.png`` of one scored split."""
     ids, refs = data["ids"], data["refs"]
@@ -104,10 +103,9 @@ def write_split(split_dir: Path, module: ASRModule, data: dict, hyps: list[str],
     (split_dir / "refs.txt").write_text("".join(f"{r} ({i})\n" for i, r in zip(ids, refs, strict=True)))
     (split_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     write_error_analysis(split_dir, ids, refs, hyps)  # worst utterances, top confusions
-    rate = module.features.config["sample_rate"]
-    frame_seconds = 1.0 / float(module.output_frames(torch.tensor([rate]))[0])
     try:
-        save_sample_alignment(split_dir, ids, refs, data["log_probs"], module.tokenizer, frame_seconds)
+        save_sample_alignment(split_dir, ids, refs, data["log_probs"], recognizer.tokenizer,
+                              recognizer.frame_seconds)
     except ValueError as err:  # a picture is not worth failing an evaluation for
         log.warning("no alignment.png for %s: %s", split_dir.name, err)
 

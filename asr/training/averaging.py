@@ -7,9 +7,10 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,21 +18,13 @@ import pytorch_lightning as L
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint, WeightAveraging
 
-from asr.inference import compute_log_probs, decode_log_probs
-from asr.metrics import error_report
-from asr.training.checkpointing import atomic_torch_save, load_checkpoint
-from asr.training.module import CHECKPOINT_KEY, ASRModule
+from asr.model_files import CHECKPOINT_KEY, read_checkpoint, recognizer_state
+from asr.training.checkpointing import atomic_torch_save
+from asr.training.module import batch_error_counts
 
 log = logging.getLogger(__name__)
 
 SELECT_RULES = ("dev", "always")
-
-
-def _load(path: str | os.PathLike) -> dict[str, Any]:
-    ckpt = load_checkpoint(path)
-    if CHECKPOINT_KEY not in ckpt or "state_dict" not in ckpt:
-        raise ValueError(f"{path} is not an asr checkpoint (no '{CHECKPOINT_KEY}' entry)")
-    return ckpt
 
 
 def _score(ckpt: dict[str, Any]) -> float | None:
@@ -55,7 +48,7 @@ def select_checkpoints(run_dir: str | os.PathLike, last: int = 0, best: int = 0)
     found: dict[int, tuple[str, float | None]] = {}
     ckpt_dir = Path(run_dir, "checkpoints")
     for path in sorted(ckpt_dir.glob("*.ckpt")) + sorted(ckpt_dir.glob("top/*.ckpt")):
-        ckpt = _load(path)
+        ckpt = read_checkpoint(path)
         if "averaged_from" in ckpt:
             continue
         found.setdefault(int(ckpt.get("global_step", -1)), (str(path), _score(ckpt)))
@@ -81,11 +74,11 @@ def average_checkpoints(paths: Sequence[str], output: str) -> str:
     """
     if not paths:
         raise ValueError("no checkpoints to average: give checkpoints=[a.ckpt,b.ckpt] or run_dir=... last=N")
-    first = _load(paths[0])
+    first = read_checkpoint(paths[0])
     total = {k: v.double() if v.is_floating_point() else v for k, v in first["state_dict"].items()}
     last = first
     for path in paths[1:]:
-        ckpt = _load(path)
+        ckpt = read_checkpoint(path)
         if ckpt[CHECKPOINT_KEY]["model"] != first[CHECKPOINT_KEY]["model"] or (
             ckpt[CHECKPOINT_KEY]["tokenizer"] != first[CHECKPOINT_KEY]["tokenizer"]
         ):
@@ -124,11 +117,10 @@ class AverageBest(ModelCheckpoint):
         k: how many epochs to keep and average (>= 2).
         select: ``"dev"`` or ``"always"``.
         best_path: the ``best.ckpt`` that the best-epoch ModelCheckpoint writes.
-        val_manifest: the manifest both are scored on.
         dirpath: where the k files go.
     """
 
-    def __init__(self, k: int, select: str, best_path: str, val_manifest: str, dirpath: str) -> None:
+    def __init__(self, k: int, select: str, best_path: str, dirpath: str) -> None:
         if k < 2:
             raise ValueError(f"callbacks.average_best.k must be >= 2 (the epochs to average), got {k}")
         if select not in SELECT_RULES:
@@ -137,7 +129,7 @@ class AverageBest(ModelCheckpoint):
         super().__init__(dirpath=dirpath, filename="epoch{epoch:03d}", auto_insert_metric_name=False,
                          monitor="val/wer", mode="min", save_top_k=k, save_weights_only=True,
                          enable_version_counter=False)
-        self.select, self.best_path, self.val_manifest = select, best_path, val_manifest
+        self.select, self.best_path = select, best_path
         self.selection: dict[str, Any] = {"chosen": "epoch"}
 
     @property
@@ -155,35 +147,47 @@ class AverageBest(ModelCheckpoint):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero and Path(self.best_path).is_file():
-            self.selection = self.choose(trainer.strategy.root_device)
+            self.selection = self.choose(lambda path: self._val_wer(path, trainer, pl_module))
 
-    def choose(self, device: torch.device) -> dict[str, Any]:
+    def choose(self, val_wer: Callable[[str], float]) -> dict[str, Any]:
         """Average the kept epochs and put the chosen weights in ``best_path``.
 
+        Args:
+            val_wer: the validation WER of a checkpoint's weights.
+
         Returns:
-            ``{"averaged": [paths, best first], "val_wer_average", "val_wer_best_epoch", "chosen": "average" |
-            "epoch"}``.
+            ``{"averaged": [paths, best first], "val_wer_average", "val_wer_best_epoch", "chosen":
+            "average" | "epoch"}``.
         """
         paths = sorted(self.best_k_models, key=lambda p: float(self.best_k_models[p]))
-        out: dict[str, Any] = {"averaged": paths, "val_wer_average": None, "val_wer_best_epoch": None,
-                               "chosen": "epoch"}
+        out: dict[str, Any] = {"averaged": paths, "val_wer_average": None,
+                               "val_wer_best_epoch": None, "chosen": "epoch"}
         if len(paths) < 2:
             return out
         averaged = str(Path(self.best_path).with_name("averaged.ckpt"))
         average_checkpoints(paths, averaged)
-        out["val_wer_average"] = self._val_wer(averaged, device)
-        out["val_wer_best_epoch"] = self._val_wer(self.best_path, device)
+        out["val_wer_average"] = val_wer(averaged)
+        out["val_wer_best_epoch"] = val_wer(self.best_path)
         if self.select == "always" or out["val_wer_average"] <= out["val_wer_best_epoch"]:
             os.replace(averaged, self.best_path)
             out["chosen"] = "average"
         else:
             os.remove(averaged)
-        log.info("validation WER: mean of the %d best epochs %.4f, best epoch %.4f: best.ckpt is the %s", len(paths),
-                 out["val_wer_average"], out["val_wer_best_epoch"], "mean" if out["chosen"] == "average" else
-                 "best epoch")
+        log.info("validation WER: mean of the %d best epochs %.4f, best epoch %.4f: best.ckpt is "
+                 "the %s", len(paths), out["val_wer_average"], out["val_wer_best_epoch"],
+                 "mean" if out["chosen"] == "average" else "best epoch")
         return out
 
-    def _val_wer(self, path: str, device: torch.device) -> float:
-        module = ASRModule.load_for_inference(path, map_location=device).to(device)
-        data = compute_log_probs(module, self.val_manifest, device, progress=False)
-        return error_report(data["refs"], decode_log_probs(module.decoder, data["log_probs"]))["wer"]
+    @staticmethod
+    @torch.inference_mode()
+    def _val_wer(path: str, trainer: L.Trainer, pl_module: L.LightningModule) -> float:
+        """The validation WER of the weights in ``path``: the loop's own rule
+        (:func:`asr.training.module.batch_error_counts`) over every validation utterance."""
+        recognizer = copy.deepcopy(pl_module.recognizer).eval()
+        recognizer.load_state_dict(recognizer_state(read_checkpoint(path)))
+        counts = torch.zeros(4, dtype=torch.float64)
+        for batch in trainer.datamodule.whole_loader("val"):
+            out = recognizer(batch.audio.to(recognizer.device), batch.audio_lengths) if batch.ids \
+                else (None, None)
+            counts += batch_error_counts(recognizer.decoder, *out, batch)
+        return float(counts[0] / counts[1].clamp(min=1))

@@ -10,7 +10,6 @@ checkpoint is left as it was. Every load is ``weights_only`` (tensors and plain 
 from __future__ import annotations
 
 import errno
-import inspect
 import io
 import logging
 import os
@@ -23,8 +22,7 @@ import pytorch_lightning as L
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from asr.features import LogMelFeatures
-from asr.model import BiLSTMCTC
+from asr.model_files import load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -87,27 +85,6 @@ def remove_partials(ckpt_dir: str | os.PathLike) -> list[Path]:
     return stale
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint as tensors and plain data only (``weights_only``): unpickling runs no code.
-
-    Raises:
-        FileNotFoundError: no file at ``path``.
-        ValueError: the file is truncated, corrupt, or holds objects other than tensors and plain data.
-    """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"checkpoint {path} does not exist; training writes exp/<recipe>/<run>/checkpoints/{{last,best}}.ckpt"
-        )
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for a bad file
-        raise ValueError(
-            f"checkpoint {path} cannot be loaded safely ({err.__class__.__name__}: {str(err).splitlines()[0]}); "
-            f"it is truncated, corrupt or contains pickled code. Resume from another checkpoint "
-            f"(resume=<path>) or start fresh (resume=null)"
-        ) from None
-
-
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint I/O with atomic, fsynced writes and ``weights_only`` loading (resume included)."""
 
@@ -159,58 +136,3 @@ class StepCheckpoint(L.Callback):
         if (self.every_n_steps or self.every_n_minutes) and self._due(trainer):
             trainer.save_checkpoint(self.path, weights_only=False)
             self._last_time = time.monotonic()
-
-
-# ------------------------------------------------------------------ checkpoint metadata, validated
-def _check_kwargs(section: str, value: Any, cls: type) -> dict[str, Any]:
-    """``value`` must be a dict of plain scalars whose keys are arguments of ``cls``."""
-    if not isinstance(value, dict):
-        raise ValueError(f"checkpoint entry asr.{section} must be a dict, found {type(value).__name__}")
-    params = inspect.signature(cls.__init__).parameters
-    unknown = sorted(str(k) for k in value if k not in params or k == "self")
-    if unknown:
-        raise ValueError(f"checkpoint entry asr.{section} has unexpected keys {unknown}; "
-                         f"{cls.__name__} takes {sorted(p for p in params if p != 'self')}")
-    for k, v in value.items():
-        if not isinstance(v, (bool, int, float, str, type(None))):
-            raise ValueError(f"checkpoint entry asr.{section}.{k} must be a number, string or null, "
-                             f"found {type(v).__name__}")
-        if isinstance(v, str) and k.endswith("_target_"):
-            raise ValueError(f"checkpoint entry asr.{section}.{k} names code to run; refused")
-    return value
-
-
-def validate_description(meta: Any) -> dict[str, Any]:
-    """Check the plain-data model description stored in a checkpoint before anything is built from it.
-
-    Only known keys with plain values pass: a checkpoint cannot name a class, a function or a
-    ``_target_`` to instantiate.
-
-    Raises:
-        ValueError: naming the unexpected key or type.
-    """
-    if not isinstance(meta, dict):
-        raise ValueError(f"checkpoint entry 'asr' must be a dict, found {type(meta).__name__}")
-    allowed = {"tokenizer", "features", "model", "eval_manifests"}
-    unknown = sorted(str(k) for k in meta if k not in allowed)
-    if unknown:
-        raise ValueError(f"checkpoint entry 'asr' has unexpected keys {unknown}; expected {sorted(allowed)}")
-    missing = sorted({"tokenizer", "features", "model"} - set(meta))
-    if missing:
-        raise ValueError(f"checkpoint entry 'asr' lacks {missing}")
-    _check_kwargs("features", meta["features"], LogMelFeatures)
-    _check_kwargs("model", meta["model"], BiLSTMCTC)
-    tok = meta["tokenizer"]
-    if not isinstance(tok, dict) or not isinstance(tok.get("type"), str):
-        raise ValueError("checkpoint entry asr.tokenizer must be a dict with a 'type' string")
-    if any("_target_" in str(k) for k in tok):
-        raise ValueError("checkpoint entry asr.tokenizer names code to run (_target_); refused")
-    odd = sorted(str(k) for k, v in tok.items() if not isinstance(k, str) or not isinstance(v, str))
-    if odd:
-        raise ValueError(f"checkpoint entry asr.tokenizer values must be strings, not for {odd}")
-    manifests = meta.get("eval_manifests", {})
-    if not isinstance(manifests, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in manifests.items()
-    ):
-        raise ValueError("checkpoint entry asr.eval_manifests must map names to path strings")
-    return meta

@@ -159,7 +159,7 @@ class DroppedUtterances(L.Callback):
 
     def _record(self, batch: Any, pl_module: L.LightningModule, stage: str) -> None:
         dropped = getattr(batch, "dropped", ())
-        new = [(uid, why) for uid, why in dropped if uid not in self.seen]
+        new = [(f.id, f.reason) for f in dropped if f.id not in self.seen]
         for uid, why in new:
             self.seen[uid] = why
             log.warning("%s: dropped utterance %s, its audio failed to load: %s", stage, uid, why)

@@ -11,19 +11,14 @@ itself changes (:class:`asr.model.BiLSTMCTC` ``condition_layer``), so checkpoint
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import torch
-
-from asr.data.dataset import Batch
 from asr.text import CharTokenizer, Tokenizer
-
-if TYPE_CHECKING:
-    from asr.training.module import ASRModule
 
 
 class InterCTC:
-    """The intermediate CTC loss of one run.
+    """The settings of one run's intermediate CTC loss (computed by ``ASRModule.train_loss``; its
+    targets are made by the dataset, from the text).
 
     Args:
         weight: the lower layer's share of the training loss, in (0, 1).
@@ -69,39 +64,3 @@ class InterCTC:
         if self.self_condition:
             options["condition_layer"] = self.layer
         return options
-
-    def loss(self, module: ASRModule, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """The training loss and, within it, the last layer's CTC."""
-        feats, frame_lengths = module.features(batch.audio, batch.audio_lengths)
-        if module.augment is not None:
-            feats = module.augment(feats, frame_lengths)
-        log_probs, inter, lengths = module.model.forward_with_intermediate(feats, frame_lengths, self.layer)
-        final = module.ctc_loss(log_probs, lengths, batch)
-        inter_batch = batch
-        if self.tokenizer is not None:
-            if batch.inter_targets is None:  # a batch that did not pass add_targets: re-encode here
-                batch = self.add_targets(batch, module.tokenizer)
-            inter_batch = batch._replace(targets=batch.inter_targets, target_lengths=batch.inter_target_lengths)
-        return (1 - self.weight) * final + self.weight * module.ctc_loss(inter, lengths, inter_batch), final
-
-    def add_targets(self, batch: Batch, source: Tokenizer) -> Batch:
-        """``batch`` with ``inter_targets`` in this loss's own units (unchanged when it has none). It reads the ids
-        as numbers, so it runs on the host before the batch moves to the device (ASRModule.on_before_batch_transfer):
-        there it costs no wait for the device."""
-        if self.tokenizer is None:
-            return batch
-        own = retokenize(batch, source, self.tokenizer)
-        return batch._replace(inter_targets=own.targets, inter_target_lengths=own.target_lengths)
-
-
-def retokenize(batch: Batch, source: Tokenizer, target: Tokenizer) -> Batch:
-    """``batch`` with its targets re-encoded by ``target`` (the text decoded from ``source``'s ids)."""
-    ids = [
-        target.encode(source.decode(t[:n]))
-        for t, n in zip(batch.targets.tolist(), batch.target_lengths.tolist(), strict=True)
-    ]
-    lengths = torch.tensor([len(i) for i in ids], dtype=torch.long, device=batch.targets.device)
-    targets = torch.zeros(len(ids), max([1, *map(len, ids)]), dtype=torch.long, device=batch.targets.device)
-    for row, i in enumerate(ids):
-        targets[row, : len(i)] = torch.tensor(i, dtype=torch.long)
-    return batch._replace(targets=targets, target_lengths=lengths)

@@ -65,7 +65,7 @@ class WeightNoise(L.Callback):
                              batch_idx: int) -> None:
         if trainer.current_epoch < self.start_epoch:
             return
-        for p in pl_module.model.parameters():
+        for p in pl_module.recognizer.model.parameters():
             if p.requires_grad and p.dim() >= 2:
                 noise = torch.randn_like(p) * self.std
                 p.add_(noise)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from asr.data.audio import probe_audio
+from asr.audio import probe_audio
 from asr.data.download import download, extract_tar
 from asr.data.manifest import Utterance, write_manifest
 

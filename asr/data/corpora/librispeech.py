@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from asr.data.audio import probe_audio
+from asr.audio import probe_audio
 from asr.data.datamodule import ASRDataModule
 from asr.data.download import download, extract_tar
 from asr.data.manifest import Utterance, read_manifest, write_manifest
