@@ -1,4 +1,4 @@
-"""Audio files: decode to mono float32 at the model's rate; check a file from its header and last samples."""
+"""Audio files: decode to mono float32 at the model's rate; check a file from its header and end."""
 
 from __future__ import annotations
 
@@ -12,16 +12,17 @@ import torchaudio.functional as AF
 
 
 def load_audio(path: str | os.PathLike | BinaryIO, sample_rate: int = 16000) -> torch.Tensor:
-    """Decode an audio file (anything libsndfile reads: SPHERE, FLAC, WAV, ...), or a file object holding one (a
-    member of a tar shard), to mono float32.
+    """Decode an audio file (anything libsndfile reads), or a file object holding one, to mono.
 
-    Multi-channel audio is averaged to mono; other sample rates are resampled to ``sample_rate``.
+    Channels are averaged; other sample rates are resampled to ``sample_rate``.
 
     Returns:
         (S,) float32 waveform in [-1, 1].
     """
-    data, sr = sf.read(path if hasattr(path, "read") else str(path), dtype="float32", always_2d=True)  # (S, C)
-    wav = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]))
+    data, sr = sf.read(path if hasattr(path, "read") else str(path), dtype="float32",
+                       always_2d=True)  # (S, C)
+    wav = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1) if data.shape[1] > 1
+                                                else data[:, 0]))
     if sr != sample_rate:
         wav = AF.resample(wav, sr, sample_rate)
     return wav
@@ -37,40 +38,42 @@ def bad_samples(wav: torch.Tensor) -> str | None:
 
 
 def speed_perturb(wav: torch.Tensor, sample_rate: int, factor: float) -> torch.Tensor:
-    """``wav`` played ``factor`` times faster (tempo and pitch, as Kaldi's ``sox speed``): read as if recorded at
-    ``sample_rate * factor``, brought back to ``sample_rate``, so 1/factor as long."""
+    """``wav`` played ``factor`` times faster, tempo and pitch (``sox speed``): 1/factor as long."""
     return wav if factor == 1.0 else AF.resample(wav, int(round(sample_rate * factor)), sample_rate)
 
 
 def probe_audio(path: str | os.PathLike) -> tuple[sf._SoundFileInfo | None, str | None]:
-    """Header check of an audio file, plus a read of its last samples: ``(info, None)`` or ``(None, reason)``.
+    """Check an audio file's header and last samples: ``(info, None)`` or ``(None, reason)``.
 
-    Catches what ``soundfile.info`` alone lets through: a file with no samples, a SPHERE file shorter than
-    its header's ``sample_count``, a WAV whose chunk sizes disagree with the file, and a compressed file
-    (FLAC) whose end does not decode. Only the header and the last few hundred samples are read.
+    Catches what ``soundfile.info`` alone lets through: no samples, a SPHERE file shorter than its
+    ``sample_count``, WAV chunk sizes that disagree with the file, an end that does not decode.
     """
     try:
         info = sf.info(str(path))
         if info.frames == 0:
             return None, "audio has no samples"
-        if "should be" in info.extra_info:  # libsndfile's note on a WAV/AIFF chunk longer than the file
+        if "should be" in info.extra_info:  # libsndfile's note on a chunk longer than the file
             bad = next(ln for ln in info.extra_info.splitlines() if "should be" in ln)
             return None, f"truncated audio: header and file size disagree ({bad.strip()})"
         if info.format == "NIST":
             with open(path, "rb") as f:
                 head = f.read(1024).decode("ascii", "replace")
-            declared = next((int(ln.split()[-1]) for ln in head.splitlines() if ln.startswith("sample_count")), None)
+            declared = next((int(ln.split()[-1]) for ln in head.splitlines()
+                             if ln.startswith("sample_count")), None)
             if declared is not None and declared > info.frames:
-                return None, f"truncated audio: header says {declared} samples, file holds {info.frames}"
+                return None, (f"truncated audio: header says {declared} samples, "
+                              f"file holds {info.frames}")
         try:
             with sf.SoundFile(str(path)) as f:
                 f.seek(max(0, f.frames - 256))
                 tail = f.read(256, dtype="float32")
-            ending = None if len(tail) == min(256, info.frames) else f"{len(tail)} of the last 256 samples read"
+            ending = (None if len(tail) == min(256, info.frames)
+                      else f"{len(tail)} of the last 256 samples read")
         except (sf.LibsndfileError, RuntimeError) as err:  # the header opened: the file ends early
             ending = f"libsndfile: {err}"
         if ending:
-            return None, f"truncated audio: {info.frames} samples in the header, the end does not decode ({ending})"
+            return None, (f"truncated audio: {info.frames} samples in the header, "
+                          f"the end does not decode ({ending})")
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError, StopIteration) as err:
         return None, f"unreadable audio: {err}"
     return info, None

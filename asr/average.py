@@ -1,8 +1,8 @@
-"""Average the weights of several checkpoints of one run (as NeMo, SpeechBrain and icefall offer).
+"""Average the weights of several checkpoints of one run.
 
-    python -m asr.average checkpoints=[exp/an4/<run>/checkpoints/a.ckpt,exp/an4/<run>/checkpoints/b.ckpt]
+    python -m asr.average checkpoints=[<run dir>/checkpoints/a.ckpt,<run dir>/checkpoints/b.ckpt]
     python -m asr.average run_dir=exp/an4/<run> last=5       # the 5 with the highest global step
-    python -m asr.average run_dir=exp/an4/<run> best=5       # the 5 best by their ModelCheckpoint score
+    python -m asr.average run_dir=exp/an4/<run> best=5       # the 5 best by their recorded score
 
 The result loads like any checkpoint (``python -m asr.evaluate checkpoint=<output>``).
 """
@@ -27,9 +27,11 @@ def main(cfg: DictConfig) -> None:
             paths = select_checkpoints(cfg.run_dir, cfg.last, cfg.best)
         else:
             raise ValueError(
-                "give checkpoints=[a.ckpt,b.ckpt] or run_dir=exp/<recipe>/<run> with last=N or best=N"
+                "give checkpoints=[a.ckpt,b.ckpt] or run_dir=exp/<recipe>/<run> with last=N or "
+                "best=N"
             )
-        kind = f"last{cfg.last}" if cfg.last else f"best{cfg.best}" if cfg.best else f"avg{len(paths)}"
+        kind = (f"last{cfg.last}" if cfg.last else f"best{cfg.best}" if cfg.best
+                else f"avg{len(paths)}")
         output = cfg.output or str(Path(paths[-1]).parent / f"averaged_{kind}.ckpt")
         average_checkpoints(paths, output)
     print(f"averaged {len(paths)} checkpoints -> {output}")

@@ -12,10 +12,9 @@ log = logging.getLogger("asr")
 
 @contextmanager
 def user_errors(*more: type[BaseException]) -> Iterator[None]:
-    """Errors that a setting or a file of the user's causes (a missing manifest, a bad value, a package not
-    installed, and the kinds in ``more``) end the command with ``error: <message>`` on stderr (and in the log) and
-    exit status 2. Their messages say what was expected and how to fix it; anything else is a bug and keeps its
-    traceback."""
+    """End the command with ``error: <message>`` on stderr (and in the log) and exit status 2 on
+    errors a user's setting or file causes (a missing file, a bad value, a package not installed,
+    and the kinds in ``more``); anything else is a bug and keeps its traceback."""
     try:
         yield
     except (FileNotFoundError, ValueError, ImportError, *more) as err:

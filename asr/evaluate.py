@@ -1,16 +1,16 @@
-"""Score a checkpoint on manifests: per-split hyps.txt, refs.txt, report.json and one printed WER table.
+"""Score a checkpoint on manifests: per-split hyps.txt, refs.txt, report.json; a printed WER table.
 
     python -m asr.evaluate checkpoint=exp/an4/<run>/checkpoints/best.ckpt
     python -m asr.evaluate checkpoint=... manifests='{test: data/an4/test.jsonl}'
-    python -m asr.evaluate checkpoint=... testsets=librispeech   # dev-clean dev-other test-clean test-other
+    python -m asr.evaluate checkpoint=... testsets=librispeech   # dev/test-clean, dev/test-other
     python -m asr.evaluate checkpoint=... decoder=beam decoder.beam_size=50
     python -m asr.evaluate -m checkpoint=... decoder=beam_lm decoder.lexicon=... decoder.lm=... \
         decoder.lm_weight=0.5,1,1.5,2 decoder.word_score=-1,0,1
     python -m asr.evaluate checkpoint=... quantize=int8   # int8 LSTM and linear layers, on the CPU
-    python -m asr.evaluate checkpoint=<folder> manifests='{test: data/an4/test.jsonl}'   # asr.export format=pretrained
+    python -m asr.evaluate checkpoint=<asr.export folder> manifests='{test: data/an4/test.jsonl}'
 
-The model's log-probs are cached once per checkpoint and split (``cache_dir``), so a decoder sweep costs one
-forward pass per split and one search per point.
+Log-probs are cached per checkpoint and split (``cache_dir``): a decoder sweep costs one forward
+pass per split and one search per point.
 """
 
 from __future__ import annotations
@@ -29,9 +29,8 @@ from asr.report.scoring import evaluate_checkpoint, format_table
 
 
 def register_resolvers() -> None:
-    """``${run_dir_of:<checkpoint>}`` for ``conf/evaluate.yaml`` (where its outputs and cache go): a checkpoint's run
-    dir, or a model folder itself (:func:`asr.inference.model_home`). Called before the config is composed: by this
-    module's ``__main__``, and by tests that compose the config themselves."""
+    """Register ``${run_dir_of:<checkpoint>}`` (a checkpoint's run dir, or a model folder itself)
+    for ``conf/evaluate.yaml``; call it before composing the config (tests that compose it too)."""
     OmegaConf.register_new_resolver("run_dir_of", lambda ckpt: str(model_home(ckpt)), replace=True)
 
 
@@ -44,16 +43,16 @@ def _decoder_settings(cfg: DictConfig) -> dict:
 
 
 def _out_dir(cfg: DictConfig) -> str:
-    """Where the splits go: the sweep point's folder in a multirun, else ``out_dir``, else ``<run dir>/decode``
-    (greedy, float) or ``<run dir>/decode/<decoder>``, ``<run dir>/decode/int8``, ``<run dir>/decode/<decoder>-int8``
-    (a model folder is its own run dir)."""
+    """Where the splits go: the sweep point's folder in a multirun, else ``out_dir``, else
+    ``<run dir>/decode/<decoder>-<quantize>`` without the parts that are greedy or unset."""
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode == RunMode.MULTIRUN:
         return hydra_cfg.runtime.output_dir
     if cfg.out_dir:
         return cfg.out_dir
     choice = hydra_cfg.runtime.choices.get("decoder", "greedy")
-    name = "-".join(part for part in (choice if choice != "greedy" else "", cfg.quantize or "") if part)
+    name = "-".join(part for part in (choice if choice != "greedy" else "", cfg.quantize or "")
+                    if part)
     return str(model_home(cfg.checkpoint) / "decode" / name)
 
 

@@ -19,9 +19,9 @@ class LogMelFeatures(nn.Module):
         n_mels: filterbank channels (the feature dimension).
         win_ms, hop_ms: analysis window and hop in milliseconds.
         n_fft: FFT size (>= window length in samples).
-        normalize: ``"utterance"`` (per-utterance mean/variance over valid frames), ``"global"`` (one mean and
-            standard deviation per channel over the training set, held as buffers and saved with the model; set
-            them with :meth:`set_global_stats`, e.g. from :func:`global_stats`) or ``"none"``.
+        normalize: ``"utterance"`` (mean/variance over each utterance's valid frames), ``"global"``
+            (per-channel training-set statistics saved with the model, see :meth:`set_global_stats`)
+            or ``"none"``.
     """
 
     def __init__(
@@ -35,9 +35,11 @@ class LogMelFeatures(nn.Module):
     ) -> None:
         super().__init__()
         if normalize not in NORMALIZE:
-            raise ValueError(f"features.normalize must be one of {', '.join(NORMALIZE)}, got {normalize!r}")
+            raise ValueError(f"features.normalize must be one of {', '.join(NORMALIZE)}, "
+                             f"got {normalize!r}")
         self.config = dict(
-            sample_rate=sample_rate, n_mels=n_mels, win_ms=win_ms, hop_ms=hop_ms, n_fft=n_fft, normalize=normalize
+            sample_rate=sample_rate, n_mels=n_mels, win_ms=win_ms, hop_ms=hop_ms, n_fft=n_fft,
+            normalize=normalize
         )
         self.n_mels = n_mels
         self.hop_length = int(round(sample_rate * hop_ms / 1000))
@@ -52,16 +54,18 @@ class LogMelFeatures(nn.Module):
             power=2.0,
             pad_mode="constant",  # zeros, as batch padding is: features do not depend on the batch
         )
-        if normalize == "global":  # identity until set_global_stats; saved in the state_dict with the model
+        if normalize == "global":  # identity until set_global_stats; saved in the state_dict
             self.register_buffer("global_mean", torch.zeros(n_mels))
             self.register_buffer("global_std", torch.ones(n_mels))
 
     def set_global_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Channel means and standard deviations of log-Mel energies for ``normalize="global"``."""
         if self.normalize != "global":
-            raise ValueError(f"global statistics need features.normalize=global, not {self.normalize!r}")
+            raise ValueError(f"global statistics need features.normalize=global, "
+                             f"not {self.normalize!r}")
         if mean.shape != (self.n_mels,) or std.shape != (self.n_mels,) or not bool((std > 0).all()):
-            raise ValueError(f"global statistics must be ({self.n_mels},) means and positive standard deviations")
+            raise ValueError(f"global statistics must be ({self.n_mels},) means and positive "
+                             f"standard deviations")
         self.global_mean.copy_(mean)
         self.global_std.copy_(std)
 
@@ -77,21 +81,23 @@ class LogMelFeatures(nn.Module):
             return torch.log(feats + 1e-6).transpose(1, 2)  # (B, n_mels, T) -> (B, T, n_mels)
 
     @torch.no_grad()
-    def forward(self, audio: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, audio: torch.Tensor,
+                lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, S) waveforms, (B,) sample counts -> (B, T, n_mels) features, (B,) frame counts."""
         return self.normalize_frames(self.log_mel(audio), lengths)
 
     def normalize_frames(
         self, feats: torch.Tensor, lengths: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, T, n_mels) log-Mel of (B,) sample counts -> normalised, zero-padded features, (B,) frames.
+        """(B, T, n_mels) log-Mel, (B,) sample counts -> (B, T, n_mels) normalised, (B,) frames.
 
-        The frame counts stay where ``lengths`` is: lengths held on the host (see :class:`asr.data.dataset.Batch`)
-        give host frame counts, and only a copy goes to the device for the mask, so nothing waits for the device.
+        Padding frames are zero. The frame counts stay where ``lengths`` is; only a copy goes
+        to the device for the mask, so nothing waits for the device.
         """
         frame_lengths = self.output_lengths(lengths).clamp(max=feats.shape[1])
         on_device = frame_lengths.to(feats.device, non_blocking=True)
-        mask = (torch.arange(feats.shape[1], device=feats.device)[None, :] < on_device[:, None])[..., None]
+        mask = (torch.arange(feats.shape[1], device=feats.device)[None, :]
+                < on_device[:, None])[..., None]  # (B, T, 1)
         if self.normalize == "utterance":
             n = on_device.clamp(min=1)[:, None, None].to(feats.dtype)
             mean = (feats * mask).sum(1, keepdim=True) / n
@@ -106,8 +112,8 @@ class LogMelFeatures(nn.Module):
 def global_stats(
     features: LogMelFeatures, audio: Iterable[torch.Tensor], floor: float = 1e-2
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and standard deviation of the log-Mel energies of ``audio`` (1-D waveforms), over all
-    frames, accumulated in float64. The standard deviation is floored at ``floor`` (silent channels)."""
+    """Per-channel mean and standard deviation of the log-Mel energies of ``audio`` (1-D waveforms)
+    over all frames, in float64; the deviation is floored at ``floor`` (silent channels)."""
     total = torch.zeros(features.n_mels, dtype=torch.float64)
     squares = torch.zeros(features.n_mels, dtype=torch.float64)
     frames = 0
@@ -124,7 +130,7 @@ def global_stats(
 
 
 class SpecAugment(nn.Module):
-    """Frequency and time masking (Park et al. 2019), a fresh mask per utterance; identity in eval mode.
+    """Frequency and time masking (Park et al. 2019), a fresh mask per utterance; eval: identity.
 
     Args:
         freq_masks: number of frequency masks.
@@ -133,7 +139,8 @@ class SpecAugment(nn.Module):
         time_width: largest time mask as a fraction of each utterance's length.
     """
 
-    def __init__(self, freq_masks: int = 2, freq_width: int = 27, time_masks: int = 2, time_width: float = 0.05):
+    def __init__(self, freq_masks: int = 2, freq_width: int = 27, time_masks: int = 2,
+                 time_width: float = 0.05):
         super().__init__()
         self.freq_masks, self.freq_width = freq_masks, freq_width
         self.time_masks, self.time_width = time_masks, time_width
@@ -141,13 +148,14 @@ class SpecAugment(nn.Module):
     @staticmethod
     def _mask(size: int, widths: torch.Tensor, limits: torch.Tensor) -> torch.Tensor:
         """(B,) widths and (B,) valid extents -> (B, size) bool mask of one band per row."""
-        starts = (torch.rand_like(widths, dtype=torch.float) * (limits - widths).clamp(min=0)).long()
+        starts = (torch.rand_like(widths, dtype=torch.float)
+                  * (limits - widths).clamp(min=0)).long()
         pos = torch.arange(size, device=widths.device)[None, :]
         return (pos >= starts[:, None]) & (pos < (starts + widths)[:, None])
 
     @torch.no_grad()
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """(B, T, F) features, (B,) frame counts -> (B, T, F) masked features (training mode only)."""
+        """(B, T, F) features, (B,) frame counts -> (B, T, F) masked features (in training)."""
         if not self.training:
             return feats
         b, t, f = feats.shape

@@ -1,6 +1,6 @@
-"""BiLSTM: a stacked bidirectional LSTM over a padded batch, with two interchangeable forward algorithms.
+"""BiLSTM: a stacked bidirectional LSTM over a padded batch, with two forward algorithms.
 
-A leaf module: it imports nothing else of the project. Also here: the dropout it uses between layers.
+Also here: the dropout it uses between layers. See docs/model.md.
 """
 
 from __future__ import annotations
@@ -15,19 +15,19 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 IMPLEMENTATIONS = ("auto", "dense", "packed")
 _WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-# cuDNN wants every weight in one flat buffer; ours live in separate per-direction modules, so it copies them
+# cuDNN wants every weight in one flat buffer; ours live in per-direction modules, so it copies them
 _NOT_CONTIGUOUS = ".*weights are not part of single contiguous chunk of memory"
 
 
 def check_implementation(implementation: str) -> str:
-    """``implementation`` if it names a BiLSTM forward algorithm, else a ValueError naming the setting."""
+    """``implementation`` if it names a BiLSTM forward algorithm, else a ValueError."""
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"model.lstm must be 'auto', 'dense' or 'packed', got {implementation!r}")
     return implementation
 
 
 def reversal_index(lengths: torch.Tensor, frames: int) -> torch.Tensor:
-    """(B, T) time index that reverses each sequence within its own length; padding frames map to themselves.
+    """(B, T) time index reversing each sequence within its length; padding maps to itself.
 
     Reversing is its own inverse, so the same index turns a reversed batch back.
     """
@@ -39,8 +39,8 @@ def reversal_index(lengths: torch.Tensor, frames: int) -> torch.Tensor:
 def lstm_autocast_supported(device: torch.device) -> bool:
     """Whether the LSTM kernels can run under bf16 autocast on ``device``.
 
-    CUDA always can. On CPU, oneDNN's LSTM has bf16 kernels only where the CPU has native bf16 (AVX512-BF16 or
-    AMX); on an AVX2-only CPU it fails with "could not create a primitive descriptor" instead of falling back.
+    CUDA always can. On CPU, oneDNN's LSTM has bf16 kernels only with native bf16 (AVX512-BF16,
+    AMX); elsewhere it fails ("could not create a primitive descriptor") instead of falling back.
     """
     return device.type != "cpu" or bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
@@ -52,16 +52,15 @@ def _gather_time(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 def _valid_mask(lengths: torch.Tensor, frames: int) -> torch.Tensor:
     """(B, T, 1) bool: whether each frame lies within its sequence's length."""
-    return (torch.arange(frames, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)).unsqueeze(-1)
+    return (torch.arange(frames, device=lengths.device).unsqueeze(0)  # (1, T) < (B, 1)
+            < lengths.unsqueeze(1)).unsqueeze(-1)
 
 
 def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
-    """Training-mode dropout: each element zeroed with probability ``p``, the rest scaled to keep the mean.
+    """Training-mode dropout: each element zeroed with probability ``p``, the rest rescaled.
 
-    On CPU the mask is drawn from the 16-bit quarters of 64-bit random integers instead of one Bernoulli draw per
-    element, which is faster than torch's CPU dropout (``python benchmarks/step_parts.py``), with ``p`` rounded to
-    a multiple of 1/65536 and the kept values scaled by the exact inverse of the rounded keep rate. Elsewhere:
-    torch's own.
+    On CPU a faster mask from 16-bit random draws, ``p`` rounded to a multiple of 1/65536;
+    elsewhere torch's own. See docs/model.md.
     """
     if x.device.type != "cpu":
         return nn.functional.dropout(x, p, training=True)
@@ -70,13 +69,14 @@ def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
         return x * 0.0
     n = x.numel()
     bits = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64)
-    keep = bits.view(torch.int16)[:n].view(x.shape) >= drop - 32768  # int16 is uniform on [-32768, 32767]
+    # int16 is uniform on [-32768, 32767]
+    keep = bits.view(torch.int16)[:n].view(x.shape) >= drop - 32768
     return x * keep.to(x.dtype).mul_(65536 / (65536 - drop))
 
 
 class SharedDropout(nn.Module):
-    """Dropout with one mask per utterance and channel, shared by all frames ("variational" or "locked" dropout,
-    Gal & Ghahramani 2016): (B, T, D) -> (B, T, D). With ``shared=False`` it is plain per-element dropout."""
+    """Dropout with one mask per utterance and channel, shared by all frames ("variational" or
+    "locked", Gal & Ghahramani 2016): (B, T, D) -> (B, T, D); ``shared=False``: per element."""
 
     def __init__(self, p: float, shared: bool = True) -> None:
         super().__init__()
@@ -89,7 +89,8 @@ class SharedDropout(nn.Module):
             return x
         if not self.shared:
             return dropout(x, self.p)
-        keep = torch.empty(x.shape[0], 1, x.shape[2], device=x.device, dtype=x.dtype).bernoulli_(1 - self.p)
+        keep = torch.empty(x.shape[0], 1, x.shape[2], device=x.device,
+                           dtype=x.dtype).bernoulli_(1 - self.p)  # (B, 1, D)
         return x * keep / (1 - self.p)
 
     def extra_repr(self) -> str:
@@ -97,11 +98,9 @@ class SharedDropout(nn.Module):
 
 
 class _TemplateLSTM(nn.LSTM):
-    """A bidirectional ``nn.LSTM`` on the meta device, run only through ``functional_call`` with BiLSTM's weights.
+    """A bidirectional ``nn.LSTM`` on the meta device, run through ``functional_call`` only.
 
-    It never flattens the weights it is given: on CUDA ``flatten_parameters`` would re-store the caller's
-    parameters (``set_``) in a new flat buffer at every call, an in-place change of the model's parameters that
-    breaks a graph still waiting for its backward. cuDNN compacts a copy of them instead.
+    It never flattens the weights it is given (see docs/model.md): cuDNN compacts a copy instead.
     """
 
     def flatten_parameters(self) -> None:
@@ -110,7 +109,8 @@ class _TemplateLSTM(nn.LSTM):
 
 def _template(input_size: int, hidden_size: int, num_layers: int) -> _TemplateLSTM:
     with torch.device("meta"):  # shapes only: allocates nothing, draws no random numbers
-        return _TemplateLSTM(input_size, hidden_size, num_layers, bidirectional=True, batch_first=True)
+        return _TemplateLSTM(input_size, hidden_size, num_layers, bidirectional=True,
+                             batch_first=True)
 
 
 Condition = Callable[[int, torch.Tensor], torch.Tensor]
@@ -119,20 +119,11 @@ Condition = Callable[[int, torch.Tensor], torch.Tensor]
 class BiLSTM(nn.Module):
     """Stacked bidirectional LSTM over a padded (B, T, D) batch, exact for every sequence length.
 
-    The parameters are one single-direction ``nn.LSTM`` per layer and direction (``layers[i]["fwd"]``,
-    ``layers[i]["bwd"]``) whatever the ``implementation``, which picks only the forward algorithm:
-
-    - ``"dense"``: per layer, the two ``nn.LSTM`` modules run over the dense padded batch, the backward one on
-      every sequence reversed within its own length, so no padding frame ever reaches a valid one. On CPU these
-      calls run oneDNN's LSTM kernels, faster than the packed path (``python benchmarks/lstm_variants.py``).
-    - ``"packed"``: one bidirectional multi-layer ``nn.LSTM`` call (cuDNN's fused kernel on CUDA) over a
-      PackedSequence, with these same parameters. Where the caller needs what happens between layers (every
-      layer's output, a ``condition`` callback, shared dropout masks, which cuDNN cannot draw), one bidirectional
-      call per layer, with this module's dropout and conditioning between them.
-    - ``"auto"``: packed for an input on CUDA, dense elsewhere, decided at each call.
-
-    Both compute ``nn.LSTM(bidirectional=True)`` over a PackedSequence (to float rounding); outputs at padding
-    frames are zero. In training they draw different dropout masks.
+    The parameters are one single-direction ``nn.LSTM`` per layer and direction
+    (``layers[i]["fwd"]``, ``layers[i]["bwd"]``); ``implementation`` picks only the algorithm:
+    ``"dense"`` (per-direction calls over the padded batch), ``"packed"`` (bidirectional calls over
+    a PackedSequence) or ``"auto"`` (packed on CUDA, dense elsewhere). Both give the same outputs
+    (to float rounding), zero at padding frames. See docs/model.md.
     """
 
     def __init__(
@@ -148,13 +139,15 @@ class BiLSTM(nn.Module):
         self.implementation = check_implementation(implementation)
         self.layers = nn.ModuleList(
             nn.ModuleDict({
-                "fwd": nn.LSTM(input_size if i == 0 else 2 * hidden_size, hidden_size, batch_first=True),
-                "bwd": nn.LSTM(input_size if i == 0 else 2 * hidden_size, hidden_size, batch_first=True),
+                "fwd": nn.LSTM(input_size if i == 0 else 2 * hidden_size, hidden_size,
+                               batch_first=True),
+                "bwd": nn.LSTM(input_size if i == 0 else 2 * hidden_size, hidden_size,
+                               batch_first=True),
             })
             for i in range(num_layers)
         )
         self.dropout = SharedDropout(dropout, shared=shared_dropout)
-        # A plain tuple, not submodules: the templates hold no state and stay out of state_dict() and .to().
+        # A plain tuple, not submodules: stateless templates stay out of state_dict() and .to().
         self._templates = (
             _template(input_size, hidden_size, num_layers),  # the whole stack in one call
             _template(input_size, hidden_size, 1),  # the first layer alone
@@ -163,7 +156,8 @@ class BiLSTM(nn.Module):
 
     def uses_packed(self, device: torch.device) -> bool:
         """Whether a forward call on an input on ``device`` runs the packed algorithm."""
-        return self.implementation == "packed" or (self.implementation == "auto" and device.type == "cuda")
+        return self.implementation == "packed" or (self.implementation == "auto"
+                                                   and device.type == "cuda")
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """(B, T, D) input, (B,) valid frames -> (B, T, 2H) output."""
@@ -174,15 +168,15 @@ class BiLSTM(nn.Module):
     ) -> list[torch.Tensor]:
         """(B, T, D) input, (B,) valid frames -> every layer's (B, T, 2H) output, first to last.
 
-        ``condition(i, output)``, if given, maps layer ``i``'s (0-based) output to the next layer's input (the
-        returned list holds the outputs as the layers produced them)."""
+        ``condition(i, output)``, if given, maps layer ``i``'s (0-based) output to the next layer's
+        input; the list holds the outputs as the layers produced them."""
         return self._run(x, lengths, condition, every_layer=True)
 
     def _run(
         self, x: torch.Tensor, lengths: torch.Tensor, condition: Condition | None, every_layer: bool
     ) -> list[torch.Tensor]:
         if torch.is_autocast_enabled(x.device.type) and not lstm_autocast_supported(x.device):
-            # bf16-mixed on a CPU without bf16 LSTM kernels: these layers run in fp32, the rest stays autocast
+            # bf16-mixed on a CPU without bf16 LSTM kernels: these layers run in fp32, the rest bf16
             with torch.autocast(x.device.type, enabled=False):
                 return self._algorithm(x.float(), lengths, condition, every_layer)
         return self._algorithm(x, lengths, condition, every_layer)
@@ -191,12 +185,14 @@ class BiLSTM(nn.Module):
         self, x: torch.Tensor, lengths: torch.Tensor, condition: Condition | None, every_layer: bool
     ) -> list[torch.Tensor]:
         if not self.uses_packed(x.device):
-            return self._dense_layers(x, lengths.to(x.device, non_blocking=True).clamp(min=1), condition)
-        lengths = lengths.detach().cpu().clamp(min=1)  # pack_padded_sequence reads them on the host (no copy if there)
+            return self._dense_layers(x, lengths.to(x.device, non_blocking=True).clamp(min=1),
+                                      condition)
+        # pack_padded_sequence reads them on the host (no copy if there)
+        lengths = lengths.detach().cpu().clamp(min=1)
         shared_masks = self.dropout.shared and self.training and self.dropout.p > 0
         if every_layer or condition is not None or shared_masks:
             return self._packed_layers(x, lengths, condition)
-        between = 0.0 if self.dropout.shared else self.dropout.p  # torch's per-element dropout inside the call
+        between = 0.0 if self.dropout.shared else self.dropout.p  # torch's, inside the call
         return [self._packed_call(0, 0, len(self.layers), x, lengths, between)]
 
     def _dense_layers(
@@ -210,7 +206,8 @@ class BiLSTM(nn.Module):
                 x = self.dropout(x)
             forward_out, _ = layer["fwd"](x)
             backward_out, _ = layer["bwd"](_gather_time(x, index))
-            x = torch.cat([forward_out, _gather_time(backward_out, index)], dim=-1) * valid.to(forward_out.dtype)
+            x = (torch.cat([forward_out, _gather_time(backward_out, index)], dim=-1)  # (B, T, 2H)
+                 * valid.to(forward_out.dtype))
             outputs.append(x)
             if condition is not None and i + 1 < len(self.layers):
                 x = condition(i, x) * valid.to(x.dtype)
@@ -219,7 +216,8 @@ class BiLSTM(nn.Module):
     def _packed_layers(
         self, x: torch.Tensor, lengths: torch.Tensor, condition: Condition | None
     ) -> list[torch.Tensor]:
-        valid = _valid_mask(lengths.to(x.device, non_blocking=True), x.shape[1]) if condition is not None else None
+        valid = (_valid_mask(lengths.to(x.device, non_blocking=True), x.shape[1])
+                 if condition is not None else None)
         outputs = []
         for i in range(len(self.layers)):
             if i > 0:
@@ -231,10 +229,11 @@ class BiLSTM(nn.Module):
         return outputs
 
     def _packed_call(
-        self, template: int, first: int, stop: int, x: torch.Tensor, lengths: torch.Tensor, between: float
+        self, template: int, first: int, stop: int, x: torch.Tensor, lengths: torch.Tensor,
+        between: float
     ) -> torch.Tensor:
-        """Layers ``first`` to ``stop - 1`` in one bidirectional ``nn.LSTM`` call over a PackedSequence, through
-        ``self._templates[template]``, with dropout ``between`` layers: (B, T, D) -> (B, T, 2H), zero at padding."""
+        """Layers ``first`` to ``stop - 1`` in one call of ``self._templates[template]`` over a
+        PackedSequence, dropout ``between``: (B, T, D) -> (B, T, 2H), zero at padding."""
         lstm = self._templates[template]
         lstm.training, lstm.dropout = self.training, between
         weights = {}
@@ -242,7 +241,8 @@ class BiLSTM(nn.Module):
             for name in _WEIGHTS:
                 weights[f"{name}_l{k}"] = getattr(layer["fwd"], f"{name}_l0")
                 weights[f"{name}_l{k}_reverse"] = getattr(layer["bwd"], f"{name}_l0")
-        # sorted here, on the host, as pack_padded_sequence would: its own unsorting reads indices off the device
+        # sorted here, on the host, as pack_padded_sequence would: its own unsorting reads
+        # indices off the device
         lengths, order = torch.sort(lengths, descending=True)
         restore = torch.empty_like(order)
         restore[order] = torch.arange(len(order))

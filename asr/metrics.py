@@ -1,7 +1,6 @@
 """Word and character error rates on top of jiwer: the one place edits are counted.
 
-Training's validation WER, model selection and evaluation reports all count with :func:`error_counts`, so the
-numbers they print agree.
+Validation, model selection and evaluation all count with :func:`error_counts`, so they agree.
 """
 
 from __future__ import annotations
@@ -31,9 +30,9 @@ class Edits(NamedTuple):
 
 
 def error_counts(refs: Sequence[str], hyps: Sequence[str]) -> tuple[Edits, Edits]:
-    """Word and character edits of ``hyps`` against ``refs`` (normalised text, one pair per utterance).
+    """Word and character edits of ``hyps`` against ``refs`` (normalised text, one per utterance).
 
-    An empty reference is scored as a lone space (jiwer rejects empty references), so every word of its
+    An empty reference is scored as a lone space (jiwer rejects empty ones), so every word of its
     hypothesis counts as an insertion.
     """
     if len(refs) != len(hyps):
@@ -51,8 +50,8 @@ def error_report(refs: Sequence[str], hyps: Sequence[str]) -> dict:
     """Corpus-level WER/CER with their edit counts.
 
     Returns:
-        ``{"wer", "cer", "substitutions", "deletions", "insertions", "hits", "ref_words", "ref_chars",
-        "char_substitutions", "char_deletions", "char_insertions", "utterances"}``.
+        ``{"wer", "cer", "substitutions", "deletions", "insertions", "hits", "ref_words",
+        "ref_chars", "char_substitutions", "char_deletions", "char_insertions", "utterances"}``.
     """
     words, chars = error_counts(refs, hyps)
     return {

@@ -1,4 +1,4 @@
-"""BiLSTMCTC: subsampling front end -> stacked bidirectional LSTMs -> per-frame class log-probabilities.
+"""BiLSTMCTC: subsampling front end -> stacked BiLSTMs -> per-frame class log-probabilities.
 
 A plain nn.Module: it knows nothing of Lightning, features or tokenizers.
 """
@@ -31,12 +31,13 @@ class FrameStack(nn.Module):
 
 
 class ConvSubsampling(nn.Module):
-    """2-D convolutions with stride 2 in time and frequency (x2, x4 or x8): (B, T, F) -> (B, T', channels * F')."""
+    """Stride-2 2-D convolutions in time and frequency (x2, x4, x8): (B, T, F) -> (B, T', C*F')."""
 
     def __init__(self, input_dim: int, factor: int, channels: int = 32) -> None:
         super().__init__()
         if factor not in (2, 4, 8):
-            raise ValueError(f"model.subsampling_factor must be 2, 4 or 8 with conv subsampling, got {factor}")
+            raise ValueError(f"model.subsampling_factor must be 2, 4 or 8 with conv subsampling, "
+                             f"got {factor}")
         layers: list[nn.Module] = []
         in_ch, f = 1, input_dim
         for _ in range({2: 1, 4: 2, 8: 3}[factor]):
@@ -67,20 +68,15 @@ class BiLSTMCTC(nn.Module):
         hidden_size: LSTM units per direction.
         num_layers: stacked bidirectional LSTM layers.
         dropout: dropout on the LSTM input, between LSTM layers and before the output layer.
-        subsampling: ``"stack"`` (frame stacking), ``"conv"`` (2-D conv, x2/x4) or ``"none"``.
+        subsampling: ``"stack"`` (frame stacking), ``"conv"`` (2-D conv, x2/x4/x8) or ``"none"``.
         subsampling_factor: time reduction of the front end (ignored for ``"none"``).
-        shared_dropout: one dropout mask per utterance and channel for all frames (variational dropout) instead of
-            a fresh mask per frame.
-        inter_classes: give the intermediate-CTC layer (:meth:`forward` ``layer``) an output layer of its own
-            with this many classes (e.g. characters under a sub-word final layer); ``None``: it shares the final
-            output layer.
-        condition_layer: self-conditioned CTC (Nozaki & Komatsu, 2021): the class posteriors of LSTM layer
-            ``condition_layer`` (1-based, below the last; through the intermediate output layer) are added, through a
-            linear layer, to that layer's output before the next layer reads it, in training and inference alike.
-            Train it with intermediate CTC on the same layer. 0: off.
-        lstm: the LSTM's forward algorithm (:class:`asr.lstm.BiLSTM`): ``"dense"`` (per-direction LSTMs over the
-            padded batch), ``"packed"`` (one cuDNN-style call over a PackedSequence) or ``"auto"`` (packed for
-            inputs on CUDA, dense elsewhere). The parameters, and so checkpoints, are the same for all three.
+        shared_dropout: one dropout mask per utterance and channel for all frames (variational).
+        inter_classes: give the intermediate-CTC layer (:meth:`forward` ``layer``) an output layer
+            of its own with this many classes; ``None``: it shares the final output layer.
+        condition_layer: self-conditioned CTC (Nozaki & Komatsu, 2021) on this LSTM layer (1-based,
+            below the last; train it with intermediate CTC there); 0: off. See docs/model.md.
+        lstm: the BiLSTM's forward algorithm, ``"dense"``, ``"packed"`` or ``"auto"``
+            (:class:`asr.lstm.BiLSTM`); checkpoints are the same for all three.
     """
 
     def __init__(
@@ -116,12 +112,12 @@ class BiLSTMCTC(nn.Module):
         elif subsampling == "none":
             self.frontend = None
         else:
-            raise ValueError(f"model.subsampling must be 'stack', 'conv' or 'none', got {subsampling!r}")
+            raise ValueError(f"model.subsampling must be 'stack', 'conv' or 'none', "
+                             f"got {subsampling!r}")
         lstm_in = self.frontend.output_dim if self.frontend is not None else input_dim
         self.input_dropout = SharedDropout(dropout, shared=shared_dropout)
-        self.lstm = BiLSTM(
-            lstm_in, hidden_size, num_layers, dropout=dropout, shared_dropout=shared_dropout, implementation=lstm
-        )
+        self.lstm = BiLSTM(lstm_in, hidden_size, num_layers, dropout=dropout,
+                           shared_dropout=shared_dropout, implementation=lstm)
         self.output_dropout = SharedDropout(dropout, shared=shared_dropout)
         self.classifier = nn.Linear(2 * hidden_size, num_classes)
         self.inter_classifier = nn.Linear(2 * hidden_size, inter_classes) if inter_classes else None
@@ -158,8 +154,8 @@ class BiLSTMCTC(nn.Module):
     def _encode(
         self, feats: torch.Tensor, lengths: torch.Tensor, every_layer: bool = True
     ) -> tuple[list[torch.Tensor], torch.Tensor | None, torch.Tensor]:
-        """Front end + LSTMs: (every layer's output, or only the last's unless ``every_layer``; the
-        self-conditioning layer's log-probs or None; lengths)."""
+        """Front end + LSTMs: (every layer's output, or only the last's unless ``every_layer``;
+        the self-conditioning layer's log-probs or None; lengths)."""
         x = feats
         if self.frontend is not None:
             x, lengths = self.frontend(x, lengths)
@@ -180,5 +176,6 @@ class BiLSTMCTC(nn.Module):
         return outputs, conditioned[0], lengths
 
     def _log_probs(self, x: torch.Tensor, classifier: nn.Linear | None = None) -> torch.Tensor:
-        logits = (classifier or self.classifier)(self.output_dropout(x))  # (B, T', 2H) -> (B, T', C)
+        # (B, T', 2H) -> (B, T', C)
+        logits = (classifier or self.classifier)(self.output_dropout(x))
         return logits.float().log_softmax(dim=-1)

@@ -1,8 +1,8 @@
 """A trained model on disk: a training checkpoint (``.ckpt``) or a model folder.
 
 Both are read as tensors and plain data only (no pickled code, no ``_target_``), and both carry a
-format version; :func:`migrate` is the one place an older checkpoint layout is brought up to date.
-A model folder (``asr.export format=pretrained``) is laid out for the Hugging Face Hub:
+format version (:func:`migrate`). A model folder (``asr.export format=pretrained``) is laid out
+for the Hugging Face Hub:
 
     config.json        format, quantize, the model and feature settings
     model.safetensors  the weights and feature statistics (int8 rows + ``<name>_scale`` for int8)
@@ -32,7 +32,7 @@ CHECKPOINT_VERSION = 2
 STATE_PREFIX = "recognizer."  # the Recognizer's weights inside a training checkpoint's state_dict
 FOLDER_FORMAT, FOLDER_VERSION = "asr-bilstm-ctc", 1
 CONFIG, WEIGHTS, TOKENIZER, CARD = "config.json", "model.safetensors", "tokenizer.json", "README.md"
-DERIVED = ("features.mel.",)  # state keys rebuilt from the feature settings, never stored in a folder
+DERIVED = ("features.mel.",)  # state keys rebuilt from the feature settings, not in a folder
 WRITES = ("checkpoint= takes a .ckpt file or a model folder, which `python -m asr.export "
           "checkpoint=<.ckpt> format=pretrained output=<folder>` writes")
 
@@ -60,8 +60,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
 def migrate(ckpt: dict[str, Any]) -> dict[str, Any]:
     """Bring a checkpoint of an older layout up to :data:`CHECKPOINT_VERSION`, in place.
 
-    Version 1 (no ``format_version``) kept the weights at the top level of the training
-    module (``model.*``, ``features.*``); version 2 keeps them under ``recognizer.``.
+    Version 2 keeps the weights under ``recognizer.``; version 1 (no ``format_version``) at the
+    top level (``model.*``, ``features.*``).
     """
     meta = ckpt[CHECKPOINT_KEY]
     version = meta.get("format_version", 1)
@@ -171,7 +171,8 @@ def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); export the model folder again") from None
+        raise ValueError(f"{path} is not valid JSON ({err}); export the model folder "
+                         f"again") from None
 
 
 def read_folder_config(folder: str | os.PathLike) -> tuple[dict[str, Any], str | None]:

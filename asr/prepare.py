@@ -40,11 +40,13 @@ def _corpus_stage(cfg: DictConfig, stage: str) -> dict[str, str] | None:
 
 
 def _check_stage(cfg: DictConfig) -> dict[str, dict]:
-    """The data check of the train, validation and evaluation manifests against the recipe's tokenizer and model."""
+    """The data check of the train, validation and evaluation manifests against the recipe's
+    tokenizer and model."""
     module = instantiate(cfg.module)(tokenizer=instantiate(cfg.tokenizer))
     rec = module.recognizer
     rule = UtteranceFilter(module.label_tokenizers, rec.output_frames, rec.sample_rate)
-    manifests = {"train": cfg.data.train_manifest, "val": cfg.data.val_manifest, **(cfg.eval_manifests or {})}
+    manifests = {"train": cfg.data.train_manifest, "val": cfg.data.val_manifest,
+                 **(cfg.eval_manifests or {})}
     manifests = {name: path for name, path in manifests.items() if path}
     return check_manifests(manifests, rule, Path(cfg.data.train_manifest).parent)
 

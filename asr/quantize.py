@@ -1,14 +1,8 @@
 """int8 dynamic quantisation of a trained model, for inference on the CPU.
 
-The LSTMs and the linear layers get int8 weights, one scale per output row (per-channel symmetric: the zero point
-is 0); their inputs are quantised on the fly at every call, from each batch's own range, and the results come back
-in float. The subsampling convolutions, the features and the log-softmax stay in float. The quantised LSTMs run
-through the dense algorithm of :class:`asr.lstm.BiLSTM` (one module call per layer and direction), which is the one
-that calls them; the packed algorithm reads float weights the quantised modules no longer have.
-
-:func:`int8_weights` and :func:`load_int8_weights` give and take the quantised weights as plain tensors (int8 rows
-and float32 scales, as ``model.safetensors`` holds them: ``asr.export format=pretrained quantize=int8``); loaded
-back, they give the very model :func:`quantize_int8` made.
+LSTM and linear weights become int8 with one scale per output row; inputs are quantised per call.
+:func:`int8_weights` and :func:`load_int8_weights` give and take them as plain tensors (as
+``model.safetensors`` holds them). See docs/model.md.
 """
 
 from __future__ import annotations
@@ -27,7 +21,7 @@ _LSTM_BIASES = ("bias_ih_l0", "bias_hh_l0")
 
 
 def check_quantize(quantize: str | None, setting: str = "quantize") -> str | None:
-    """``quantize`` if it names a quantisation (``None`` or ``"int8"``), else a ValueError naming ``setting``."""
+    """``quantize`` if it is ``None`` or ``"int8"``, else a ValueError naming ``setting``."""
     if quantize not in QUANTIZE:
         raise ValueError(f"{setting} must be null (float weights) or int8, got {quantize!r}")
     return quantize
@@ -35,8 +29,8 @@ def check_quantize(quantize: str | None, setting: str = "quantize") -> str | Non
 
 @contextmanager
 def _quiet() -> Iterator[None]:
-    # torch.ao.quantization warns at every call that it is deprecated in favour of torchao (not a dependency here);
-    # the eager dynamic modules it makes still work, and a user can do nothing about the notice
+    # torch.ao.quantization warns at every call that it is deprecated in favour of torchao (not a
+    # dependency); its eager dynamic modules still work, and a user can do nothing about it
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
@@ -55,13 +49,12 @@ def is_quantized(module: nn.Module) -> bool:
 
 
 def quantize_int8(module: nn.Module) -> nn.Module:
-    """Replace the LSTMs and linear layers of ``module.model`` by int8 dynamically quantised ones, in place.
+    """Replace the LSTMs and linear layers of ``module.model`` by int8 dynamic ones, in place.
 
-    Per-channel symmetric int8 weights (one float scale per output row); activations are quantised per call. The
-    module stays in eval mode and on the CPU; a module already quantised is returned as it is.
+    A module already quantised is returned as it is.
 
     Returns:
-        ``module``, whose ``model.lstm`` now runs the dense algorithm (the one that calls the quantised LSTMs).
+        ``module`` in eval mode, its ``model.lstm`` set to the dense algorithm.
 
     Raises:
         ValueError: the module is on a GPU (int8 dynamic quantisation has CPU kernels only).
@@ -70,8 +63,8 @@ def quantize_int8(module: nn.Module) -> nn.Module:
         return module
     devices = {p.device.type for p in module.parameters()}
     if devices - {"cpu"}:
-        raise ValueError(f"quantize=int8 runs on the CPU only, but the model is on {sorted(devices - {'cpu'})}; "
-                         f"pass device=cpu")
+        raise ValueError(f"quantize=int8 runs on the CPU only, but the model is on "
+                         f"{sorted(devices - {'cpu'})}; pass device=cpu")
     with _quiet():
         from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
@@ -89,7 +82,8 @@ def _quantized_layers(model: nn.Module, prefix: str) -> Iterator[tuple[str, nn.M
             yield f"{prefix}{name}.", layer, isinstance(layer, lstm)
 
 
-def _layer_tensors(layer: nn.Module, is_lstm: bool) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def _layer_tensors(layer: nn.Module,
+                   is_lstm: bool) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """A quantised layer's ``({name: quantised weight}, {name: float bias})``."""
     if is_lstm:
         return dict(layer.get_weight()), dict(layer.get_bias())
@@ -97,24 +91,24 @@ def _layer_tensors(layer: nn.Module, is_lstm: bool) -> tuple[dict[str, torch.Ten
 
 
 def float_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    """``module.state_dict()`` without the quantised layers' entries: the tensors that stay float."""
+    """``module.state_dict()`` without the quantised layers' entries: the tensors kept float."""
     inside = tuple(prefix for prefix, _, _ in _quantized_layers(module.model, "model."))
     return {k: v for k, v in module.state_dict().items() if not (inside and k.startswith(inside))}
 
 
 def int8_weights(module: nn.Module) -> dict[str, torch.Tensor]:
-    """The state of a module made by :func:`quantize_int8` as plain tensors, keyed like its float state_dict.
+    """The state of a :func:`quantize_int8` module as plain tensors, keyed like its float one.
 
-    Each quantised weight ``<name>`` is a (rows, columns) int8 tensor plus ``<name>_scale``, its (rows,) float32
-    scales (the value is ``int8 * scale``); every other tensor (biases, convolutions, feature statistics) is the
-    float one.
+    Each quantised weight ``<name>`` is a (rows, columns) int8 tensor plus ``<name>_scale``, its
+    (rows,) float32 scales (value = ``int8 * scale``); every other tensor is the float one.
     """
     out = float_state(module)
     for prefix, layer, is_lstm in _quantized_layers(module.model, "model."):
         weights, biases = _layer_tensors(layer, is_lstm)
         for name, w in weights.items():
             zero_points = w.q_per_channel_zero_points()
-            assert w.qscheme() == torch.per_channel_affine and not zero_points.any(), "expected symmetric int8"
+            assert (w.qscheme() == torch.per_channel_affine
+                    and not zero_points.any()), "expected symmetric int8"
             out[prefix + name] = w.int_repr().contiguous()
             out[prefix + name + SCALE_SUFFIX] = w.q_per_channel_scales().float().contiguous()
         out.update({prefix + name: b.detach().contiguous() for name, b in biases.items()})
@@ -125,17 +119,20 @@ def _int8(tensors: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:
     """The per-channel quantised tensor of ``key`` from its int8 rows and float32 scales."""
     rows, scales = tensors[key], tensors[key + SCALE_SUFFIX].double()
     if rows.dtype != torch.int8 or rows.dim() != 2 or scales.shape != rows.shape[:1]:
-        raise ValueError(f"{key}: expected (rows, columns) int8 values and (rows,) scales, found {rows.dtype} "
-                         f"{tuple(rows.shape)} and {tuple(scales.shape)}")
+        raise ValueError(f"{key}: expected (rows, columns) int8 values and (rows,) scales, "
+                         f"found {rows.dtype} {tuple(rows.shape)} and {tuple(scales.shape)}")
     with _quiet():
         # quantising int8 * scale by the same scale gives back the same int8 values
         return torch.quantize_per_channel(rows.float() * scales.float()[:, None], scales,
-                                          torch.zeros_like(scales, dtype=torch.long), 0, torch.qint8)
+                                          torch.zeros_like(scales, dtype=torch.long), 0,
+                                          torch.qint8)
 
 
 def load_int8_weights(module: nn.Module, tensors: Mapping[str, torch.Tensor]) -> set[str]:
-    """Quantise ``module`` (:func:`quantize_int8`, in place) and give its quantised layers the weights and biases of
-    ``tensors`` (as :func:`int8_weights` gives them); the float tensors (:func:`float_state`) are the caller's to load.
+    """Quantise ``module`` in place and load its quantised layers from ``tensors``.
+
+    ``tensors`` as :func:`int8_weights` gives them; the float ones (:func:`float_state`) are the
+    caller's to load.
 
     Returns:
         the keys of ``tensors`` used.
@@ -149,8 +146,8 @@ def load_int8_weights(module: nn.Module, tensors: Mapping[str, torch.Tensor]) ->
     for prefix, layer, is_lstm in _quantized_layers(module.model, "model."):
         if is_lstm:
             names = _LSTM_WEIGHTS + _LSTM_BIASES
-            layer.set_weight_bias({n: _int8(tensors, prefix + n) if n.startswith("weight") else tensors[prefix + n]
-                                   for n in names})
+            layer.set_weight_bias({n: _int8(tensors, prefix + n) if n.startswith("weight")
+                                   else tensors[prefix + n] for n in names})
         else:
             names = ("weight", "bias")
             layer.set_weight_bias(_int8(tensors, prefix + "weight"), tensors[prefix + "bias"])

@@ -164,7 +164,8 @@ class Recognizer(nn.Module):
         pieces = []  # (context start, context end, frames to skip, frames to keep or None: all)
         for i, (a, b) in enumerate(zip(cuts[:-1], cuts[1:], strict=True)):
             s, e = max(0, a - ctx), min(wav.numel(), b + ctx)
-            pieces.append((s, e, (a - s) // stride, None if i == len(cuts) - 2 else (b - a) // stride))
+            pieces.append((s, e, (a - s) // stride,
+                           None if i == len(cuts) - 2 else (b - a) // stride))
         per_batch = max(1, int(batch_seconds // (chunk_seconds + 2 * overlap_seconds)))
         out = []
         for k in range(0, len(pieces), per_batch):
@@ -255,8 +256,7 @@ class Recognizer(nn.Module):
         Args:
             path: the checkpoint file or the folder (float or int8).
             device: ``cpu``, ``cuda``, ``auto`` (CUDA if present; the CPU for int8).
-            quantize: ``int8``: dynamic int8 LSTM and linear layers (CPU only); ``None``: as
-                stored.
+            quantize: ``int8``: dynamic int8 LSTM and linear layers (CPU only); ``None``: as stored.
 
         Raises:
             FileNotFoundError, ValueError: naming the file and what is wrong with it.
@@ -284,8 +284,7 @@ class Recognizer(nn.Module):
         """Write a model folder (:mod:`asr.model_files`) that :meth:`load` reads.
 
         Args:
-            quantize: ``int8``: int8 weights with one scale per row (this recognizer is copied
-                and quantised, not changed).
+            quantize: ``int8``: int8 weights, one scale per row (from a copy; ``self`` is kept).
             info: plain JSON kept in ``config.json`` under ``training``.
         """
         if is_quantized(self) and not check_quantize(quantize):

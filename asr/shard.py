@@ -1,10 +1,11 @@
-"""Write a manifest as tar shards (WebDataset layout) to train from at scale, or verify shards written before.
+"""Write a manifest as tar shards (WebDataset layout) to train from at scale, or verify shards.
 
-    python -m asr.shard manifest=data/librispeech/train-960h.jsonl out=data/shards/train-960h [shard_seconds=1000]
+    python -m asr.shard manifest=data/librispeech/train-960h.jsonl out=data/shards/train-960h \
+        [shard_seconds=1000]
     python -m asr.shard verify=data/shards/train-960h
     python -m asr.train recipe=librispeech-960h data.train_shards=data/shards/train-960h
 
-A run cut short continues with the first shard not yet complete when started again with the same settings.
+A run cut short, started again with the same settings, continues from the first incomplete shard.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ def main(cfg: DictConfig) -> None:
             for p in problems:
                 print(p)
             if problems:
-                raise ValueError(f"{len(problems)} shards of {cfg.verify} failed the check; write them again "
-                                 f"(delete them and their .json, then run python -m asr.shard again, same settings)")
+                raise ValueError(f"{len(problems)} shards of {cfg.verify} failed the check; write "
+                                 f"them again (delete them and their .json, then run python -m "
+                                 f"asr.shard again, same settings)")
             print(f"{cfg.verify}: every shard matches {INDEX}")
             return
         if not cfg.manifest or not cfg.out:
@@ -36,7 +38,8 @@ def main(cfg: DictConfig) -> None:
         index = write_shards(cfg.manifest, cfg.out, cfg.shard_seconds, cfg.shuffle, cfg.seed)
     size = sum(s["bytes"] for s in index["shards"])
     print(f"{cfg.out}: {len(index['shards'])} shards, {index['utterances']} utterances, "
-          f"{index['seconds'] / 3600:.2f} h, {size / 2**20:.1f} MB; train with data.train_shards={cfg.out}")
+          f"{index['seconds'] / 3600:.2f} h, {size / 2**20:.1f} MB; train with "
+          f"data.train_shards={cfg.out}")
 
 
 if __name__ == "__main__":

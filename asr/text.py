@@ -45,12 +45,13 @@ class CharTokenizer:
         return set(text).difference(self._ids)
 
     def encode(self, text: str) -> list[int]:
-        """Ids of a normalised text. Raises ValueError naming any character outside the vocabulary."""
+        """Ids of a normalised text; a ValueError names any character outside the vocabulary."""
         try:
             return list(map(self._ids.__getitem__, text))
         except KeyError as err:
             raise ValueError(
-                f"character {err.args[0]!r} in {text!r} is not in the tokenizer's vocabulary {self.vocab!r}"
+                f"character {err.args[0]!r} in {text!r} is not in the tokenizer's vocabulary "
+                f"{self.vocab!r}"
             ) from None
 
     def decode(self, ids: Iterable[int]) -> str:
@@ -70,21 +71,18 @@ class CharTokenizer:
 
 
 class WordTokenizer:
-    """Whole words as CTC classes, for closed-vocabulary tasks (digits, letters, commands: AN4), with characters
-    for the words outside the vocabulary.
+    """Whole words as CTC classes, for closed-vocabulary tasks (digits, letters, commands: AN4).
 
-    Class 0 is the blank, classes ``1..W`` the words (most frequent in the training transcripts first), then one
-    class per character of ``chars``. A word outside the vocabulary is spelled with character classes and closed
-    by the space character, so every text round-trips and a model can still emit a word it has no class for.
-    A word is one output frame, not one per letter: nothing can be misspelt, and the frame rate may be lower.
+    Class 0 is the blank, ``1..W`` the words (most frequent first), then one class per character of
+    ``chars``. A word outside the vocabulary is spelled with characters and closed by the space, so
+    every text round-trips. A word is one output frame: nothing is misspelt, fewer frames do.
 
     Args:
-        words: the vocabulary, in class order; ``None``: the words of ``train_manifest`` seen at least ``min_count``
-            times, at most ``max_words`` of them.
+        words: the vocabulary, in class order; ``None``: from ``train_manifest``.
         train_manifest: JSONL manifest whose normalised transcripts give the vocabulary.
         min_count: fewest occurrences in ``train_manifest`` for a word to get a class of its own.
         max_words: the largest vocabulary (the most frequent words are kept).
-        chars: the characters that spell the other words (space first is not required, but it must be there).
+        chars: the characters that spell the other words; must hold the space.
     """
 
     def __init__(
@@ -96,18 +94,21 @@ class WordTokenizer:
         chars: str = " abcdefghijklmnopqrstuvwxyz'",
     ) -> None:
         if " " not in chars or len(set(chars)) != len(chars):
-            raise ValueError(f"tokenizer.chars must hold the space and each character once, got {chars!r}")
+            raise ValueError(f"tokenizer.chars must hold the space and each character once, "
+                             f"got {chars!r}")
         if words is None:
             if train_manifest is None or not Path(train_manifest).is_file():
                 raise FileNotFoundError(
-                    f"the word tokenizer takes its vocabulary from tokenizer.train_manifest={train_manifest}, which "
-                    f"does not exist; run the recipe's prepare stage first"
+                    f"the word tokenizer takes its vocabulary from "
+                    f"tokenizer.train_manifest={train_manifest}, which does not exist; run the "
+                    f"recipe's prepare stage first"
                 )
             words = vocabulary(train_manifest, min_count=min_count, max_words=max_words)
         words = list(words)
         bad = [w for w in words if not w or " " in w]
         if bad or len(set(words)) != len(words):
-            raise ValueError(f"tokenizer.words must be distinct words without spaces, got {bad or 'repeats'}")
+            raise ValueError(f"tokenizer.words must be distinct words without spaces, "
+                             f"got {bad or 'repeats'}")
         self.words, self.chars = words, chars
         self._word_ids = {w: i + 1 for i, w in enumerate(words)}
         self._char_ids = {c: len(words) + 1 + i for i, c in enumerate(chars)}
@@ -119,15 +120,16 @@ class WordTokenizer:
         return 1 + len(self.words) + len(self.chars)
 
     def unknown_chars(self, text: str) -> set[str]:
-        """Characters of the words of ``text`` outside the vocabulary that ``chars`` cannot spell."""
-        return {c for w in text.split() if w not in self._word_ids for c in w if c not in self._char_ids}
+        """Characters of ``text``'s out-of-vocabulary words that ``chars`` cannot spell."""
+        return {c for w in text.split() if w not in self._word_ids
+                for c in w if c not in self._char_ids}
 
     def encode(self, text: str) -> list[int]:
-        """Ids of a normalised text: one per known word, the spelling plus a space for any other word."""
+        """Ids of a normalised text: one per known word, spelling plus a space for any other."""
         bad = self.unknown_chars(text)
         if bad:
-            raise ValueError(f"characters {sorted(bad)} in {text!r} are neither in a known word nor in "
-                             f"tokenizer.chars={self.chars!r}")
+            raise ValueError(f"characters {sorted(bad)} in {text!r} are neither in a known word "
+                             f"nor in tokenizer.chars={self.chars!r}")
         ids: list[int] = []
         for w in text.split():
             if w in self._word_ids:
@@ -138,8 +140,10 @@ class WordTokenizer:
         return ids
 
     def decode(self, ids: Iterable[int]) -> str:
-        """Text of a sequence of ids (blank and out-of-range ids are skipped): a word class is a word, a run of
-        character classes up to a space (or a word class, or the end) is another."""
+        """Text of a sequence of ids (blank and out-of-range ids are skipped).
+
+        A word class is a word; so is a run of character classes up to a space, a word or the end.
+        """
         words: list[str] = []
         spelling = ""
         n_words = len(self.words)
@@ -157,7 +161,7 @@ class WordTokenizer:
         return " ".join(words)
 
     def state_dict(self) -> dict:
-        """Plain data that rebuilds this tokenizer (stored in checkpoints): the words as one line."""
+        """Plain data that rebuilds this tokenizer (in checkpoints): the words as one line."""
         return {"type": "word", "words": " ".join(self.words), "chars": self.chars}
 
     @classmethod
@@ -167,29 +171,31 @@ class WordTokenizer:
         return cls(words=str(state["words"]).split(), chars=str(state["chars"]))
 
 
-def vocabulary(manifest: str | os.PathLike, min_count: int = 1, max_words: int | None = None) -> list[str]:
-    """Words of a manifest's normalised transcripts seen at least ``min_count`` times, most frequent first (ties
-    alphabetical, so the order does not depend on the manifest's), at most ``max_words`` of them."""
+def vocabulary(manifest: str | os.PathLike, min_count: int = 1,
+               max_words: int | None = None) -> list[str]:
+    """Words of a manifest's normalised transcripts seen at least ``min_count`` times, at most
+    ``max_words``, most frequent first (ties alphabetical, whatever the manifest's order)."""
     counts: dict[str, int] = {}
     with open(manifest, encoding="utf-8") as f:
         for line in f:
             if line.strip():
                 for w in normalize_text(json.loads(line)["text"]).split():
                     counts[w] = counts.get(w, 0) + 1
-    ranked = sorted((w for w, n in counts.items() if n >= min_count), key=lambda w: (-counts[w], w))
+    ranked = sorted((w for w, n in counts.items() if n >= min_count),
+                    key=lambda w: (-counts[w], w))
     return ranked[:max_words] if max_words else ranked
 
 
 class SentencePieceTokenizer:
-    """SentencePiece (BPE by default) sub-words to ids and back; blank is 0, piece ``i`` is id ``i + 1``.
+    """SentencePiece (BPE by default) sub-words to ids and back; blank 0, piece ``i`` is ``i + 1``.
 
-    The model is trained on the transcripts of ``train_manifest`` the first time (a prepare stage: the
-    file at ``model_path`` is reused afterwards), and travels inside every checkpoint as plain data.
+    Trained on ``train_manifest`` the first time (the ``model_path`` file is reused afterwards); it
+    travels inside every checkpoint as plain data.
 
     Args:
-        model_path: the ``.model`` file, trained here when it does not exist; None = beside the training
+        model_path: the ``.model`` file, trained here when missing; None: beside the training
             manifest, ``<manifest stem>.<model_type><vocab_size>.model``.
-        train_manifest: JSONL manifest whose (normalised) texts train the model, when it must be trained.
+        train_manifest: JSONL manifest whose normalised texts train the model, if it must be.
         vocab_size: number of pieces (the model's output layer has one more, for the blank).
         model_type: ``bpe`` or ``unigram``.
     """
@@ -214,15 +220,17 @@ class SentencePieceTokenizer:
             if not model_path.is_file():
                 if train_manifest is None or not Path(train_manifest).is_file():
                     raise FileNotFoundError(
-                        f"no SentencePiece model at {model_path} and no training manifest to train one "
-                        f"(tokenizer.train_manifest={train_manifest}); run the recipe's prepare stage first"
+                        f"no SentencePiece model at {model_path} and no training manifest to "
+                        f"train one (tokenizer.train_manifest={train_manifest}); run the recipe's "
+                        f"prepare stage first"
                     )
                 train_sentencepiece(train_manifest, model_path, vocab_size, model_type)
             _model_proto = model_path.read_bytes()
         self._proto = _model_proto
         self.sp = spm.SentencePieceProcessor(model_proto=_model_proto)
         n = self.sp.get_piece_size()
-        self._known = {p for i in range(n) for p in self.sp.id_to_piece(i) if not self.sp.is_unknown(i)}
+        self._known = {p for i in range(n) for p in self.sp.id_to_piece(i)
+                       if not self.sp.is_unknown(i)}
         self.vocab_size = n
 
     @property
@@ -238,8 +246,9 @@ class SentencePieceTokenizer:
         """Ids of a normalised text. Raises ValueError naming any character no piece covers."""
         bad = self.unknown_chars(text)
         if bad:
-            raise ValueError(f"characters {sorted(bad)} in {text!r} are not covered by the SentencePiece "
-                             f"model (train it on text that has them, or normalise them away)")
+            raise ValueError(f"characters {sorted(bad)} in {text!r} are not covered by the "
+                             f"SentencePiece model (train it on text that has them, or normalise "
+                             f"them away)")
         return [i + 1 for i in self.sp.encode(text)]
 
     def decode(self, ids: Iterable[int]) -> str:
@@ -247,7 +256,7 @@ class SentencePieceTokenizer:
         return self.sp.decode([i - 1 for i in ids if 0 < i <= self.vocab_size])
 
     def state_dict(self) -> dict:
-        """Plain data that rebuilds this tokenizer (stored in checkpoints): the model as base64 text."""
+        """Plain data that rebuilds this tokenizer (in checkpoints): the model as base64 text."""
         return {"type": "sentencepiece", "model": base64.b64encode(self._proto).decode("ascii")}
 
     @classmethod
@@ -258,7 +267,8 @@ class SentencePieceTokenizer:
 
 
 def train_sentencepiece(
-    manifest: str | os.PathLike, model_path: str | os.PathLike, vocab_size: int = 256, model_type: str = "bpe"
+    manifest: str | os.PathLike, model_path: str | os.PathLike, vocab_size: int = 256,
+    model_type: str = "bpe"
 ) -> Path:
     """Train a SentencePiece model on a manifest's normalised transcripts and write ``model_path``.
 
@@ -277,16 +287,17 @@ def train_sentencepiece(
         raise ValueError(f"{manifest} has no transcripts to train the SentencePiece model on")
     proto = _BytesSink()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts), model_writer=proto, vocab_size=vocab_size, model_type=model_type,
-        character_coverage=1.0, bos_id=-1, eos_id=-1, unk_id=0, hard_vocab_limit=False, num_threads=1,
-        input_sentence_size=2_000_000, shuffle_input_sentence=True, minloglevel=2,
+        sentence_iterator=iter(texts), model_writer=proto, vocab_size=vocab_size,
+        model_type=model_type, character_coverage=1.0, bos_id=-1, eos_id=-1, unk_id=0,
+        hard_vocab_limit=False, num_threads=1, input_sentence_size=2_000_000,
+        shuffle_input_sentence=True, minloglevel=2,
     )
     model_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = model_path.with_name(model_path.name + ".tmp")
     tmp.write_bytes(proto.data)
     os.replace(tmp, model_path)
-    log.info("trained a %s SentencePiece model (%d pieces) on %d transcripts -> %s", model_type, vocab_size,
-             len(texts), model_path)
+    log.info("trained a %s SentencePiece model (%d pieces) on %d transcripts -> %s", model_type,
+             vocab_size, len(texts), model_path)
     return model_path
 
 
@@ -304,16 +315,17 @@ Tokenizer = CharTokenizer | WordTokenizer | SentencePieceTokenizer
 
 
 def tokenizer_from_state_dict(state: dict) -> Tokenizer:
-    """Rebuild a tokenizer from the plain data a checkpoint stores (``state_dict()`` of either kind)."""
+    """Rebuild a tokenizer from the plain data a checkpoint stores (any kind's ``state_dict()``)."""
     kinds = {"char": CharTokenizer, "word": WordTokenizer, "sentencepiece": SentencePieceTokenizer}
     kind = state.get("type")
     if kind not in kinds:
-        raise ValueError(f"unknown tokenizer type {kind!r} in checkpoint; expected one of {sorted(kinds)}")
+        raise ValueError(f"unknown tokenizer type {kind!r} in checkpoint; expected one of "
+                         f"{sorted(kinds)}")
     return kinds[kind].from_state_dict(state)
 
 
 def ctc_min_frames(ids: Sequence[int]) -> int:
-    """Fewest output frames CTC needs for a label: one per token, plus a blank between each repeated pair."""
+    """Fewest output frames CTC needs for a label: one per token, plus a blank between repeats."""
     return len(ids) + sum(a == b for a, b in zip(ids[:-1], ids[1:], strict=True))
 
 

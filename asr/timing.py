@@ -1,19 +1,8 @@
 """When each word was said, and how sure the model was: word times and confidences from a CTC path.
 
-The path is the best frame labelling of the decoded words. For greedy decoding that is the argmax path
-itself (the greedy path is the best path of its own collapse). For any other decoder (beam search, an LM) the
-decoded words are matched to the greedy words (``difflib``): a matched word takes the greedy path's frames,
-and each run of other words is force-aligned (torchaudio's CTC Viterbi) to the frames between its matched
-neighbours, so no alignment is ever larger than one gap between agreeing words, whatever the audio's length.
-
-A word spans from the first frame of its first token to the last frame of its last token (``end`` is that
-frame's end). A BiLSTM-CTC model marks a token with a spike of one or two frames, so these spans are short, and
-a spike may sit before its word's sound (the first word's often does, in the leading silence): ``snap_to_sound``
-moves them onto the sound, see there (``asr.transcribe word_times=audio``, the default).
-
-Confidence of a word: the smallest, over its tokens, of the token's peak posterior (the highest probability
-the model gave that token on any of its frames). One unsure token makes an unsure word; for a word model
-(one class a word) it is the word's own spike height.
+Words take the frames of the greedy path where they agree with it, and are force-aligned in the gaps
+between; :func:`snap_to_sound` moves CTC spikes onto the words' sound. A word's confidence is the
+smallest peak posterior of its tokens. See docs/model.md.
 """
 
 from __future__ import annotations
@@ -30,7 +19,7 @@ from asr.text import CharTokenizer, Tokenizer, WordTokenizer, ctc_min_frames
 
 @dataclass
 class Word:
-    """One word of a transcript: seconds from the start of the audio, and the model's confidence in (0, 1]."""
+    """One word of a transcript: seconds from the start of the audio, and confidence in (0, 1]."""
 
     word: str
     start: float
@@ -45,8 +34,9 @@ class Word:
         return {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(self).items()}
 
 
-def forced_align(log_probs: torch.Tensor, targets: list[int], blank: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Best CTC path of ``targets`` through one utterance's log-probs (torchaudio's ``forced_align``).
+def forced_align(log_probs: torch.Tensor, targets: list[int],
+                 blank: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best CTC path of ``targets`` through one utterance's log-probs: torchaudio's Viterbi.
 
     Args:
         log_probs: (T, C) log-probabilities of one utterance.
@@ -62,10 +52,11 @@ def forced_align(log_probs: torch.Tensor, targets: list[int], blank: int = 0) ->
     need = ctc_min_frames(targets)
     if not targets or need > log_probs.shape[0]:
         raise ValueError(
-            f"cannot align {len(targets)} tokens ({need - len(targets)} repeats) to {log_probs.shape[0]} frames: "
-            "CTC needs at least one frame per token plus one per repeat"
+            f"cannot align {len(targets)} tokens ({need - len(targets)} repeats) to "
+            f"{log_probs.shape[0]} frames: CTC needs at least one frame per token plus one "
+            "per repeat"
         )
-    with warnings.catch_warnings():  # torchaudio marks the function deprecated; it is still the reference one
+    with warnings.catch_warnings():  # torchaudio marks it deprecated; it is still the reference one
         warnings.simplefilter("ignore")
         path, scores = AF.forced_align(
             log_probs.float().unsqueeze(0),  # (T, C) -> (1, T, C)
@@ -91,8 +82,8 @@ def token_segments(path: torch.Tensor, blank: int = 0) -> list[tuple[int, int, i
 
 
 def _role(tokenizer: Tokenizer, token: int) -> str:
-    """How a token sits in words: ``word`` (a whole word), ``space`` (between words), ``start`` (begins a
-    word: a SentencePiece piece with ``▁``) or ``cont`` (continues the current word: a character)."""
+    """How a token sits in words: ``word`` (a whole word), ``space`` (between words), ``start``
+    (begins a word: a SentencePiece piece with ``▁``) or ``cont`` (continues the current word)."""
     if isinstance(tokenizer, WordTokenizer):
         if token == tokenizer._space:
             return "space"
@@ -102,8 +93,9 @@ def _role(tokenizer: Tokenizer, token: int) -> str:
     return "start" if tokenizer.sp.id_to_piece(token - 1).startswith("▁") else "cont"
 
 
-def group_words(tokenizer: Tokenizer, segments: list[tuple[int, int, int]]) -> list[list[tuple[int, int, int]]]:
-    """Token segments -> one list of segments per word, as ``tokenizer.decode`` splits the text into words."""
+def group_words(tokenizer: Tokenizer,
+                segments: list[tuple[int, int, int]]) -> list[list[tuple[int, int, int]]]:
+    """Token segments -> one list of segments per word, as ``tokenizer.decode`` splits words."""
     words: list[list[tuple[int, int, int]]] = []
     open_word = False
     for seg in segments:
@@ -118,22 +110,26 @@ def group_words(tokenizer: Tokenizer, segments: list[tuple[int, int, int]]) -> l
             open_word = True
         else:
             words[-1].append(seg)
-    return [w for w in words if tokenizer.decode([s[0] for s in w]).strip()]  # a lone "▁" is no word
+    # a lone "▁" is no word
+    return [w for w in words if tokenizer.decode([s[0] for s in w]).strip()]
 
 
 def _words_of(
-    tokenizer: Tokenizer, groups: list[list[tuple[int, int, int]]], probs: torch.Tensor, frame_seconds: float
+    tokenizer: Tokenizer, groups: list[list[tuple[int, int, int]]], probs: torch.Tensor,
+    frame_seconds: float
 ) -> list[Word]:
-    """Word times and confidences of words' token segments (:func:`group_words`) over (T, C) posteriors."""
+    """Times and confidences of words' token segments (:func:`group_words`), (T, C) posteriors."""
     out = []
     for group in groups:
         peaks = [float(probs[a:b, tok].max()) for tok, a, b in group]
         text = tokenizer.decode([s[0] for s in group]).strip()
-        out.append(Word(text, group[0][1] * frame_seconds, group[-1][2] * frame_seconds, min(peaks)))
+        out.append(Word(text, group[0][1] * frame_seconds, group[-1][2] * frame_seconds,
+                        min(peaks)))
     return out
 
 
-def greedy_words(log_probs: torch.Tensor, tokenizer: Tokenizer, frame_seconds: float) -> list[Word]:
+def greedy_words(log_probs: torch.Tensor, tokenizer: Tokenizer,
+                 frame_seconds: float) -> list[Word]:
     """Words of the greedy (argmax) path of (T, C) log-probs, with times and confidences."""
     groups = group_words(tokenizer, token_segments(log_probs.argmax(dim=-1)))  # (T,) argmax path
     return _words_of(tokenizer, groups, log_probs.float().exp(), frame_seconds)
@@ -142,7 +138,7 @@ def greedy_words(log_probs: torch.Tensor, tokenizer: Tokenizer, frame_seconds: f
 def _align_gap(
     log_probs: torch.Tensor, tokenizer: Tokenizer, words: list[str], first: int, end: int
 ) -> list[tuple[int, int, int]]:
-    """Token segments of ``words`` force-aligned to frames ``[first, end)`` (spread evenly if they do not fit)."""
+    """Token segments of ``words`` force-aligned to frames ``[first, end)``, or spread evenly."""
     ids = tokenizer.encode(" ".join(words))  # a character model's spaces are tokens it emits too
     frames = log_probs.shape[0]
     first = min(first, frames - 1)
@@ -150,7 +146,7 @@ def _align_gap(
     try:
         path, _ = forced_align(log_probs[first:end], ids)
         return [(tok, a + first, b + first) for tok, a, b in token_segments(path)]
-    except ValueError:  # too few frames for the words: an even share each, marked unsure by their posteriors
+    except ValueError:  # too few frames: an even share each, marked unsure by their posteriors
         width = (end - first) / len(ids)
         starts = [first + int(i * width) for i in range(len(ids))]
         return [(tok, a, min(max(first + int((i + 1) * width), a + 1), frames))
@@ -160,7 +156,7 @@ def _align_gap(
 def transcript_words(
     log_probs: torch.Tensor, tokenizer: Tokenizer, text: str, frame_seconds: float
 ) -> list[Word]:
-    """Times and confidences of the words of ``text`` (any decoder's output for these (T, C) log-probs)."""
+    """Times and confidences of the words of ``text``, any decoder's output for (T, C) log-probs."""
     greedy = group_words(tokenizer, token_segments(log_probs.argmax(dim=-1)))
     greedy_text = [tokenizer.decode([s[0] for s in g]).strip() for g in greedy]
     words = text.split()
@@ -171,14 +167,16 @@ def transcript_words(
         if tag == "equal":
             groups += greedy[a0:a1]
             prev_end = greedy[a1 - 1][-1][2]
-        elif b1 > b0:  # words the greedy path does not have: aligned between their matched neighbours
+        elif b1 > b0:  # words the greedy path lacks: aligned between their matched neighbours
             nxt = greedy[a1][0][1] if a1 < len(greedy) else log_probs.shape[0]
-            groups += group_words(tokenizer, _align_gap(log_probs, tokenizer, words[b0:b1], prev_end, nxt))
+            groups += group_words(tokenizer, _align_gap(log_probs, tokenizer, words[b0:b1],
+                                                        prev_end, nxt))
     return _words_of(tokenizer, groups, log_probs.float().exp(), frame_seconds)
 
 
-def reference_words(log_probs: torch.Tensor, tokenizer: Tokenizer, text: str, frame_seconds: float) -> list[Word]:
-    """The words of ``text`` (a reference) force-aligned to the whole of (T, C) log-probs: CTC Viterbi."""
+def reference_words(log_probs: torch.Tensor, tokenizer: Tokenizer, text: str,
+                    frame_seconds: float) -> list[Word]:
+    """The words of ``text`` (a reference) force-aligned to all of (T, C) log-probs."""
     words = text.split()
     if not words:
         return []
@@ -187,7 +185,7 @@ def reference_words(log_probs: torch.Tensor, tokenizer: Tokenizer, text: str, fr
 
 
 def frame_energy_db(wav: torch.Tensor, samples_per_frame: int, frames: int) -> torch.Tensor:
-    """(S,) waveform -> (frames,) energy of each output frame in dB below the loudest frame (<= 0)."""
+    """(S,) waveform -> (frames,) energy of each output frame in dB below the loudest (<= 0)."""
     n = min(frames * samples_per_frame, wav.numel())
     padded = torch.zeros(frames * samples_per_frame)
     padded[:n] = wav[:n].float()
@@ -196,23 +194,21 @@ def frame_energy_db(wav: torch.Tensor, samples_per_frame: int, frames: int) -> t
     return db - db.max()
 
 
-def speech_frames(energy_db: torch.Tensor, margin_db: float = 10.0, floor_db: float = -35.0) -> torch.Tensor:
-    """(T,) bool: frames louder than the noise floor (the 10th percentile) by ``margin_db``, and than ``floor_db``
-    below the loudest frame."""
+def speech_frames(energy_db: torch.Tensor, margin_db: float = 10.0,
+                  floor_db: float = -35.0) -> torch.Tensor:
+    """(T,) bool: louder than ``floor_db`` and than the noise floor (10th pct.) + ``margin_db``."""
     noise = float(torch.quantile(energy_db, 0.1)) if energy_db.numel() else 0.0
     return energy_db > max(noise + margin_db, floor_db)
 
 
 def snap_to_sound(
-    words: list[Word], energy_db: torch.Tensor, frame_seconds: float, max_seconds: float = 1.0, gap_frames: int = 2
+    words: list[Word], energy_db: torch.Tensor, frame_seconds: float, max_seconds: float = 1.0,
+    gap_frames: int = 2
 ) -> list[Word]:
-    """Move CTC-spike word times onto the sound, within the frames the neighbouring words leave free.
+    """Move CTC-spike word times onto the sound, between the neighbouring words.
 
-    A BiLSTM-CTC spike marks a word, not its extent: it is one or two frames long, and the first word's spike often
-    sits in the silence before the speech. A word whose spike falls in a quiet frame starts at the first speech
-    frame after it (before the next word's spike, within ``max_seconds``); every word ends where its run of speech
-    frames does (gaps of up to ``gap_frames`` quiet frames bridged, at most ``max_seconds`` after its start and never
-    past the next word's start). Words in no speech at all keep their spike times.
+    A word in a quiet frame starts at the next speech frame; each word ends where its speech does
+    (gaps up to ``gap_frames`` bridged, at most ``max_seconds`` long). See docs/model.md.
 
     Args:
         words: words in time order (:func:`transcript_words`).
@@ -223,7 +219,8 @@ def snap_to_sound(
     out = []
     for i, w in enumerate(words):
         start, end = int(round(w.start / frame_seconds)), int(round(w.end / frame_seconds))
-        limit = min(int(round(words[i + 1].start / frame_seconds)) if i + 1 < len(words) else frames, frames)
+        limit = min(int(round(words[i + 1].start / frame_seconds))
+                    if i + 1 < len(words) else frames, frames)
         if start < frames and not speech[start]:
             loud = next((t for t in range(start, min(limit, start + span)) if speech[t]), None)
             if loud is not None:
@@ -234,5 +231,6 @@ def snap_to_sound(
             t += 1
             if quiet == 0:
                 end = t
-        out.append(Word(w.word, start * frame_seconds, max(end, start + 1) * frame_seconds, w.confidence))
+        out.append(Word(w.word, start * frame_seconds, max(end, start + 1) * frame_seconds,
+                        w.confidence))
     return out

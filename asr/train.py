@@ -3,8 +3,8 @@
     python -m asr.train                                   # default recipe (AN4)
     python -m asr.train model.num_layers=2 optim.lr=3e-3 trainer.max_epochs=5
     python -m asr.train -m optim.lr=1e-3,3e-3             # Hydra multirun sweep
-    python -m asr.train recipe=none data.train_manifest=train.jsonl data.val_manifest=dev.jsonl \
-        data.test_manifest=test.jsonl                     # your own manifests
+    python -m asr.train recipe=none data.train_manifest=train.jsonl \
+        data.val_manifest=dev.jsonl data.test_manifest=test.jsonl   # your own manifests
 """
 
 from __future__ import annotations
@@ -44,16 +44,18 @@ from asr.training.module import ASRModule
 
 log = logging.getLogger(__name__)
 
-# ASRDataModule saves and restores the place in the epoch itself (its state_dict); Lightning's check of a mid-epoch
-# resume looks at the loaders only
-warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
-# ASRModule moves batches to the device itself (lengths stay on the host); the DataModule defines no such hook
-warnings.filterwarnings("ignore", message=r"You have overridden `(on_before_batch_transfer|transfer_batch_to_device)` "
+# ASRDataModule restores the place in the epoch itself (its state_dict); Lightning's check of a
+# mid-epoch resume looks at the loaders only
+warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before "
+                        "the epoch ended")
+# ASRModule moves batches itself (lengths stay on the host); the DataModule has no such hook
+warnings.filterwarnings("ignore", message=r"You have overridden "
+                        r"`(on_before_batch_transfer|transfer_batch_to_device)` "
                         r"in `LightningModule` but have passed in a `LightningDataModule`")
 
 
 def resume_path(resume: str | None, ckpt_dir: Path) -> str | None:
-    """``None`` -> fresh start; ``"auto"`` -> ``last.ckpt`` of this run if present; else a path that must exist.
+    """``None``: fresh start; ``"auto"``: this run's ``last.ckpt`` if any; else an existing path.
 
     Partial writes left by a killed run are removed first; they are never resumed from.
     """
@@ -64,7 +66,8 @@ def resume_path(resume: str | None, ckpt_dir: Path) -> str | None:
         last = ckpt_dir / "last.ckpt"
         return str(last) if last.exists() else None
     if not Path(resume).is_file():
-        raise FileNotFoundError(f"resume={resume}: no such checkpoint; use resume=auto or a path to a .ckpt")
+        raise FileNotFoundError(f"resume={resume}: no such checkpoint; use resume=auto or a path "
+                                "to a .ckpt")
     return resume
 
 
@@ -73,22 +76,25 @@ def check_manifests_exist(cfg: DictConfig) -> None:
     for key in ("train_manifest", "val_manifest", "test_manifest"):
         path = cfg.data.get(key)
         if path and not Path(path).is_file():
-            how = (f"`python -m asr.prepare recipe={cfg.name} stage=all` (or `make train RECIPE={cfg.name}`) "
-                   f"prepares it" if cfg.get("prepare") else "no recipe prepare step is set (prepare=null)")
+            how = (f"`python -m asr.prepare recipe={cfg.name} stage=all` (or `make train "
+                   f"RECIPE={cfg.name}`) prepares it" if cfg.get("prepare")
+                   else "no recipe prepare step is set (prepare=null)")
             raise FileNotFoundError(
-                f"data.{key}={path} does not exist: {how}; or point data.{key} at your own JSONL manifest"
+                f"data.{key}={path} does not exist: {how}; or point data.{key} at your own JSONL "
+                "manifest"
             )
 
 
 def instantiate_all(section: DictConfig | None) -> dict[str, Any]:
-    """``{name: object}`` for each entry of a config group like ``callbacks`` or ``logger`` (null entries left out)."""
-    return {name: instantiate(node) for name, node in (section or {}).items() if node is not None}
+    """``{name: object}`` for each non-null entry of a config group like ``callbacks``."""
+    return {name: instantiate(node) for name, node in (section or {}).items()
+            if node is not None}
 
 
 def build_trainer(cfg: DictConfig, callbacks: dict[str, L.Callback], loggers: dict[str, Logger],
                   extra: Sequence[L.Callback] = ()) -> L.Trainer:
-    """The Trainer of ``cfg.trainer`` with the run's callbacks and loggers; ``trainer.enable_progress_bar=false``
-    leaves the progress bar callback out."""
+    """The Trainer of ``cfg.trainer`` with the run's callbacks and loggers;
+    ``trainer.enable_progress_bar=false`` leaves the progress bar callback out."""
     bar = cfg.trainer.get("enable_progress_bar", True)
     kept = [c for c in callbacks.values() if bar or not isinstance(c, ProgressBar)]
     return instantiate(cfg.trainer, callbacks=[*kept, *extra], logger=list(loggers.values()),
@@ -96,28 +102,31 @@ def build_trainer(cfg: DictConfig, callbacks: dict[str, L.Callback], loggers: di
 
 
 def prepare_inputs(cfg: DictConfig, module: ASRModule, out_dir: Path) -> L.LightningDataModule:
-    """Before the fit: global feature statistics (if asked for), the data check, and the DataModule."""
+    """Before the fit: global feature statistics (if asked for), the data check, the DataModule."""
     recognizer = module.recognizer
     if recognizer.features.normalize == "global":
-        stats = fit_global_stats(recognizer.features, cfg.data.train_manifest, cfg.global_stats_utterances, cfg.seed)
+        stats = fit_global_stats(recognizer.features, cfg.data.train_manifest,
+                                 cfg.global_stats_utterances, cfg.seed)
         if rank_zero_only.rank == 0:
             (out_dir / "global_stats.json").write_text(json.dumps(stats) + "\n")
-    rule = UtteranceFilter(module.label_tokenizers, recognizer.output_frames, cfg.features.sample_rate)
-    if cfg.data_check and rank_zero_only.rank == 0:  # a report (data_check.json): one rank writes it
+    rule = UtteranceFilter(module.label_tokenizers, recognizer.output_frames,
+                           cfg.features.sample_rate)
+    if cfg.data_check and rank_zero_only.rank == 0:  # one rank writes the report (data_check.json)
         train = cfg.data.train_manifest
         if cfg.data.get("train_shards") and not (train and Path(train).is_file()):
-            log.info("data check: training from shards without the training manifest beside them: the training "
-                     "utterances are checked as they are read")
+            log.info("data check: training from shards without the training manifest beside "
+                     "them: the training utterances are checked as they are read")
             train = None
-        check_manifests({"train": train, "val": cfg.data.val_manifest} if train else {"val": cfg.data.val_manifest},
-                        rule, out_dir)
-    return instantiate(cfg.data, tokenizer=recognizer.tokenizer, output_frames=recognizer.output_frames,
+        check_manifests({"train": train, "val": cfg.data.val_manifest} if train
+                        else {"val": cfg.data.val_manifest}, rule, out_dir)
+    return instantiate(cfg.data, tokenizer=recognizer.tokenizer,
+                       output_frames=recognizer.output_frames,
                        extra_tokenizers=module.label_tokenizers[1:])
 
 
 def _data_and_tokenizer(cfg: DictConfig) -> Any:
-    """The recipe's prepare step (download, manifests), then the tokenizer (a word vocabulary or a SentencePiece model
-    is made from the training data): global rank 0 first, the other ranks then find them done."""
+    """The recipe's prepare step (download, manifests), then the tokenizer (made from the training
+    data); run on global rank 0 first, the other ranks then find them done."""
     if cfg.get("prepare"):
         instantiate(cfg.prepare)
     check_manifests_exist(cfg)
@@ -125,26 +134,26 @@ def _data_and_tokenizer(cfg: DictConfig) -> Any:
 
 
 def check_resume_dir(resume: str | None, out_dir: Path, run_dir_given: bool) -> None:
-    """``resume=auto`` continues ``<run dir>/checkpoints/last.ckpt``. Without ``hydra.run.dir``,
-    Hydra names a new run dir by the time, which holds none: a fresh start would be silent, so it
-    is an error naming the fix and the newest run of the recipe that has a ``last.ckpt``."""
+    """Refuse ``resume=auto`` in a new run dir (no ``hydra.run.dir``, so none has a ``last.ckpt``):
+    it would silently start afresh. The error names the newest run with a ``last.ckpt``."""
     if resume != "auto" or run_dir_given or (out_dir / "checkpoints" / "last.ckpt").exists():
         return
     runs = sorted(out_dir.parent.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
     newest = (f"; the newest run under {out_dir.parent} with one is {runs[-1].parents[1]}" if runs
               else f"; no run under {out_dir.parent} has one")
-    raise ValueError(f"resume=auto continues <run dir>/checkpoints/last.ckpt, but hydra.run.dir was "
-                     f"not given, so this run got a new dir ({out_dir}) without one: add "
+    raise ValueError(f"resume=auto continues <run dir>/checkpoints/last.ckpt, but hydra.run.dir "
+                     f"was not given, so this run got a new dir ({out_dir}) without one: add "
                      f"hydra.run.dir=<the run to continue>{newest}")
 
 
 def check_shared_run_dir(hydra_overrides: Sequence[str]) -> None:
-    """Processes started together by torchrun or srun must share one run dir, named before the launch."""
+    """Processes started together by torchrun or srun must share one run dir, named at launch."""
     world = launched_world()
     if world > 1 and not any(o.startswith("hydra.run.dir=") for o in hydra_overrides):
-        raise ValueError(f"{world} processes were launched together (torchrun or srun) but hydra.run.dir is not set: "
-                         "each would write, and resume from, its own timestamped folder. Add "
-                         "hydra.run.dir=<a folder on a file system all nodes share> to the command")
+        raise ValueError(f"{world} processes were launched together (torchrun or srun) but "
+                         "hydra.run.dir is not set: each would write, and resume from, its own "
+                         "timestamped folder. Add hydra.run.dir=<a folder on a file system all "
+                         "nodes share> to the command")
 
 
 def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
@@ -152,30 +161,32 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
 
     Args:
         cfg: the composed ``conf/train.yaml``.
-        extra_callbacks: Lightning callbacks added to the run's own (tests use them to inject faults).
+        extra_callbacks: added to the run's own callbacks (tests inject faults with them).
 
     Returns:
-        ``{"best_checkpoint", "best_val_wer", "selection", "epochs", "train_seconds", "reports": {split: report},
-        "rejected": [{"id", "split", "reason", ...}], "skipped_steps": n}``: ``rejected`` lists the
-        utterances dropped from the manifests and those whose audio failed to load during the run; ``selection``
-        is the account of ``callbacks.average_best`` when it is on (else None), and ``best_val_wer`` the
-        validation WER of the model in ``best.ckpt``.
+        ``{"best_checkpoint", "best_val_wer", "selection", "epochs", "train_seconds",
+        "reports": {split: report}, "rejected": [{"id", "split", "reason", ...}],
+        "skipped_steps": n}``: ``rejected`` lists utterances dropped from the manifests or whose
+        audio failed to load; ``selection`` is ``callbacks.average_best``'s account (else None);
+        ``best_val_wer`` is the validation WER of the model in ``best.ckpt``.
     """
     L.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
-    # a bad callback or logger setting (or a logger's package missing) fails before any data is touched
+    # a bad callback or logger setting (or a missing logger package) fails before data is touched
     callbacks, loggers = instantiate_all(cfg.callbacks), instantiate_all(cfg.logger)
-    tokenizer = rank_zero_first(lambda: _data_and_tokenizer(cfg), out_dir, "prepare", "prepare the data")
+    tokenizer = rank_zero_first(lambda: _data_and_tokenizer(cfg), out_dir, "prepare",
+                                "prepare the data")
     out_dir.mkdir(parents=True, exist_ok=True)
     if rank_zero_only.rank == 0:
-        write_run_info(out_dir, cfg)  # config.yaml (resolved) and run.json: seed, git commit, package versions
+        write_run_info(out_dir, cfg)  # config.yaml (resolved), run.json: seed, commit, versions
         (out_dir / "tokenizer.json").write_text(json.dumps(tokenizer.state_dict()) + "\n")
     module: ASRModule = instantiate(cfg.module)(tokenizer=tokenizer)
     datamodule = prepare_inputs(cfg, module, out_dir)
     trainer = build_trainer(cfg, callbacks, loggers, extra_callbacks)
     start = time.perf_counter()
     history = CSVHistory(out_dir)  # the CSV logger would drop the rows of the run being resumed
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(cfg.resume, out_dir / "checkpoints"))
+    trainer.fit(module, datamodule=datamodule,
+                ckpt_path=resume_path(cfg.resume, out_dir / "checkpoints"))
     train_seconds = time.perf_counter() - start
     if trainer.is_global_zero:
         history.restore()
@@ -185,14 +196,16 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
     return result
 
 
-def _result(callbacks: dict[str, Any], trainer: L.Trainer, datamodule: Any, train_seconds: float) -> dict:
+def _result(callbacks: dict[str, Any], trainer: L.Trainer, datamodule: Any,
+            train_seconds: float) -> dict:
     """What the fit left, read off the callbacks by their names in ``conf/callbacks/``."""
     best: ModelCheckpoint | None = callbacks.get("best_checkpoint")
     averaging: AverageBest | None = callbacks.get("average_best")
     dropped: DroppedUtterances | None = callbacks.get("dropped_utterances")
     guard: NonFiniteGuard | None = callbacks.get("non_finite")
     selection = averaging.selection if averaging is not None and trainer.is_global_zero else None
-    best_val_wer = float(best.best_model_score) if best is not None and best.best_model_score is not None else None
+    best_val_wer = (float(best.best_model_score)
+                    if best is not None and best.best_model_score is not None else None)
     if selection is not None and selection["chosen"] == "average":
         best_val_wer = selection["val_wer_average"]
     return {
@@ -203,15 +216,17 @@ def _result(callbacks: dict[str, Any], trainer: L.Trainer, datamodule: Any, trai
         "train_seconds": round(train_seconds, 1),
         "reports": {},
         "rejected": datamodule.rejected + [
-            {"id": uid, "split": "load", "reason": why} for uid, why in (dropped.seen if dropped else {}).items()
+            {"id": uid, "split": "load", "reason": why}
+            for uid, why in (dropped.seen if dropped else {}).items()
         ],
         "skipped_steps": guard.skipped if guard is not None else 0,
     }
 
 
-def _evaluate_and_report(cfg: DictConfig, module: ASRModule, trainer: L.Trainer, result: dict, out_dir: Path) -> None:
-    """On global rank 0 after the fit: score best.ckpt on the evaluation manifests, print the table, write the
-    run's facts and report.md."""
+def _evaluate_and_report(cfg: DictConfig, module: ASRModule, trainer: L.Trainer, result: dict,
+                         out_dir: Path) -> None:
+    """On global rank 0 after the fit: score best.ckpt on the evaluation manifests, print the
+    table, write the run's facts and report.md."""
     if result["best_checkpoint"] and module.eval_manifests:
         result["reports"] = evaluate_checkpoint(
             result["best_checkpoint"], out_dir=str(out_dir / "decode"),
@@ -220,26 +235,30 @@ def _evaluate_and_report(cfg: DictConfig, module: ASRModule, trainer: L.Trainer,
         )
         selection = result["selection"]
         averaged = selection is not None and selection["chosen"] == "average"
-        chosen = f"the mean of the {len(selection['averaged'])} best epochs" if averaged else "the best epoch"
-        print(f"\nbest.ckpt ({chosen}, val/wer {result['best_val_wer']:.4f}) after {result['epochs']} epochs, "
-              f"{result['train_seconds'] / 60:.1f} min of training:\n{format_table(result['reports'])}\n"
-              f"run dir: {out_dir}")
+        chosen = (f"the mean of the {len(selection['averaged'])} best epochs" if averaged
+                  else "the best epoch")
+        print(f"\nbest.ckpt ({chosen}, val/wer {result['best_val_wer']:.4f}) after "
+              f"{result['epochs']} epochs, {result['train_seconds'] / 60:.1f} min of training:\n"
+              f"{format_table(result['reports'])}\nrun dir: {out_dir}")
     update_run_info(out_dir, train_seconds=result["train_seconds"], epochs=result["epochs"],
                     steps=trainer.global_step, device=str(trainer.strategy.root_device),
                     num_devices=trainer.world_size, best_val_wer=result["best_val_wer"],
                     model_selection=result["selection"] or {"chosen": "epoch"})
     report = build_report(out_dir)
-    print(f"report: {report} and {report.with_suffix('.html')} (one page: curves, WER, worst utterances to listen to)")
+    print(f"report: {report} and {report.with_suffix('.html')} (one page: curves, WER, worst "
+          "utterances to listen to)")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
-    with user_errors(TrainingDiverged, CheckpointWriteError, InstantiationException, DownloadError, RankZeroFailed):
+    with user_errors(TrainingDiverged, CheckpointWriteError, InstantiationException, DownloadError,
+                     RankZeroFailed):
         overrides = HydraConfig.get().overrides.hydra
         check_shared_run_dir(overrides)
         check_resume_dir(cfg.resume, Path(cfg.paths.output_dir),
-                         any(o.startswith(("hydra.run.dir=", "hydra.sweep.dir=")) for o in overrides))
+                         any(o.startswith(("hydra.run.dir=", "hydra.sweep.dir="))
+                             for o in overrides))
         result = train(cfg)
     # The value Hydra sweepers optimise: best dev WER.
     return result["best_val_wer"]

@@ -1,18 +1,14 @@
-"""Transcribe audio files with a checkpoint or an exported model folder: text, JSON Lines with word times and
-confidences, subtitles (SRT, WebVTT) or NIST CTM.
+"""Transcribe audio files with a checkpoint or an exported model folder: text, JSON Lines with
+word times and confidences (:mod:`asr.timing`), subtitles (SRT, WebVTT) or NIST CTM.
 
     python -m asr.transcribe checkpoint=exp/an4/<run>/checkpoints/best.ckpt audio=[a.flac,b.wav]
-    python -m asr.transcribe checkpoint=... audio=[long.flac] format=json output=hyps.jsonl decoder=beam
+    python -m asr.transcribe checkpoint=... audio=[long.flac] format=json output=hyps.jsonl \
+        decoder=beam
     python -m asr.transcribe checkpoint=... audio=talk.flac format=srt output=talk.srt
 
-Word times and confidences: :mod:`asr.timing` (times are seconds from the start of the file, continuous across
-the pieces a long file is cut into, since the pieces' log-probs are stitched before decoding).
-
-Any file soundfile reads, any sample rate, mono or multi-channel (averaged). Long files are cut into pieces
-of at most ``chunk_seconds``, each cut at the quietest frame of the last ``search_seconds`` before the limit;
-each piece is run with ``overlap_seconds`` of neighbouring audio on both sides for context, and only its own
-frames are kept, so the stitched log-probs are decoded as one utterance (an LM sees the whole file). A file
-that cannot be read is reported and skipped; the exit status is 1 when any file failed.
+Long files are cut at quiet frames into pieces of at most ``chunk_seconds``, each run with
+``overlap_seconds`` of context; the pieces' log-probs are stitched and decoded as one utterance.
+A file that cannot be read is reported and skipped; the exit status is then 1.
 """
 
 from __future__ import annotations
@@ -71,7 +67,8 @@ def transcribe(
             t = recognizer.transcribe(path, dec, word_times, **chunking)
             results.append({"audio_filepath": str(path), **t.as_dict()})
         except (OSError, RuntimeError, ValueError) as err:  # LibsndfileError is a RuntimeError
-            results.append({"audio_filepath": str(path), "error": f"{err.__class__.__name__}: {err}"})
+            results.append({"audio_filepath": str(path),
+                            "error": f"{err.__class__.__name__}: {err}"})
     return results
 
 
@@ -82,8 +79,9 @@ def main(cfg: DictConfig) -> None:
         if cfg.format not in FORMATS:
             raise ValueError(f"format must be one of {', '.join(FORMATS)}; got {cfg.format!r}")
         if cfg.format in ("srt", "vtt") and len(audio) > 1 and not cfg.output:
-            raise ValueError(f"format={cfg.format} writes one subtitle file per audio file: for {len(audio)} files "
-                             f"pass output=<folder> (each goes to <folder>/<audio name>.{cfg.format})")
+            raise ValueError(f"format={cfg.format} writes one subtitle file per audio file: for "
+                             f"{len(audio)} files pass output=<folder> (each goes to "
+                             f"<folder>/<audio name>.{cfg.format})")
         results = transcribe(
             checkpoint=cfg.checkpoint,
             audio=[str(a) for a in audio],

@@ -1,7 +1,7 @@
 """Transcripts with word times as files people use: JSON Lines, SubRip (SRT), WebVTT and NIST CTM.
 
-Each writer takes the results of :func:`asr.transcribe.transcribe`: ``{"audio_filepath", "duration", "text",
-"words": [{"word", "start", "end", "confidence"}]}`` per file.
+Each writer takes the results of :func:`asr.transcribe.transcribe`: ``{"audio_filepath",
+"duration", "text", "words": [{"word", "start", "end", "confidence"}]}`` per file.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ SUBTITLES = ("srt", "vtt")
 
 
 def cues(
-    words: list[dict[str, Any]], max_chars: int = 42, max_seconds: float = 6.0, max_pause: float = 1.0
+    words: list[dict[str, Any]], max_chars: int = 42, max_seconds: float = 6.0,
+    max_pause: float = 1.0,
 ) -> list[tuple[float, float, str]]:
-    """Words -> subtitle cues ``(start, end, text)``: a new cue after a pause over ``max_pause`` seconds, or when
-    the line would pass ``max_chars`` characters (the usual 42) or ``max_seconds`` of speech."""
+    """Words -> subtitle cues ``(start, end, text)``: a new cue after a pause over ``max_pause``
+    seconds, or when the line would pass ``max_chars`` characters or ``max_seconds`` of speech."""
     out: list[tuple[float, float, str]] = []
     line: list[dict[str, Any]] = []
     for w in words:
@@ -44,7 +45,8 @@ def _clock(seconds: float, sep: str) -> str:
 
 
 def to_srt(result: dict[str, Any]) -> str:
-    """One file's SubRip subtitles: numbered cues, ``HH:MM:SS,mmm --> HH:MM:SS,mmm``, a blank line after each."""
+    """One file's SubRip subtitles: numbered cues, ``HH:MM:SS,mmm --> HH:MM:SS,mmm``, a blank line
+    after each."""
     return "".join(f"{i}\n{_clock(a, ',')} --> {_clock(b, ',')}\n{text}\n\n"
                    for i, (a, b, text) in enumerate(cues(result["words"]), 1))
 
@@ -56,17 +58,17 @@ def to_vtt(result: dict[str, Any]) -> str:
 
 
 def to_ctm(result: dict[str, Any]) -> str:
-    """NIST CTM lines ``<file> 1 <start> <duration> <word> <confidence>`` (sclite's ``-h ctm`` input); the file
-    field is the audio file's name without its extension."""
+    """NIST CTM lines ``<file> 1 <start> <duration> <word> <confidence>`` (sclite's ``-h ctm``
+    input); the file field is the audio file's name without its extension."""
     name = Path(result["audio_filepath"]).stem.replace(" ", "_")
-    return "".join(f"{name} 1 {w['start']:.3f} {w['end'] - w['start']:.3f} {w['word']} {w['confidence']:.3f}\n"
-                   for w in result["words"])
+    return "".join(f"{name} 1 {w['start']:.3f} {w['end'] - w['start']:.3f} {w['word']} "
+                   f"{w['confidence']:.3f}\n" for w in result["words"])
 
 
 def format_results(results: list[dict[str, Any]], fmt: str) -> str:
-    """All files in one text: ``text`` (``file<TAB>text`` lines), ``json`` (JSON Lines, one object a file, failed
-    files with their ``error``), ``ctm``, or ``srt``/``vtt`` (one file only: subtitles are per audio file).
-    Files that failed are left out of all but ``json``; the caller reports them."""
+    """All files in one text: ``text`` (``file<TAB>text`` lines), ``json`` (JSON Lines, failed
+    files with their ``error``), ``ctm``, or ``srt``/``vtt`` (one file only: subtitles are per
+    audio file). Files that failed are left out of all but ``json``; the caller reports them."""
     ok = [r for r in results if "text" in r]
     if fmt == "json":
         return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results)
@@ -76,15 +78,17 @@ def format_results(results: list[dict[str, Any]], fmt: str) -> str:
         return "".join(to_ctm(r) for r in ok)
     if fmt in SUBTITLES:
         if len(results) != 1:
-            raise ValueError(f"format={fmt} writes one subtitle file per audio file: for {len(results)} files "
-                             f"pass output=<folder> (each goes to <folder>/<audio name>.{fmt})")
+            raise ValueError(f"format={fmt} writes one subtitle file per audio file: for "
+                             f"{len(results)} files pass output=<folder> "
+                             f"(each goes to <folder>/<audio name>.{fmt})")
         return (to_srt if fmt == "srt" else to_vtt)(ok[0]) if ok else ""
     raise ValueError(f"format must be one of {', '.join(FORMATS)}; got {fmt!r}")
 
 
 def write_results(results: list[dict[str, Any]], fmt: str, output: str) -> list[Path]:
-    """Write ``results`` to ``output``: one file, or for ``srt``/``vtt`` with several audio files (or an existing
-    folder) one ``<output>/<audio name>.<fmt>`` per file. Returns the files written."""
+    """Write ``results`` to ``output``: one file, or for ``srt``/``vtt`` with several audio files
+    (or an existing folder) one ``<output>/<audio name>.<fmt>`` per file. Returns the files
+    written."""
     out = Path(output)
     if fmt in SUBTITLES and (len(results) > 1 or out.is_dir()):
         out.mkdir(parents=True, exist_ok=True)

@@ -2,11 +2,13 @@
 
 Two sources of real speech:
 
-- the committed fixture ``tests/fixtures/an4_tiny`` (34 genuine AN4 utterances in AN4's layout): always here, so
-  ``make test`` on a bare clone trains, evaluates and transcribes. Small runs compose ``recipe=tiny`` on it
-  (:func:`tiny_train_cfg`), research options are added on top as overrides;
-- the full AN4 archive and the LibriSpeech samples in ``../shared/data`` (or ``$ASR_SHARED_DATA``): the few tests
-  that are about the AN4 recipe or the full corpus skip with a reason without them.
+- the committed fixture ``tests/fixtures/an4_tiny`` (34 genuine AN4 utterances in AN4's layout):
+  always here, so ``make test`` on a bare clone trains, evaluates and transcribes. Small runs
+  compose ``recipe=tiny`` on it (:func:`tiny_train_cfg`), research options are added on top as
+  overrides;
+- the full AN4 archive and the LibriSpeech samples in ``../shared/data`` (or
+  ``$ASR_SHARED_DATA``): the few tests that are about the AN4 recipe or the full corpus skip with
+  a reason without them.
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ASR_SHARED_DATA", ROOT.parent / "shared" / "data"))
 AN4_ARCHIVE = SHARED / "an4_sphere.tar.gz"
 LIBRI = SHARED / "librispeech-samples" / "LibriSpeech"
-TINY_FIXTURE = ROOT / "tests" / "fixtures" / "an4_tiny"  # the tiny recipe's prepare.download_dir, made absolute
+# the tiny recipe's prepare.download_dir, made absolute
+TINY_FIXTURE = ROOT / "tests" / "fixtures" / "an4_tiny"
 TINY_ARCHIVE = TINY_FIXTURE / "an4_sphere.tar.gz"
 
 needs_an4 = pytest.mark.skipif(
-    not AN4_ARCHIVE.is_file(), reason=f"full AN4 archive not found at {AN4_ARCHIVE} (set ASR_SHARED_DATA)"
+    not AN4_ARCHIVE.is_file(),
+    reason=f"full AN4 archive not found at {AN4_ARCHIVE} (set ASR_SHARED_DATA)"
 )
 needs_libri = pytest.mark.skipif(
     not LIBRI.is_dir(), reason=f"LibriSpeech samples not found at {LIBRI} (set ASR_SHARED_DATA)"
@@ -49,15 +53,16 @@ def compose_train(overrides: list[str]) -> DictConfig:
 
 
 def tiny_recipe_overrides(data_dir: Path) -> list[str]:
-    """``recipe=tiny`` reading the committed fixture archive and preparing into ``data_dir`` (its ``an4_tiny``)."""
+    """``recipe=tiny`` reading the committed fixture archive and preparing into ``data_dir`` (its
+    ``an4_tiny``)."""
     return ["recipe=tiny", f"paths.data_dir={data_dir}", f"prepare.download_dir={TINY_FIXTURE}",
             "+prepare.progress=false"]
 
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
-    """The fixture corpus prepared once per session by the tiny recipe's own prepare step (checksum included):
-    ``<tmp>/an4_tiny/{train,dev,test}.jsonl`` (25 / 5 / 4 utterances)."""
+    """The fixture corpus prepared once per session by the tiny recipe's own prepare step
+    (checksum included): ``<tmp>/an4_tiny/{train,dev,test}.jsonl`` (25 / 5 / 4 utterances)."""
     data = tmp_path_factory.mktemp("data")
     cfg = compose_train([*tiny_recipe_overrides(data), f"paths.output_dir={data / 'unused'}"])
     manifests = instantiate(cfg.prepare)
@@ -66,8 +71,9 @@ def tiny_dir(tmp_path_factory) -> Path:
 
 
 def tiny_train_cfg(tiny_dir: Path, out_dir: Path, extra: list[str] = ()) -> DictConfig:
-    """``recipe=tiny`` on the prepared fixture, shrunk to a few CPU steps: 1 epoch of 3 batches, every step logged,
-    no progress bar. ``extra`` overrides come last (``trainer.max_epochs=4``, ``callbacks=[default,ema]``, ...)."""
+    """``recipe=tiny`` on the prepared fixture, shrunk to a few CPU steps: 1 epoch of 3 batches,
+    every step logged, no progress bar. ``extra`` overrides come last (``trainer.max_epochs=4``,
+    ``callbacks=[default,ema]``, ...)."""
     return compose_train(
         [
             *tiny_recipe_overrides(tiny_dir.parent),
@@ -84,8 +90,8 @@ def tiny_train_cfg(tiny_dir: Path, out_dir: Path, extra: list[str] = ()) -> Dict
 
 @pytest.fixture(scope="session")
 def an4_dir(tmp_path_factory) -> Path:
-    """The full AN4 corpus prepared once per session by the AN4 recipe's prepare step (default checksums) from the
-    shared archive; skips without it."""
+    """The full AN4 corpus prepared once per session by the AN4 recipe's prepare step (default
+    checksums) from the shared archive; skips without it."""
     if not AN4_ARCHIVE.is_file():
         pytest.skip(f"full AN4 archive not found at {AN4_ARCHIVE} (set ASR_SHARED_DATA)")
     data = tmp_path_factory.mktemp("an4")
@@ -100,7 +106,8 @@ def an4_dir(tmp_path_factory) -> Path:
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A small untrained BiLSTM-CTC saved as an asr checkpoint (what ``Recognizer.load`` reads).
 
-    Decoding, export and transcription tests need the real network and checkpoint format, not a good model.
+    Decoding, export and transcription tests need the real network and checkpoint format, not a
+    good model.
     """
     import torch
 
@@ -121,9 +128,9 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
 
 class RangeServer:
-    """A real HTTP server on 127.0.0.1 for a folder: honours ``Range: bytes=N-`` (206) and cuts the first transfer of
-    any file named in ``cut`` after half its bytes (the connection closes, as a flaky network does). ``requests``
-    lists ``(name, Range header or None)`` in order."""
+    """A real HTTP server on 127.0.0.1 for a folder: honours ``Range: bytes=N-`` (206) and cuts
+    the first transfer of any file named in ``cut`` after half its bytes (the connection closes,
+    as a flaky network does). ``requests`` lists ``(name, Range header or None)`` in order."""
 
     def __init__(self, root: Path) -> None:
         self.root, self.cut, self.requests = root, set(), []
@@ -160,7 +167,8 @@ class RangeServer:
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                         daemon=True).start()
 
     def close(self) -> None:
         self.httpd.shutdown()
@@ -188,7 +196,8 @@ def http_dir(tmp_path):
 
     handler = functools.partial(Quiet, directory=str(root))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                     daemon=True).start()
     yield root, f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
     server.server_close()

@@ -1,6 +1,6 @@
-"""Helpers of the fault-injection tests: a small AN4-layout corpus built from real AN4 audio (the committed fixture's,
-or the full corpus's), and :class:`ParkAfterCheckpoint`, which holds a training run where a test
-kills it."""
+"""Helpers of the fault-injection tests: a small AN4-layout corpus built from real AN4 audio (the
+committed fixture's, or the full corpus's), and :class:`ParkAfterCheckpoint`, which holds a
+training run where a test kills it."""
 
 from __future__ import annotations
 
@@ -48,18 +48,20 @@ class ParkAfterCheckpoint(L.Callback):
 
 
 def _cycle(utts: list[Utterance], n: int) -> list[tuple[Utterance, int]]:
-    """``n`` of ``utts`` with the pass each comes from: all of them once, then again (pass 1, 2, ...) as needed."""
+    """``n`` of ``utts`` with the pass each comes from: all of them once, then again (pass 1, 2,
+    ...) as needed."""
     return list(itertools.islice(((u, k) for k in itertools.count() for u in utts), n))
 
 
 def an4_tree(prepared: Path, dest: Path, n_train: int, n_test: int) -> dict[str, dict]:
-    """Copy ``n_train``/``n_test`` real AN4 utterances of a prepared corpus (``train``+``dev`` / ``test``) into an
-    AN4-layout tree ``dest`` (ready to prepare). When more are asked for than the corpus has, its files are copied
-    again as other speakers (``<spk>c<k>/<id>-c<k>``): the same real audio under new ids.
+    """Copy ``n_train``/``n_test`` real AN4 utterances of a prepared corpus (``train``+``dev`` /
+    ``test``) into an AN4-layout tree ``dest`` (ready to prepare). When more are asked for than the
+    corpus has, its files are copied again as other speakers (``<spk>c<k>/<id>-c<k>``): the same
+    real audio under new ids.
 
     Returns:
-        ``{id: {"path": audio Path, "text": TEXT, "split": "train"|"test", "fid": fileid}}``, the caller may
-        damage the files or edit ``text`` and then call :func:`write_etc`.
+        ``{id: {"path": audio Path, "text": TEXT, "split": "train"|"test", "fid": fileid}}``, the
+        caller may damage the files or edit ``text`` and then call :func:`write_etc`.
     """
     utts = {}
     train = read_manifest(prepared / "train.jsonl") + read_manifest(prepared / "dev.jsonl")
@@ -79,7 +81,8 @@ def an4_tree(prepared: Path, dest: Path, n_train: int, n_test: int) -> dict[str,
 
 
 def write_etc(dest: Path, utts: dict[str, dict]) -> None:
-    """Write ``an4/etc/an4_{train,test}.{transcription,fileids}`` for the utterances of :func:`an4_tree`."""
+    """Write ``an4/etc/an4_{train,test}.{transcription,fileids}`` for the utterances of
+    :func:`an4_tree`."""
     etc = dest / "an4" / "etc"
     etc.mkdir(parents=True, exist_ok=True)
     for split in ("train", "test"):

@@ -38,7 +38,8 @@ def test_manifest_errors_name_file_and_line(tmp_path):
     with pytest.raises(FileNotFoundError, match="prepare stage"):
         read_manifest(tmp_path / "missing.jsonl")
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"audio_filepath": "a.wav", "duration": 1, "text": "a"}\n{"audio_filepath": "b.wav"}\n')
+    bad.write_text('{"audio_filepath": "a.wav", "duration": 1, "text": "a"}\n'
+                   '{"audio_filepath": "b.wav"}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:2"):
         read_manifest(bad)
 
@@ -85,7 +86,8 @@ def test_bucket_sampler_covers_each_index_once_within_budget(seed):
     for epoch in range(3):
         s.set_epoch(epoch)
         batches, whole = list(s), s._rank_batches()
-        assert sorted(i for b in whole for i in b) == list(range(500))  # the epoch's packing holds every utterance
+        # the epoch's packing holds every utterance
+        assert sorted(i for b in whole for i in b) == list(range(500))
         assert batches == whole[: len(s)]  # ... and the epoch is held to len(), epoch 0's count
         flat = [i for b in batches for i in b]
         assert len(set(flat)) == len(flat)
@@ -115,32 +117,36 @@ def test_bucket_sampler_ddp_ranks_disjoint_equal_steps_same_bucket():
     rng = random.Random(0)
     durations = [rng.uniform(1.0, 15.0) for _ in range(301)]
     for world in (2, 3):
-        samplers = [BucketBatchSampler(durations, 20.0, num_buckets=10, seed=3, num_replicas=world, rank=r)
-                    for r in range(world)]
+        samplers = [BucketBatchSampler(durations, 20.0, num_buckets=10, seed=3, num_replicas=world,
+                                       rank=r) for r in range(world)]
         per_rank = [list(s) for s in samplers]
         assert len({len(p) for p in per_rank}) == 1
         seen = [i for p in per_rank for b in p for i in b]
         assert len(seen) == len(set(seen))  # no utterance on two ranks
         batches = sum(len(b) for b in samplers[0]._bucket_batches(random.Random(3)))
         assert len(per_rank[0]) == batches // world  # fewer than `world` batches left out
-        # at each step the ranks' longest utterances are alike (the step waits for the slowest rank); dealt out in
-        # turn as before, the median and 90th percentile were 0.24-0.39 and 0.62-0.71
+        # at each step the ranks' longest utterances are alike (the step waits for the slowest
+        # rank); dealt out in turn as before, the median and 90th percentile were 0.24-0.39 and
+        # 0.62-0.71
         spread = sorted(1 - min(longest) / max(longest) for longest in
-                        zip(*[[max(durations[i] for i in b) for b in p] for p in per_rank], strict=True))
+                        zip(*[[max(durations[i] for i in b) for b in p] for p in per_rank],
+                            strict=True))
         assert spread[len(spread) // 2] < 0.1 and spread[int(0.9 * len(spread))] < 0.2
-        evals = [list(BucketBatchSampler(durations, 20.0, shuffle=False, drop_last=False, num_replicas=world,
-                                         rank=r)) for r in range(world)]
+        evals = [list(BucketBatchSampler(durations, 20.0, shuffle=False, drop_last=False,
+                                         num_replicas=world, rank=r)) for r in range(world)]
         assert max(len(p) for p in evals) - min(len(p) for p in evals) <= 1
         scored = sorted(i for p in evals for b in p for i in b)
         assert scored == list(range(301))  # evaluation scores every utterance exactly once
-    tiny = [list(BucketBatchSampler([1.0, 1.0, 1.0], 20.0, shuffle=False, drop_last=False, num_replicas=2, rank=r))
-            for r in (0, 1)]
-    assert all(tiny) and sorted(i for p in tiny for b in p for i in b) == [0, 1, 2]  # fewer batches than ranks
+    tiny = [list(BucketBatchSampler([1.0, 1.0, 1.0], 20.0, shuffle=False, drop_last=False,
+                                    num_replicas=2, rank=r)) for r in (0, 1)]
+    # fewer batches than ranks
+    assert all(tiny) and sorted(i for p in tiny for b in p for i in b) == [0, 1, 2]
 
 
 def test_bucket_sampler_epoch_set_by_lightning_and_resumable():
-    """Lightning's own set_epoch call reaches the sampler (before, every epoch had epoch 0's order), and resume
-    continues an epoch after its trained batches with the same items and augmentation seeds."""
+    """Lightning's own set_epoch call reaches the sampler (before, every epoch had epoch 0's
+    order), and resume continues an epoch after its trained batches with the same items and
+    augmentation seeds."""
     from lightning_fabric.utilities.data import _set_sampler_epoch
     from torch.utils.data import DataLoader
 
@@ -159,9 +165,10 @@ def test_bucket_sampler_epoch_set_by_lightning_and_resumable():
 
 
 def test_bucket_sampler_epochs_keep_one_length_also_when_resumed():
-    """The shuffle packs epochs into different numbers of batches; Lightning takes an epoch's length from len() when
-    it builds the loader, which a resumed run does in a later epoch. Every epoch is held to epoch 0's count, so a run
-    resumed mid-epoch trains the batches the uninterrupted one trained, no more (found by scripts/kill_test.py)."""
+    """The shuffle packs epochs into different numbers of batches; Lightning takes an epoch's
+    length from len() when it builds the loader, which a resumed run does in a later epoch. Every
+    epoch is held to epoch 0's count, so a run resumed mid-epoch trains the batches the
+    uninterrupted one trained, no more (found by scripts/kill_test.py)."""
     rng = random.Random(0)
     durations = [rng.uniform(0.5, 6.0) for _ in range(300)]
     clean = BucketBatchSampler(durations, 30.0, num_buckets=5, seed=1, draw_seeds=True)
@@ -183,33 +190,39 @@ def test_datamodule_drops_unencodable_text(tiny_dir, tmp_path):
         for u, t in zip(utts[:2], ["", "caf\u00e9"], strict=True)
     ]
     write_manifest(tmp_path / "m.jsonl", bad + utts[2:])
-    dm = ASRDataModule(CharTokenizer(), str(tmp_path / "m.jsonl"), str(tmp_path / "m.jsonl"), num_workers=0)
+    dm = ASRDataModule(CharTokenizer(), str(tmp_path / "m.jsonl"), str(tmp_path / "m.jsonl"),
+                       num_workers=0)
     dm.setup("fit")
     assert len(dm.datasets["train"]) == 4
     reasons = {r["id"]: r["reason"] for r in dm.rejected if r["split"] == "train"}
-    assert reasons == {utts[0].id: "empty text", utts[1].id: "characters outside the tokenizer: '\u00e9'"}
+    assert reasons == {utts[0].id: "empty text",
+                       utts[1].id: "characters outside the tokenizer: '\u00e9'"}
     batch = next(iter(dm.train_dataloader()))
     assert batch.audio.shape[0] == batch.targets.shape[0] >= 1
 
 
 def test_datamodule_rejects_text_the_intermediate_tokenizer_cannot_encode(tiny_dir, tmp_path):
-    """A word model can hold a word the characters of its intermediate CTC cannot spell ("café" as a word class):
-    with that tokenizer in extra_tokenizers the utterance is left out with its reason, not a crash mid-epoch."""
+    """A word model can hold a word the characters of its intermediate CTC cannot spell ("café" as
+    a word class): with that tokenizer in extra_tokenizers the utterance is left out with its
+    reason, not a crash mid-epoch."""
     utts = read_manifest(tiny_dir / "train.jsonl")[:4]
-    odd = Utterance(utts[0].audio_filepath, utts[0].duration, "caf\u00e9 yes", "odd", utts[0].speaker)
+    odd = Utterance(utts[0].audio_filepath, utts[0].duration, "caf\u00e9 yes", "odd",
+                    utts[0].speaker)
     write_manifest(tmp_path / "m.jsonl", [odd, *utts[1:]])
     words = WordTokenizer(words=["caf\u00e9", "yes", "no", "go", "stop", "help", "start"])
     assert words.encode("caf\u00e9 yes") == [1, 2]
-    alone = ASRDataModule(words, str(tmp_path / "m.jsonl"), str(tmp_path / "m.jsonl"), num_workers=0)
+    alone = ASRDataModule(words, str(tmp_path / "m.jsonl"), str(tmp_path / "m.jsonl"),
+                          num_workers=0)
     alone.setup("fit")
     assert "odd" in [u.id for u in alone.datasets["train"].utterances]
-    both = ASRDataModule(words, str(tmp_path / "m.jsonl"), str(tmp_path / "m.jsonl"), num_workers=0,
-                         extra_tokenizers=[CharTokenizer()])
+    both = ASRDataModule(words, str(tmp_path / "m.jsonl"), str(tmp_path / "m.jsonl"),
+                         num_workers=0, extra_tokenizers=[CharTokenizer()])
     both.setup("fit")
     assert "odd" not in [u.id for u in both.datasets["train"].utterances]
     assert [(r["id"], r["split"], r["reason"]) for r in both.rejected] == [
         ("odd", "train", "characters outside the tokenizer: '\u00e9'")]
-    assert "odd" in [u.id for u in both.datasets["val"].utterances]  # validation scores every utterance
+    # validation scores every utterance
+    assert "odd" in [u.id for u in both.datasets["val"].utterances]
 
 
 def test_dataset_reads_real_an4(tiny_dir):
@@ -232,8 +245,9 @@ def test_speed_perturbation_changes_length_by_factor(tiny_dir):
 
 
 def test_audio_cache_serves_later_reads_from_memory(tiny_dir, tmp_path):
-    """data.cache_audio: the second read of an utterance neither opens its file nor decodes it again, returns the
-    same samples, and speed perturbation still applies to the cached waveform."""
+    """data.cache_audio: the second read of an utterance neither opens its file nor decodes it
+    again, returns the same samples, and speed perturbation still applies to the cached
+    waveform."""
     src = read_manifest(tiny_dir / "test.jsonl")[0]
     copy = tmp_path / "a.sph"
     copy.write_bytes(open(src.audio_filepath, "rb").read())
@@ -243,7 +257,8 @@ def test_audio_cache_serves_later_reads_from_memory(tiny_dir, tmp_path):
     copy.unlink()  # a read from disk would now fail
     again = ds[0][0]
     assert torch.equal(first, again) and torch.equal(first, load_audio(src.audio_filepath))
-    assert isinstance(AudioDataset(utt, CharTokenizer())[0], LoadFailure)  # uncached: the missing file fails
+    # uncached: the missing file fails
+    assert isinstance(AudioDataset(utt, CharTokenizer())[0], LoadFailure)
     perturbed = AudioDataset(utt, CharTokenizer(), speed_perturb=[1.1], cache=True)
     perturbed.cache[0] = first
     assert abs(perturbed[0][0].numel() - first.numel() / 1.1) <= 2
@@ -251,8 +266,9 @@ def test_audio_cache_serves_later_reads_from_memory(tiny_dir, tmp_path):
 
 
 def test_filled_cache_serves_every_speed_to_loader_workers(tiny_dir, tmp_path):
-    """data.cache_audio with speed perturbation: setup decodes each training file and resamples it to every speed
-    once, in the main process; the forked loader worker then serves all three speeds with the files gone."""
+    """data.cache_audio with speed perturbation: setup decodes each training file and resamples it
+    to every speed once, in the main process; the forked loader worker then serves all three
+    speeds with the files gone."""
     utts = []
     for u in read_manifest(tiny_dir / "train.jsonl")[:6]:
         copy = tmp_path / f"{u.id}.sph"
@@ -260,11 +276,12 @@ def test_filled_cache_serves_every_speed_to_loader_workers(tiny_dir, tmp_path):
         utts.append(Utterance(str(copy), u.duration, u.text, u.id, u.speaker))
     missing = Utterance(str(tmp_path / "gone.sph"), 1.0, "yes", "gone")
     write_manifest(tmp_path / "m.jsonl", [*utts, missing])
-    dm = ASRDataModule(CharTokenizer(), str(tmp_path / "m.jsonl"), str(tmp_path / "m.jsonl"), num_workers=1,
-                       speed_perturb=[0.9, 1.0, 1.1], cache_audio=True)
+    dm = ASRDataModule(CharTokenizer(), str(tmp_path / "m.jsonl"), str(tmp_path / "m.jsonl"),
+                       num_workers=1, speed_perturb=[0.9, 1.0, 1.1], cache_audio=True)
     dm.setup("fit")
     ds = dm.datasets["train"]
-    assert set(ds.cache) == {k for i in range(6) for k in (i, (i, 0.9), (i, 1.1))}  # the missing file stays out
+    # the missing file stays out
+    assert set(ds.cache) == {k for i in range(6) for k in (i, (i, 0.9), (i, 1.1))}
     for i, u in enumerate(utts):
         n = load_audio(u.audio_filepath).numel()
         assert torch.equal(ds.cache[i], load_audio(u.audio_filepath))
@@ -280,7 +297,8 @@ def test_filled_cache_serves_every_speed_to_loader_workers(tiny_dir, tmp_path):
             dropped.update(f.id for f in batch.dropped)
             for uid, n in zip(batch.ids, batch.audio_lengths.tolist(), strict=True):
                 lengths.setdefault(uid, set()).add(n)
-    assert dropped <= {"gone"} and set(lengths) == {u.id for u in utts}  # every cached one read, no failure
+    # every cached one read, no failure
+    assert dropped <= {"gone"} and set(lengths) == {u.id for u in utts}
     sizes = {n for i in range(6) for n in (ds.cache[i].numel(), ds.cache[(i, 0.9)].numel(),
                                            ds.cache[(i, 1.1)].numel())}
     assert set().union(*lengths.values()) <= sizes
@@ -289,7 +307,7 @@ def test_filled_cache_serves_every_speed_to_loader_workers(tiny_dir, tmp_path):
         AudioDataset(utts, CharTokenizer()).fill_cache()
 
 
-# ----------------------------------------------------------------------- the data check: the same rule as training
+# -------------------------------------------------------- the data check: the same rule as training
 def test_data_check_and_datamodule_drop_utterances_too_short_for_ctc(tiny_dir, tmp_path):
     audio = read_manifest(tiny_dir / "test.jsonl")[0].audio_filepath
     manifest = tmp_path / "m.jsonl"
@@ -314,12 +332,14 @@ def test_data_check_and_datamodule_drop_utterances_too_short_for_ctc(tiny_dir, t
     assert [u.id for u in dm.datasets["train"].utterances] == ["ok"]
     train_reasons = {r["id"]: r["reason"] for r in dm.rejected if r["split"] == "train"}
     assert train_reasons["short"].startswith("too short for its label under CTC (5 frames <")
-    # validation keeps every utterance, as evaluation does: all count in the WER; the one whose text the tokenizer
-    # cannot encode has an empty label and stays out of the loss
+    # validation keeps every utterance, as evaluation does: all count in the WER; the one whose
+    # text the tokenizer cannot encode has an empty label and stays out of the loss
     assert len(dm.datasets["val"].utterances) == 3
     batch = next(iter(dm.val_dataloader()))
-    assert sorted(batch.texts) == ["a much too long label for a fifth of a second", "hello world", "numbers 42"]
-    assert [n for t, n in zip(batch.texts, batch.target_lengths.tolist(), strict=True) if t == "numbers 42"] == [0]
+    assert sorted(batch.texts) == ["a much too long label for a fifth of a second", "hello world",
+                                   "numbers 42"]
+    assert [n for t, n in zip(batch.texts, batch.target_lengths.tolist(), strict=True)
+            if t == "numbers 42"] == [0]
     with pytest.raises(ValueError, match="needs at least the model's tokenizer"):
         UtteranceFilter([])
 
@@ -329,7 +349,8 @@ def test_data_check_counts_utterances_too_short_for_the_intermediate_labels(tiny
     manifest = tmp_path / "m.jsonl"
     write_manifest(manifest, [
         Utterance(audio, 1.0, "seven", "fits"),  # 12 frames: 1 word, 5 characters
-        Utterance(audio, 1.0, "three three seven eight nine", "words_only"),  # 5 words fit, 28 characters not
+        # 5 words fit, 28 characters not
+        Utterance(audio, 1.0, "three three seven eight nine", "words_only"),
     ])
     words = WordTokenizer(words=["seven", "three", "eight", "nine"])
 
@@ -344,8 +365,8 @@ def test_data_check_counts_utterances_too_short_for_the_intermediate_labels(tiny
 
 def test_check_manifests_writes_the_report_the_run_keeps(tiny_dir, tmp_path):
     rule = UtteranceFilter([CharTokenizer()], lambda n: n // 160 // 3)
-    reports = check_manifests({"train": str(tiny_dir / "train.jsonl"), "val": str(tiny_dir / "dev.jsonl")}, rule,
-                              tmp_path)
+    reports = check_manifests({"train": str(tiny_dir / "train.jsonl"),
+                               "val": str(tiny_dir / "dev.jsonl")}, rule, tmp_path)
     assert json.loads((tmp_path / "data_check.json").read_text()) == reports
     assert reports["train"]["utterances"] == 25 and reports["val"]["utterances"] == 5
     assert reports["train"]["unknown_chars"] == {} and reports["train"]["too_short"] == 0

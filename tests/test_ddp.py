@@ -1,5 +1,5 @@
-"""Two CPU processes under Lightning DDP (gloo) on the committed AN4 fixture: distinct batches per rank, equal step
-counts."""
+"""Two CPU processes under Lightning DDP (gloo) on the committed AN4 fixture: distinct batches
+per rank, equal step counts."""
 
 import json
 import os
@@ -41,13 +41,15 @@ def test_ddp_two_cpu_ranks_see_disjoint_data_and_same_steps(tiny_dir, tmp_path):
         )
     )
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert all(r["world_size"] == 2 for r in ranks)
-    assert ranks[0]["global_step"] == ranks[1]["global_step"] == 8  # 4 batches x 2 epochs on each rank
+    # 4 batches x 2 epochs on each rank
+    assert ranks[0]["global_step"] == ranks[1]["global_step"] == 8
     assert len(ranks[0]["ids"]) == len(ranks[1]["ids"]) == 8
     for epoch in range(2):
         seen = [{u for b in r["ids"][epoch * 4 : (epoch + 1) * 4] for u in b} for r in ranks]
-        assert seen[0] and seen[1] and not seen[0] & seen[1]  # no utterance on both ranks in an epoch
+        # no utterance on both ranks in an epoch
+        assert seen[0] and seen[1] and not seen[0] & seen[1]

@@ -1,5 +1,6 @@
-"""Decoders, the n-gram LM writer, evaluate's log-prob cache and sweeps, on AN4 transcripts and audio: the committed
-fixture's, and the full corpus's for the LM tests that need its language (names, numbers, commands in context)."""
+"""Decoders, the n-gram LM writer, evaluate's log-prob cache and sweeps, on AN4 transcripts and
+audio: the committed fixture's, and the full corpus's for the LM tests that need its language
+(names, numbers, commands in context)."""
 
 import json
 import math
@@ -22,7 +23,7 @@ from tests.conftest import ROOT
 def emissions_for(
     texts: list[str], tokenizer: CharTokenizer | WordTokenizer, peak: float = 0.9
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T, C) log-probs whose best path spells each text: each token for 2 frames, then a blank."""
+    """(B, T, C) log-probs whose best path spells each text: each token twice, then a blank."""
     paths = []
     for text in texts:
         path = []
@@ -48,12 +49,12 @@ def an4_lm(an4_dir, tmp_path_factory):
     return build_lm([str(an4_dir / "train.jsonl")], str(tmp_path_factory.mktemp("lm")), order=3)
 
 
-# per corpus: histories to check the LM's normalisation on, and a misspelt sentence with the one the lexicon + LM
-# should correct it to
+# per corpus: histories to check the LM's normalisation on, and a misspelt sentence with the one
+# the lexicon + LM should correct it to
 CORPORA = {
     "tiny": ([(), (BOS,), ("stop",), (BOS, "go"), ("zzz", "yes")], "stap", "stop"),
-    "an4": ([(), (BOS,), ("rubout",), (BOS, "rubout"), ("three", "nine"), ("zzz", "enter")], "rubout thrie nine",
-            "rubout three nine"),
+    "an4": ([(), (BOS,), ("rubout",), (BOS, "rubout"), ("three", "nine"), ("zzz", "enter")],
+            "rubout thrie nine", "rubout three nine"),
 }
 
 
@@ -87,7 +88,8 @@ def test_arpa_lm_is_normalised_and_covers_training_words(corpus, request):
     data, lm = request.getfixturevalue(f"{corpus}_dir"), request.getfixturevalue(f"{corpus}_lm")
     tables = read_arpa(lm["lm"])
     words = [w for (w,) in tables[1] if w != BOS]
-    train_words = {w for u in read_manifest(data / "train.jsonl") for w in normalize_text(u.text).split()}
+    train_words = {w for u in read_manifest(data / "train.jsonl")
+                   for w in normalize_text(u.text).split()}
     assert train_words <= set(words) and "<unk>" in words and "</s>" in words
     lexicon = [line.split()[0] for line in open(lm["lexicon"])]
     assert sorted(lexicon) == sorted(train_words)
@@ -98,45 +100,50 @@ def test_arpa_lm_is_normalised_and_covers_training_words(corpus, request):
 
 def test_greedy_and_beam_decode_a_clean_path(tiny_dir, tiny_lm):
     tok = CharTokenizer()
-    texts = [normalize_text(u.text) for u in read_manifest(tiny_dir / "test.jsonl")] + ["help stop", "no no yes"]
+    texts = ([normalize_text(u.text) for u in read_manifest(tiny_dir / "test.jsonl")]
+             + ["help stop", "no no yes"])
     log_probs, lengths = emissions_for(texts, tok)
     assert GreedyDecoder(tok).decode(log_probs, lengths) == texts
     assert BeamSearchDecoder(tok, beam_size=10).decode(log_probs, lengths) == texts
-    in_lexicon = [t for t in texts if set(t.split()) <= {line.split()[0] for line in open(tiny_lm["lexicon"])}]
+    in_lexicon = [t for t in texts
+                  if set(t.split()) <= {line.split()[0] for line in open(tiny_lm["lexicon"])}]
     assert in_lexicon == texts
     lp, n = emissions_for(in_lexicon, tok)
-    assert (
-        BeamSearchDecoder(tok, beam_size=10, lexicon=tiny_lm["lexicon"], lm=tiny_lm["lm"]).decode(lp, n)
-        == in_lexicon
-    )
+    assert BeamSearchDecoder(tok, beam_size=10, lexicon=tiny_lm["lexicon"],
+                             lm=tiny_lm["lm"]).decode(lp, n) == in_lexicon
 
 
 def assert_word_model_decodes(tok: WordTokenizer, texts: list[str], lm: dict[str, str]) -> None:
-    """Clean emissions of ``texts`` come back from greedy, lexicon-free beam, and beam + ``lm`` decoding."""
+    """Clean emissions of ``texts`` come back from greedy, lexicon-free beam and beam + ``lm``."""
     log_probs, lengths = emissions_for(texts, tok)
     assert GreedyDecoder(tok).decode(log_probs, lengths) == texts
     assert BeamSearchDecoder(tok, beam_size=10).decode(log_probs, lengths) == texts
-    # the lexicon is not needed (the word classes are one) and not used; the LM scores each class as its word
-    beam_lm = BeamSearchDecoder(tok, beam_size=10, lexicon=lm["lexicon"], lm=lm["lm"], lm_weight=1.0)
+    # the lexicon is not needed (the word classes are one) and not used;
+    # the LM scores each class as its word
+    beam_lm = BeamSearchDecoder(tok, beam_size=10, lexicon=lm["lexicon"], lm=lm["lm"],
+                                lm_weight=1.0)
     assert beam_lm.decode(log_probs, lengths) == texts
     assert BeamSearchDecoder(tok, beam_size=10, lm=lm["lm"]).decode(log_probs, lengths) == texts
 
 
 def test_word_model_greedy_and_beam_on_the_fixture(tiny_dir, tiny_lm):
     tok = WordTokenizer(train_manifest=str(tiny_dir / "train.jsonl"))
-    texts = [normalize_text(u.text) for u in read_manifest(tiny_dir / "test.jsonl")] + ["help stop go"]
+    texts = ([normalize_text(u.text) for u in read_manifest(tiny_dir / "test.jsonl")]
+             + ["help stop go"])
     texts.append("november go one")  # words the vocabulary lacks: spelled with characters
     assert_word_model_decodes(tok, texts, tiny_lm)
 
 
 def test_word_model_greedy_and_beam(an4_dir, an4_lm):
-    """The LM's context at work over word classes: AN4's sentences (commands, spelled names, numbers)."""
+    """The LM's context over word classes: AN4's sentences (commands, spelled names, numbers)."""
     tok = WordTokenizer(train_manifest=str(an4_dir / "train.jsonl"))
     texts = [normalize_text(u.text) for u in read_manifest(an4_dir / "test.jsonl")[:12]]
     texts.append("november thirteen one")  # words the vocabulary lacks: spelled with characters
     assert_word_model_decodes(tok, texts, an4_lm)
-    beam_lm = BeamSearchDecoder(tok, beam_size=10, lexicon=an4_lm["lexicon"], lm=an4_lm["lm"], lm_weight=1.0)
-    # a word the acoustics slightly disfavour, but the LM much prefers in its context, wins with the LM
+    beam_lm = BeamSearchDecoder(tok, beam_size=10, lexicon=an4_lm["lexicon"], lm=an4_lm["lm"],
+                                lm_weight=1.0)
+    # a word the acoustics slightly disfavour, but the LM much prefers in its context,
+    # wins with the LM
     tables = read_arpa(an4_lm["lm"])
 
     def sentence_prob(words):
@@ -147,16 +154,20 @@ def test_word_model_greedy_and_beam(an4_dir, an4_lm):
         return p
 
     likely, unlikely = sorted(["three", "e"], key=lambda w: -sentence_prob(["rubout", w, "nine"]))
-    assert sentence_prob(["rubout", likely, "nine"]) > 1.5 * sentence_prob(["rubout", unlikely, "nine"])
+    assert (sentence_prob(["rubout", likely, "nine"])
+            > 1.5 * sentence_prob(["rubout", unlikely, "nine"]))
     lp, n = emissions_for(["rubout three nine"], tok)
     lp[0, 3:5, :] = math.log(0.1 / (tok.num_classes - 2))
     # acoustic odds (0.47 / 0.43) ** 2 frames = 1.19, below the LM odds
-    lp[0, 3:5, tok.encode(unlikely)[0]], lp[0, 3:5, tok.encode(likely)[0]] = math.log(0.47), math.log(0.43)
+    (lp[0, 3:5, tok.encode(unlikely)[0]],
+     lp[0, 3:5, tok.encode(likely)[0]]) = math.log(0.47), math.log(0.43)
     assert BeamSearchDecoder(tok, beam_size=10).decode(lp, n) == [f"rubout {unlikely} nine"]
     assert beam_lm.decode(lp, n) == [f"rubout {likely} nine"]
-    # word_score is a per-word score: a negative one drops words the acoustics are unsure of, a big one adds some
+    # word_score is a per-word score: a negative one drops words the acoustics are unsure of,
+    # a big one adds some
     lp, n = emissions_for(["erase c q q f seven"], tok, peak=0.6)
-    words = {ws: BeamSearchDecoder(tok, beam_size=20, lm=an4_lm["lm"], lm_weight=2.0, word_score=ws).decode(lp, n)[0]
+    words = {ws: BeamSearchDecoder(tok, beam_size=20, lm=an4_lm["lm"], lm_weight=2.0,
+                                   word_score=ws).decode(lp, n)[0]
              for ws in (-3.0, 0.0, 6.0)}
     assert len(words[-3.0].split()) < 6 == len(words[0.0].split()) < len(words[6.0].split()), words
 
@@ -171,30 +182,38 @@ def test_spelling_lm_from_a_word_list_corrects_a_spelled_letter(an4_dir, an4_lm,
     assert zipf == sorted(zipf, reverse=True)  # most frequent first
     spelled = spelled_words(words)
     assert ["m", "a", "r", "k", "e", "t"] in spelled
-    assert all("".join(w).isalpha() and "".join(w).isascii() for w in spelled)  # "don't", "2", "café" left out
+    # "don't", "2", "café" left out
+    assert all("".join(w).isalpha() and "".join(w).isascii() for w in spelled)
     assert len(spelled) < 3000 and spelled_words(words, top=10) == spelled[:10]
 
     out = tmp_path / "lm"
-    paths = build_lm([str(an4_dir / "train.jsonl")], str(out), order=5, spell=str(words), transcript_repeat=5)
+    paths = build_lm([str(an4_dir / "train.jsonl")], str(out), order=5, spell=str(words),
+                     transcript_repeat=5)
     tables = read_arpa(paths["lm"])
     assert ("m", "a", "r", "k", "e") in tables[5]  # 5-grams of letters the transcripts do not have
     assert "rubout" in {w for (w,) in tables[1]}  # and the transcripts' words
     tok = WordTokenizer(train_manifest=str(an4_dir / "train.jsonl"))
     lp, n = emissions_for(["s y s t e m"], tok)  # m/n: one of AN4's commonest confusions
-    lp[0, 15:17, :] = math.log(0.1 / (tok.num_classes - 2))  # the m's two frames: n a little likelier than m
-    lp[0, 15:17, tok.encode("n")[0]], lp[0, 15:17, tok.encode("m")[0]] = math.log(0.47), math.log(0.43)
+    # the m's two frames: n a little likelier than m
+    lp[0, 15:17, :] = math.log(0.1 / (tok.num_classes - 2))
+    (lp[0, 15:17, tok.encode("n")[0]],
+     lp[0, 15:17, tok.encode("m")[0]]) = math.log(0.47), math.log(0.43)
     assert BeamSearchDecoder(tok, beam_size=10).decode(lp, n) == ["s y s t e n"]
     # the transcripts' 3-gram knows AN4's names, which end in n more often than in m ...
-    assert BeamSearchDecoder(tok, beam_size=10, lm=an4_lm["lm"], lm_weight=0.5).decode(lp, n) == ["s y s t e n"]
+    assert BeamSearchDecoder(tok, beam_size=10, lm=an4_lm["lm"],
+                             lm_weight=0.5).decode(lp, n) == ["s y s t e n"]
     # ... the spelling LM knows English words
-    assert BeamSearchDecoder(tok, beam_size=10, lm=paths["lm"], lm_weight=0.5).decode(lp, n) == ["s y s t e m"]
+    assert BeamSearchDecoder(tok, beam_size=10, lm=paths["lm"],
+                             lm_weight=0.5).decode(lp, n) == ["s y s t e m"]
 
     # the .done marker holds the settings: the same ones skip the stage, others rebuild it
     mtime = os.stat(paths["lm"]).st_mtime_ns
-    build_lm([str(an4_dir / "train.jsonl")], str(out), order=5, spell=str(words), transcript_repeat=5)
+    build_lm([str(an4_dir / "train.jsonl")], str(out), order=5, spell=str(words),
+             transcript_repeat=5)
     assert os.stat(paths["lm"]).st_mtime_ns == mtime
     build_lm([str(an4_dir / "train.jsonl")], str(out), order=5, spell=str(words), spell_top=100)
-    assert ("m", "a", "r", "k", "e") not in read_arpa(paths["lm"])[5]  # "market" is not in the top 100
+    # "market" is not in the top 100
+    assert ("m", "a", "r", "k", "e") not in read_arpa(paths["lm"])[5]
     with pytest.raises(FileNotFoundError, match="spell=.*asr.lm.wordlist"):
         spelled_words(tmp_path / "missing.txt")
     (tmp_path / "digits.txt").write_text("2026\ndon't\n")
@@ -209,7 +228,8 @@ def test_lexicon_and_lm_correct_a_misspelling(corpus, request):
     tok = CharTokenizer()
     log_probs, lengths = emissions_for([wrong], tok, peak=0.6)
     assert BeamSearchDecoder(tok, beam_size=20).decode(log_probs, lengths) == [wrong]
-    beam_lm = BeamSearchDecoder(tok, beam_size=20, lexicon=lm["lexicon"], lm=lm["lm"], lm_weight=1.0)
+    beam_lm = BeamSearchDecoder(tok, beam_size=20, lexicon=lm["lexicon"], lm=lm["lm"],
+                                lm_weight=1.0)
     assert beam_lm.decode(log_probs, lengths) == [right]
 
 
@@ -229,9 +249,8 @@ def test_decoder_errors_name_the_setting(tmp_path, tiny_lm):
 def test_evaluate_caches_log_probs_per_split(tiny_checkpoint, tiny_dir, tmp_path):
     manifests = {"test": str(tiny_dir / "test.jsonl")}
     cache = tmp_path / "cache"
-    first = evaluate_checkpoint(
-        str(tiny_checkpoint), manifests, str(tmp_path / "a"), "cpu", progress=False, cache_dir=str(cache)
-    )
+    first = evaluate_checkpoint(str(tiny_checkpoint), manifests, str(tmp_path / "a"), "cpu",
+                                progress=False, cache_dir=str(cache))
     assert (cache / "test.pt").is_file() and not first["test"]["cached_log_probs"]
     again = evaluate_checkpoint(
         str(tiny_checkpoint),
@@ -249,14 +268,14 @@ def test_evaluate_caches_log_probs_per_split(tiny_checkpoint, tiny_dir, tmp_path
     # beam size 1 without LM keeps the single best prefix: here the same text as greedy
     assert (tmp_path / "a/test/hyps.txt").read_text() == (tmp_path / "b/test/hyps.txt").read_text()
     os.utime(tiny_checkpoint)  # a rewritten checkpoint invalidates the cache
-    third = evaluate_checkpoint(
-        str(tiny_checkpoint), manifests, str(tmp_path / "c"), "cpu", progress=False, cache_dir=str(cache)
-    )
+    third = evaluate_checkpoint(str(tiny_checkpoint), manifests, str(tmp_path / "c"), "cpu",
+                                progress=False, cache_dir=str(cache))
     assert not third["test"]["cached_log_probs"]
 
 
-@pytest.mark.slow  # keeps the default suite within 5 minutes on 2 cores; CI runs it (make test-slow)
-def test_cli_sweep_writes_one_report_per_point_and_a_summary(tiny_checkpoint, tiny_dir, tiny_lm, tmp_path):
+@pytest.mark.slow  # keeps the default suite under 5 minutes on 2 cores; CI runs it (make test-slow)
+def test_cli_sweep_writes_one_report_per_point_and_a_summary(tiny_checkpoint, tiny_dir, tiny_lm,
+                                                              tmp_path):
     subset = tmp_path / "test10.jsonl"
     write_manifest(subset, read_manifest(tiny_dir / "train.jsonl")[:10])
     sweep = tmp_path / "sweep"
@@ -289,20 +308,23 @@ def test_cli_sweep_writes_one_report_per_point_and_a_summary(tiny_checkpoint, ti
     assert sorted((r["decoder"]["lm_weight"], r["decoder"]["word_score"]) for r in reports) == [
         (w, s) for w in (0.5, 1.0) for s in (-1.0, 0.0, 1.0)
     ]
-    assert sum(not r["cached_log_probs"] for r in reports) == 1  # one forward pass for the whole sweep
+    assert sum(not r["cached_log_probs"] for r in reports) == 1  # one forward pass for the sweep
     summary = (sweep / "summary.md").read_text().splitlines()
     assert summary[0].startswith("lm_weight | word_score | test WER %") and len(summary) == 2 + 6
     assert "summary.md" in proc.stdout
 
 
 def test_librispeech_style_files_upper_case_lm_and_phonetic_lexicon(tiny_dir, tmp_path):
-    """LibriSpeech's resource-11 files: upper-case ARPA words, a phonetic lexicon (only the word is read)."""
+    """LibriSpeech's resource-11 files: upper-case ARPA words, a phonetic lexicon (only the word
+    is read)."""
     from asr.lm.ngram import kneser_ney, write_arpa
 
-    sentences = [normalize_text(u.text).upper().split() for u in read_manifest(tiny_dir / "train.jsonl")]
+    sentences = [normalize_text(u.text).upper().split()
+                 for u in read_manifest(tiny_dir / "train.jsonl")]
     write_arpa(kneser_ney(sentences, order=2), tmp_path / "lm.arpa")
     words = sorted({w for s in sentences for w in s})
-    (tmp_path / "lexicon.txt").write_text("".join(f"{w} HH AH0 L OW1\n{w} HH EH0 L OW1\n" for w in words))
+    (tmp_path / "lexicon.txt").write_text("".join(f"{w} HH AH0 L OW1\n{w} HH EH0 L OW1\n"
+                                                  for w in words))
     tok = CharTokenizer()
     log_probs, lengths = emissions_for(["stap"], tok, peak=0.6)
     lexicon, lm = str(tmp_path / "lexicon.txt"), str(tmp_path / "lm.arpa")
@@ -314,7 +336,8 @@ def test_lexicon_free_beam_search_with_sentencepiece_pieces(tiny_dir, tiny_lm, t
     from asr.text import SentencePieceTokenizer
 
     tok = SentencePieceTokenizer(tmp_path / "bpe.model", tiny_dir / "train.jsonl", vocab_size=30)
-    texts = [normalize_text(u.text) for u in read_manifest(tiny_dir / "test.jsonl")] + ["yes help go"]
+    texts = ([normalize_text(u.text) for u in read_manifest(tiny_dir / "test.jsonl")]
+             + ["yes help go"])
     log_probs, lengths = emissions_for(texts, tok)
     assert GreedyDecoder(tok).decode(log_probs, lengths) == texts
     assert BeamSearchDecoder(tok, beam_size=10).decode(log_probs, lengths) == texts

@@ -25,7 +25,8 @@ def test_logmel_shapes_lengths_and_normalisation(speech_batch):
     assert flen.tolist() == [int(n) // 160 + 1 for n in lengths]
     for i, n in enumerate(flen.tolist()):
         valid = feats[i, :n]
-        assert valid.mean(0).abs().max() < 1e-3 and (valid.std(0, unbiased=False) - 1).abs().max() < 1e-2
+        assert (valid.mean(0).abs().max() < 1e-3
+                and (valid.std(0, unbiased=False) - 1).abs().max() < 1e-2)
         assert feats[i, n:].abs().sum() == 0  # padding stays zero
 
 
@@ -58,10 +59,12 @@ def test_specaugment_masks_in_training_only():
 
 
 @pytest.mark.parametrize(
-    "subsampling,factor", [("stack", 2), ("stack", 3), ("stack", 4), ("conv", 2), ("conv", 4), ("conv", 8), ("none", 1)]
+    "subsampling,factor",
+    [("stack", 2), ("stack", 3), ("stack", 4), ("conv", 2), ("conv", 4), ("conv", 8), ("none", 1)]
 )
 def test_model_output_lengths_over_many_lengths(subsampling, factor):
-    model = BiLSTMCTC(80, 29, hidden_size=16, num_layers=2, subsampling=subsampling, subsampling_factor=factor).eval()
+    model = BiLSTMCTC(80, 29, hidden_size=16, num_layers=2, subsampling=subsampling,
+                      subsampling_factor=factor).eval()
     for t in range(1, 40):
         lengths = torch.tensor([t, max(1, t // 2)])
         log_probs, out_len = model(torch.randn(2, t, 80), lengths)
@@ -91,9 +94,11 @@ def test_global_normalisation_from_real_training_audio(tiny_dir):
     mean, std = global_stats(feats, wavs)
     assert mean.shape == std.shape == (80,) and (std > 0.5).all()
     feats.set_global_stats(mean, std)
-    out = torch.cat([feats(w[None], torch.tensor([w.numel()]))[0][0] for w in wavs])  # every frame of the 25
+    # every frame of the 25
+    out = torch.cat([feats(w[None], torch.tensor([w.numel()]))[0][0] for w in wavs])
     assert out.mean(0).abs().max() < 1e-3 and (out.std(0) - 1).abs().max() < 1e-2
-    assert set(feats.state_dict()) == {"global_mean", "global_std", "mel.spectrogram.window", "mel.mel_scale.fb"}
+    assert set(feats.state_dict()) == {"global_mean", "global_std", "mel.spectrogram.window",
+                                       "mel.mel_scale.fb"}
     with pytest.raises(ValueError, match="positive"):
         feats.set_global_stats(mean, torch.zeros(80))
     with pytest.raises(ValueError, match="normalize=global"):

@@ -1,6 +1,6 @@
-"""Work global rank 0 does first (preparing the data) while the others wait: real processes with the ranks
-torchrun gives them (``RANK``/``WORLD_SIZE``). No rank waits forever: rank 0's error, or its death, reaches the
-others as a message.
+"""Work global rank 0 does first (preparing the data) while the others wait: real processes with
+the ranks torchrun gives them (``RANK``/``WORLD_SIZE``). No rank waits forever: rank 0's error, or
+its death, reaches the others as a message.
 
 The processes and the test meet on events, not on time: each process appends what it does to a
 shared log (``start`` and ``end`` of its work; ``poll`` each time a waiting rank has looked at rank
@@ -157,7 +157,8 @@ def test_rank_zero_error_reaches_the_others(ranks):
     r0.communicate(timeout=120)
     out1, _ = r1.communicate(timeout=120)
     assert r0.returncode != 0 and r1.returncode == 3
-    assert "global rank 0 could not prepare the data: ValueError: manifest train.jsonl is missing" in out1
+    assert ("global rank 0 could not prepare the data: "
+            "ValueError: manifest train.jsonl is missing") in out1
     assert "1 start" not in ranks.log()  # rank 1 never did the work rank 0 failed at
 
 
@@ -178,8 +179,10 @@ def test_rank_zero_killed_mid_work_stops_the_others_with_a_message(ranks):
 
 def test_processes_launched_together_need_one_run_dir(tmp_path):
     env = {**os.environ, "RANK": "0", "WORLD_SIZE": "2"}
-    proc = subprocess.run([sys.executable, "-m", "asr.train", "recipe=tiny", f"paths.exp_dir={tmp_path}"], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "asr.train", "recipe=tiny",
+                           f"paths.exp_dir={tmp_path}"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
-    assert "2 processes were launched together (torchrun or srun) but hydra.run.dir is not set" in proc.stderr
+    assert ("2 processes were launched together (torchrun or srun) "
+            "but hydra.run.dir is not set") in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -1,7 +1,8 @@
-"""LibriSpeech: archives in the official layout, built from the 7 genuine sample utterances (shared data: skipped
-without them), are served by a real HTTP server on 127.0.0.1 (one that honours Range and can cut a transfer
-mid-way), then downloaded, verified, extracted and prepared. The download code itself is also tested on the
-committed AN4 fixture (test_an4_download.py), the data check in test_data.py."""
+"""LibriSpeech: archives in the official layout, built from the 7 genuine sample utterances
+(shared data: skipped without them), are served by a real HTTP server on 127.0.0.1 (one that
+honours Range and can cut a transfer mid-way), then downloaded, verified, extracted and prepared.
+The download code itself is also tested on the committed AN4 fixture (test_an4_download.py), the
+data check in test_data.py."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def sample_transcripts() -> dict[str, str]:
 
 
 def build_archive(dest: Path, subset: str, extra: tuple[str, bytes] | None = None) -> Path:
-    """``<subset>.tar.gz`` laid out as the official one: ``LibriSpeech/<subset>/<spk>/<chapter>/...``."""
+    """``<subset>.tar.gz`` in the official layout: ``LibriSpeech/<subset>/<spk>/<chapter>/...``."""
     with tarfile.open(dest, "w:gz") as tf:
         tf.add(LIBRI / "SPEAKERS.TXT", arcname="LibriSpeech/SPEAKERS.TXT")
         tf.add(LIBRI / subset, arcname=f"LibriSpeech/{subset}")
@@ -57,7 +58,8 @@ def served(server, monkeypatch):
     """Sample archives on the server, with their checksums standing in for the published ones."""
     for subset in SAMPLE_SUBSETS:
         archive = build_archive(server.root / f"{subset}.tar.gz", subset)
-        monkeypatch.setitem(librispeech.SHA256, subset, hashlib.sha256(archive.read_bytes()).hexdigest())
+        monkeypatch.setitem(librispeech.SHA256, subset,
+                            hashlib.sha256(archive.read_bytes()).hexdigest())
     return server
 
 
@@ -99,22 +101,29 @@ def test_download_resume_extract_prepare(served, tmp_path):
 
 
 def test_wrong_checksum_fails_and_leaves_nothing(server, tmp_path):
-    build_archive(server.root / "dev-clean.tar.gz", "dev-clean")  # not the official archive: SHA256 differs
-    published = r"SHA256 [0-9a-f]{64} is none of \['sha256:76f87d09[0-9a-f]+'\]; the download was removed"
+    # not the official archive: SHA256 differs
+    build_archive(server.root / "dev-clean.tar.gz", "dev-clean")
+    published = (r"SHA256 [0-9a-f]{64} is none of \['sha256:76f87d09[0-9a-f]+'\]; "
+                 r"the download was removed")
     with pytest.raises(DownloadError, match=published):
         librispeech.prepare(str(tmp_path / "libri"), str(tmp_path / "dl"), subsets=["dev-clean"],
-                            train_subsets=["dev-clean"], base_url=server.url, retries=1, progress=False)
+                            train_subsets=["dev-clean"], base_url=server.url, retries=1,
+                            progress=False)
     assert not list((tmp_path / "dl").iterdir())  # neither the archive nor a .part file
     assert not (tmp_path / "libri" / ".done" / "dev-clean.extracted").exists()
 
 
 def test_archive_with_parent_member_is_refused(server, tmp_path, monkeypatch):
-    archive = build_archive(server.root / "dev-clean.tar.gz", "dev-clean", extra=("../escaped.txt", b"x"))
-    monkeypatch.setitem(librispeech.SHA256, "dev-clean", hashlib.sha256(archive.read_bytes()).hexdigest())
+    archive = build_archive(server.root / "dev-clean.tar.gz", "dev-clean",
+                            extra=("../escaped.txt", b"x"))
+    monkeypatch.setitem(librispeech.SHA256, "dev-clean",
+                        hashlib.sha256(archive.read_bytes()).hexdigest())
     with pytest.raises(ValueError, match="refusing"):
         librispeech.prepare(str(tmp_path / "libri"), str(tmp_path / "dl"), subsets=["dev-clean"],
-                            train_subsets=["dev-clean"], base_url=server.url, progress=False)
-    assert not (tmp_path / "escaped.txt").exists() and not (tmp_path / "libri" / "LibriSpeech").exists()
+                            train_subsets=["dev-clean"], base_url=server.url,
+                            progress=False)
+    assert (not (tmp_path / "escaped.txt").exists()
+            and not (tmp_path / "libri" / "LibriSpeech").exists())
     assert not (tmp_path / "libri" / ".done" / "dev-clean.extracted").exists()
 
 
@@ -123,14 +132,20 @@ def test_existing_copy_with_bad_files_is_prepared_with_rejections(tmp_path):
     shutil.copytree(LIBRI, root)
     chapter = root / "test-clean" / "1089" / "134686"
     (chapter / "1089-134686-0001.flac").write_bytes(b"not a flac")  # unreadable
-    (root / "test-clean" / "1089" / "134691" / "1089-134691-0000.flac").unlink()  # transcript, no audio
-    shutil.copy(chapter / "1089-134686-0000.flac", chapter / "1089-134686-0099.flac")  # audio, no transcript
+    # transcript, no audio
+    (root / "test-clean" / "1089" / "134691" / "1089-134691-0000.flac").unlink()
+    # audio, no transcript
+    shutil.copy(chapter / "1089-134686-0000.flac", chapter / "1089-134686-0099.flac")
     cut = root / "test-clean" / "1995" / "1837" / "1995-1837-0001.flac"
-    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])  # valid header, half the frames: a cut download
-    manifests = librispeech.prepare(str(tmp_path / "m"), str(tmp_path / "dl"), subsets=SAMPLE_SUBSETS,
-                                    train_subsets=["dev-clean"], root=str(root), workers=1, progress=False)
-    assert [u.id for u in read_manifest(manifests["test-clean"])] == ["1089-134686-0000", "1089-134691-0001"]
-    rejected = {r["id"]: r["reason"] for r in map(json.loads, (tmp_path / "m" / "rejected.jsonl").open())}
+    # valid header, half the frames: a cut download
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    manifests = librispeech.prepare(str(tmp_path / "m"), str(tmp_path / "dl"),
+                                    subsets=SAMPLE_SUBSETS, train_subsets=["dev-clean"],
+                                    root=str(root), workers=1, progress=False)
+    assert [u.id for u in read_manifest(manifests["test-clean"])] == ["1089-134686-0000",
+                                                                     "1089-134691-0001"]
+    rejected = {r["id"]: r["reason"]
+                for r in map(json.loads, (tmp_path / "m" / "rejected.jsonl").open())}
     assert "truncated audio" in rejected["1995-1837-0001"]
     assert "unreadable audio" in rejected["1089-134686-0001"]
     assert "1089-134691-0000.flac is missing" in rejected["1089-134691-0000"]
@@ -145,7 +160,8 @@ def test_existing_copy_with_bad_files_is_prepared_with_rejections(tmp_path):
 
 def test_sentencepiece_tokenizer_trains_roundtrips_and_survives_weights_only_load(tmp_path):
     manifest = tmp_path / "train.jsonl"
-    write_manifest(manifest, [Utterance("x.flac", 1.0, t, i) for i, t in sample_transcripts().items()])
+    write_manifest(manifest, [Utterance("x.flac", 1.0, t, i)
+                              for i, t in sample_transcripts().items()])
     tok = SentencePieceTokenizer(train_manifest=str(manifest), vocab_size=60)
     assert (tmp_path / "train.bpe60.model").is_file()  # saved beside the manifest, reused next time
     text = "he hoped there would be stew for dinner"

@@ -1,4 +1,4 @@
-"""asr.lstm.BiLSTM and its forward algorithms (model.lstm: dense, packed, auto), and the dropout it uses."""
+"""asr.lstm.BiLSTM, its forward algorithms (model.lstm: dense, packed, auto) and its dropout."""
 
 import warnings
 
@@ -13,14 +13,16 @@ LENGTHS = torch.tensor([13, 1, 7, 13, 2, 10, 5, 12])  # length 1 and the longest
 
 
 def _twin(impl: str, template: BiLSTM, **kwargs) -> BiLSTM:
-    """A BiLSTM built with ``kwargs`` and ``implementation=impl``, holding ``template``'s weights."""
+    """A BiLSTM with ``kwargs`` and ``implementation=impl``, holding ``template``'s weights."""
     twin = BiLSTM(**kwargs, implementation=impl)
     twin.load_state_dict(template.state_dict())
     return twin.train(template.training)
 
 
-def _outputs_and_grads(fn, x: torch.Tensor, params: dict) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """``fn(x)``'s tensors, and the gradients of a fixed random weighting of them w.r.t. x and every parameter."""
+def _outputs_and_grads(fn, x: torch.Tensor,
+                       params: dict) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """``fn(x)``'s tensors, and the gradients of a fixed random weighting of them w.r.t. x and
+    every parameter."""
     x = x.detach().clone().requires_grad_(True)
     outs = fn(x)
     outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
@@ -37,31 +39,36 @@ def _assert_close(a: list[torch.Tensor], b: list[torch.Tensor], atol: float = 1e
     for i, (u, v) in enumerate(zip(a, b, strict=True)):
         assert (u is None) == (v is None), i
         if u is not None:
-            assert u.shape == v.shape and torch.allclose(u, v, atol=atol), (i, (u - v).abs().max().item())
+            assert (u.shape == v.shape
+                    and torch.allclose(u, v, atol=atol)), (i, (u - v).abs().max().item())
 
 
 def _condition(i: int, out: torch.Tensor) -> torch.Tensor:
-    return torch.tanh(out * (i + 2)) + out  # anything differentiable that changes the next layer's input
+    # anything differentiable that changes the next layer's input
+    return torch.tanh(out * (i + 2)) + out
 
 
 @pytest.mark.parametrize("call", ["forward", "layer_outputs", "layer_outputs+condition"])
 def test_dense_and_packed_give_the_same_outputs_and_gradients(call):
     kwargs = dict(input_size=6, hidden_size=5, num_layers=3, dropout=0.3)
     torch.manual_seed(0)
-    dense = BiLSTM(**kwargs, implementation="dense").eval()  # eval: dropout off, so both compute one function
+    # eval: dropout off, so both compute one function
+    dense = BiLSTM(**kwargs, implementation="dense").eval()
     packed = _twin("packed", dense, **kwargs)
     x = torch.randn(len(LENGTHS), int(LENGTHS.max()), 6)
 
     def run(model):
         if call == "forward":
             return lambda x: model(x, LENGTHS)
-        return lambda x: model.layer_outputs(x, LENGTHS, _condition if call.endswith("condition") else None)
+        return lambda x: model.layer_outputs(x, LENGTHS,
+                                             _condition if call.endswith("condition") else None)
 
     ref = _outputs_and_grads(run(dense), x, dict(dense.named_parameters()))
     got = _outputs_and_grads(run(packed), x, dict(packed.named_parameters()))
     _assert_close(ref[0], got[0])
     _assert_close(ref[1], got[1])
-    assert all(g is not None and g.abs().sum() > 0 for g in got[1])  # every parameter and the input get gradient
+    # every parameter and the input get gradient
+    assert all(g is not None and g.abs().sum() > 0 for g in got[1])
     for out in got[0]:
         for i, n in enumerate(LENGTHS.tolist()):
             assert out[i, n:].abs().sum() == 0  # padding frames are zero
@@ -71,8 +78,9 @@ def test_dense_and_packed_give_the_same_outputs_and_gradients(call):
 
 @pytest.mark.parametrize("shared", [False, True])
 def test_packed_layer_by_layer_draws_the_dense_dropout_masks(shared):
-    """Where the packed path runs layer by layer (every layer's output wanted, or shared masks), dropout between
-    layers is this module's own: from the same seed it draws the masks dense draws."""
+    """Where the packed path runs layer by layer (every layer's output wanted, or shared masks),
+    dropout between layers is this module's own: from the same seed it draws the masks dense
+    draws."""
     kwargs = dict(input_size=6, hidden_size=5, num_layers=3, dropout=0.4, shared_dropout=shared)
     torch.manual_seed(0)
     dense = BiLSTM(**kwargs, implementation="dense").train()
@@ -89,7 +97,7 @@ def test_packed_layer_by_layer_draws_the_dense_dropout_masks(shared):
         _assert_close(results[0][0], results[1][0])
         _assert_close(results[0][1], results[1][1])
     eval_out = packed.eval()(x, LENGTHS)
-    assert not torch.allclose(results[1][0][-1], eval_out, atol=1e-3)  # the masks did drop something
+    assert not torch.allclose(results[1][0][-1], eval_out, atol=1e-3)  # the masks dropped something
 
 
 def test_packed_single_call_applies_dropout_between_layers_in_training_only():
@@ -109,10 +117,12 @@ def test_packed_single_call_applies_dropout_between_layers_in_training_only():
 
 def _ctc_model(impl: str, **kwargs) -> BiLSTMCTC:
     torch.manual_seed(0)
-    return BiLSTMCTC(12, 7, hidden_size=6, num_layers=3, subsampling="none", lstm=impl, **kwargs).eval()
+    return BiLSTMCTC(12, 7, hidden_size=6, num_layers=3, subsampling="none", lstm=impl,
+                     **kwargs).eval()
 
 
-@pytest.mark.parametrize("settings", [{}, {"inter_classes": 5}, {"inter_classes": 5, "condition_layer": 2}])
+@pytest.mark.parametrize("settings", [{}, {"inter_classes": 5},
+                                      {"inter_classes": 5, "condition_layer": 2}])
 def test_bilstmctc_dense_and_packed_agree_with_intermediate_ctc_and_self_conditioning(settings):
     dense, packed = _ctc_model("dense", **settings), _ctc_model("packed", **settings)
     packed.load_state_dict(dense.state_dict())
@@ -130,7 +140,8 @@ def test_auto_runs_dense_on_cpu_bit_for_bit():
     torch.manual_seed(0)
     auto = BiLSTMCTC(12, 7, hidden_size=6, num_layers=3, subsampling="stack")
     assert auto.config["lstm"] == "auto" and auto.lstm.implementation == "auto"
-    assert not auto.lstm.uses_packed(torch.device("cpu")) and auto.lstm.uses_packed(torch.device("cuda"))
+    assert (not auto.lstm.uses_packed(torch.device("cpu"))
+            and auto.lstm.uses_packed(torch.device("cuda")))
     assert dense.lstm.uses_packed(torch.device("cuda")) is False
     feats, lengths = torch.randn(3, 20, 12), torch.tensor([20, 9, 1])
     for mode in (False, True):
@@ -142,22 +153,27 @@ def test_auto_runs_dense_on_cpu_bit_for_bit():
 
 
 def test_parameters_are_the_same_for_every_implementation():
-    models = {impl: _ctc_model(impl, inter_classes=5, condition_layer=1) for impl in ("auto", "dense", "packed")}
+    models = {impl: _ctc_model(impl, inter_classes=5, condition_layer=1)
+              for impl in ("auto", "dense", "packed")}
     states = {impl: m.state_dict() for impl, m in models.items()}
     names = {impl: [n for n, _ in m.named_parameters()] for impl, m in models.items()}
     assert names["auto"] == names["dense"] == names["packed"]
     assert list(states["auto"]) == list(states["dense"]) == list(states["packed"])
-    assert all(torch.equal(states["dense"][k], states[impl][k]) for impl in states for k in states["dense"])
+    assert all(torch.equal(states["dense"][k], states[impl][k])
+               for impl in states for k in states["dense"])
     assert "lstm.layers.2.bwd.weight_hh_l0" in states["packed"]
-    assert not any("template" in n for n in states["packed"])  # the packed path's template is no submodule
+    # the packed path's template is no submodule
+    assert not any("template" in n for n in states["packed"])
     assert [m.config["lstm"] for m in models.values()] == ["auto", "dense", "packed"]
 
 
 def test_a_dense_state_dict_loads_into_packed_with_the_same_outputs():
     torch.manual_seed(0)
-    dense = BiLSTMCTC(12, 7, hidden_size=6, num_layers=2, subsampling="conv", subsampling_factor=2, lstm="dense")
+    dense = BiLSTMCTC(12, 7, hidden_size=6, num_layers=2, subsampling="conv",
+                      subsampling_factor=2, lstm="dense")
     torch.manual_seed(1)  # different initial weights, all replaced
-    packed = BiLSTMCTC(12, 7, hidden_size=6, num_layers=2, subsampling="conv", subsampling_factor=2, lstm="packed")
+    packed = BiLSTMCTC(12, 7, hidden_size=6, num_layers=2, subsampling="conv",
+                       subsampling_factor=2, lstm="packed")
     packed.load_state_dict(dense.state_dict())  # strict
     feats, lengths = torch.randn(4, 25, 12), torch.tensor([25, 3, 17, 1])
     ref, ref_len = dense.eval()(feats, lengths)
@@ -167,15 +183,18 @@ def test_a_dense_state_dict_loads_into_packed_with_the_same_outputs():
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_bilstm_equals_packed_bidirectional_lstm_with_its_weights(impl):
-    """BiLSTM must give what nn.LSTM(bidirectional) over a PackedSequence gives, outputs and gradients, with that
-    packed module's weights (layer l, direction d of one holds layer l's d LSTM of the other)."""
+    """BiLSTM must give what nn.LSTM(bidirectional) over a PackedSequence gives, outputs and
+    gradients, with that packed module's weights (layer l, direction d of one holds layer l's d
+    LSTM of the other)."""
     from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
     torch.manual_seed(0)
-    model = BiLSTMCTC(20, 9, hidden_size=12, num_layers=3, dropout=0.0, subsampling="none", lstm=impl).eval()
+    model = BiLSTMCTC(20, 9, hidden_size=12, num_layers=3, dropout=0.0, subsampling="none",
+                      lstm=impl).eval()
     packed = torch.nn.LSTM(20, 12, num_layers=3, bidirectional=True, batch_first=True)
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("lstm.")}
-    for key, value in packed.state_dict().items():  # "weight_ih_l2_reverse" -> "layers.2.bwd.weight_ih_l0"
+    # "weight_ih_l2_reverse" -> "layers.2.bwd.weight_ih_l0"
+    for key, value in packed.state_dict().items():
         name, _, rest = key.rpartition("_l")
         layer, _, reverse = rest.partition("_")
         state[f"lstm.layers.{layer}.{'bwd' if reverse else 'fwd'}.{name}_l0"] = value
@@ -197,7 +216,8 @@ def test_bilstm_equals_packed_bidirectional_lstm_with_its_weights(impl):
 
 
 def test_a_bad_lstm_setting_is_refused_by_name():
-    with pytest.raises(ValueError, match=r"model.lstm must be 'auto', 'dense' or 'packed', got 'cudnn'"):
+    with pytest.raises(ValueError,
+                       match=r"model.lstm must be 'auto', 'dense' or 'packed', got 'cudnn'"):
         BiLSTMCTC(20, 9, lstm="cudnn")
     with pytest.raises(ValueError, match="model.lstm must be"):
         BiLSTM(4, 3, 1, implementation="Dense")
@@ -206,7 +226,8 @@ def test_a_bad_lstm_setting_is_refused_by_name():
 @pytest.mark.parametrize("impl", IMPLS)
 def test_model_ignores_padding(impl):
     torch.manual_seed(0)
-    model = BiLSTMCTC(80, 29, hidden_size=16, num_layers=2, subsampling="stack", subsampling_factor=3, lstm=impl)
+    model = BiLSTMCTC(80, 29, hidden_size=16, num_layers=2, subsampling="stack",
+                      subsampling_factor=3, lstm=impl)
     model.eval()
     x = torch.randn(1, 30, 80)
     alone, n = model(x, torch.tensor([30]))
@@ -218,9 +239,9 @@ def test_model_ignores_padding(impl):
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_bilstm_runs_under_cpu_bf16_autocast_on_any_cpu(impl):
-    """trainer.precision=bf16-mixed on CPU: oneDNN has bf16 LSTM kernels only on CPUs with native bf16; elsewhere
-    (AVX2-only) the LSTM layers must fall back to fp32 instead of failing. Either way the result is the fp32 one
-    to bf16 rounding, and gradients flow."""
+    """trainer.precision=bf16-mixed on CPU: oneDNN has bf16 LSTM kernels only on CPUs with native
+    bf16; elsewhere (AVX2-only) the LSTM layers must fall back to fp32 instead of failing. Either
+    way the result is the fp32 one to bf16 rounding, and gradients flow."""
     torch.manual_seed(0)
     lstm = BiLSTM(24, 32, num_layers=2, implementation=impl)
     x = torch.randn(3, 11, 24, requires_grad=True)
@@ -250,10 +271,12 @@ def test_shared_dropout_keeps_one_mask_per_utterance_and_channel():
 
 
 def test_cpu_dropout_drops_p_and_keeps_the_mean():
-    """asr.lstm.dropout on CPU (masks from 16-bit random integers): the dropped fraction is p to sampling noise,
-    every element's expectation is its value, the gradient is the mask, and a seed repeats the mask."""
+    """asr.lstm.dropout on CPU (masks from 16-bit random integers): the dropped fraction is p to
+    sampling noise, every element's expectation is its value, the gradient is the mask, and a seed
+    repeats the mask."""
     torch.manual_seed(0)
-    x = torch.full((1000, 1000), 3.0, requires_grad=True)  # 10^6 elements: std of the dropped fraction 0.0004
+    # 10^6 elements: std of the dropped fraction 0.0004
+    x = torch.full((1000, 1000), 3.0, requires_grad=True)
     for p in (0.1, 0.2, 0.5):
         y = dropout(x, p)
         assert abs((y == 0).float().mean().item() - p) < 0.002
@@ -293,7 +316,8 @@ def test_intermediate_ctc_outputs_share_the_output_layer(impl):
 @pytest.mark.parametrize("impl", IMPLS)
 def test_self_conditioned_ctc_feeds_the_intermediate_posteriors_to_the_next_layer(impl):
     torch.manual_seed(0)
-    model = BiLSTMCTC(20, 9, hidden_size=8, num_layers=3, dropout=0.0, condition_layer=2, lstm=impl).eval()
+    model = BiLSTMCTC(20, 9, hidden_size=8, num_layers=3, dropout=0.0, condition_layer=2,
+                      lstm=impl).eval()
     assert model.config["condition_layer"] == 2 and model.condition_proj.weight.shape == (16, 9)
     feats, lengths = torch.randn(2, 30, 20), torch.tensor([30, 21])
     final, inter, out_lengths = model(feats, lengths, layer=2)
@@ -312,7 +336,8 @@ def test_self_conditioned_ctc_feeds_the_intermediate_posteriors_to_the_next_laye
     assert torch.allclose(final, model.classifier(out).log_softmax(-1), atol=1e-5)
     # the conditioning changes the model: without it the last layer differs
     plain = BiLSTMCTC(20, 9, hidden_size=8, num_layers=3, dropout=0.0, lstm=impl)
-    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("condition_proj")})
+    plain.load_state_dict({k: v for k, v in model.state_dict().items()
+                           if not k.startswith("condition_proj")})
     assert not torch.allclose(plain.eval()(feats, lengths)[0], final)
     with pytest.raises(ValueError, match="condition_layer must be 1..2"):
         BiLSTMCTC(20, 9, hidden_size=8, num_layers=3, condition_layer=3)
@@ -321,21 +346,26 @@ def test_self_conditioned_ctc_feeds_the_intermediate_posteriors_to_the_next_laye
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_packed_equals_dense_on_cuda_and_auto_takes_packed(monkeypatch):
     dense = _ctc_model("dense", inter_classes=5, condition_layer=1).cuda()
-    packed, auto = _ctc_model("packed", inter_classes=5, condition_layer=1), _ctc_model("auto", inter_classes=5)
+    packed, auto = (_ctc_model("packed", inter_classes=5, condition_layer=1),
+                    _ctc_model("auto", inter_classes=5))
     packed.load_state_dict(dense.state_dict())
-    auto.load_state_dict({k: v for k, v in dense.state_dict().items() if not k.startswith("condition_proj")})
+    auto.load_state_dict({k: v for k, v in dense.state_dict().items()
+                          if not k.startswith("condition_proj")})
     packed, auto = packed.cuda(), auto.cuda()
     feats = torch.randn(len(LENGTHS), int(LENGTHS.max()), 12, device="cuda")
-    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False), warnings.catch_warnings(record=True) as caught:
+    with (torch.backends.cudnn.flags(enabled=True, allow_tf32=False),
+          warnings.catch_warnings(record=True) as caught):
         warnings.simplefilter("always")
         for call in (lambda m: lambda x: m(x, LENGTHS), lambda m: lambda x: m(x, LENGTHS, 1)):
             ref = _outputs_and_grads(call(dense), feats, dict(dense.named_parameters()))
             got = _outputs_and_grads(call(packed), feats, dict(packed.named_parameters()))
             _assert_close([t.cpu() for t in ref[0]], [t.cpu() for t in got[0]])
             _assert_close([t.cpu() for t in ref[1]], [t.cpu() for t in got[1]])
-    assert not [w for w in caught if "contiguous chunk" in str(w.message)]  # silenced for the packed calls
+    # silenced for the packed calls
+    assert not [w for w in caught if "contiguous chunk" in str(w.message)]
 
-    # the packed call leaves the parameters where they are, and a graph awaiting its backward stays valid
+    # the packed call leaves the parameters where they are,
+    # and a graph awaiting its backward stays valid
     pointers = [p.data_ptr() for p in packed.parameters()]
     first, second = packed(feats, LENGTHS)[0], packed(feats, LENGTHS)[0]
     (first.sum() + second.sum()).backward()
@@ -343,7 +373,8 @@ def test_packed_equals_dense_on_cuda_and_auto_takes_packed(monkeypatch):
 
     calls = []
     original = BiLSTM._packed_call
-    monkeypatch.setattr(BiLSTM, "_packed_call", lambda self, *a: calls.append(a[0]) or original(self, *a))
+    monkeypatch.setattr(BiLSTM, "_packed_call",
+                        lambda self, *a: calls.append(a[0]) or original(self, *a))
     out = auto.train()(feats, LENGTHS)[0]
     assert calls == [0]  # the whole stack in one call
     out.sum().backward()

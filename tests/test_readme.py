@@ -14,8 +14,8 @@ from pathlib import Path
 from asr.data.manifest import read_manifest
 from tests.conftest import ROOT
 
-# Appended to the README's command: its defaults (3x256 model, 30 epochs) take ~50 s on a 2-core CPU for the same
-# run; two epochs show the command works. No progress bar in a captured log.
+# Appended to the README's command: its defaults (3x256 model, 30 epochs) take ~50 s on a 2-core
+# CPU for the same run; two epochs show the command works. No progress bar in a captured log.
 SHORTER = ["trainer.max_epochs=2", "trainer.enable_progress_bar=false"]
 
 
@@ -32,14 +32,16 @@ def fenced_blocks(section: str) -> list[str]:
 
 
 def test_readme_own_data_command_trains_evaluates_and_writes_the_run(tiny_dir, tmp_path):
-    """README "## Your own data": manifests in its format under my/ (audio paths relative to the manifest), then
-    its one command run as written from that folder."""
+    """README "## Your own data": manifests in its format under my/ (audio paths relative to the
+    manifest), then its one command run as written from that folder."""
     blocks = fenced_blocks(readme_section("Your own data"))
     commands = [b for b in blocks if b.startswith("python ")]
     assert len(commands) == 1 and len(commands[0].splitlines()) == 1, commands
     command = shlex.split(commands[0])
-    example = json.loads(next(b for b in blocks if b.startswith("{")))  # the manifest line the README shows
-    assert {"audio_filepath", "duration", "text"} <= set(example) and not Path(example["audio_filepath"]).is_absolute()
+    # the manifest line the README shows
+    example = json.loads(next(b for b in blocks if b.startswith("{")))
+    assert ({"audio_filepath", "duration", "text"} <= set(example)
+            and not Path(example["audio_filepath"]).is_absolute())
 
     my = tmp_path / "my"
     for split, name in (("train", "train"), ("dev", "dev"), ("test", "test")):
@@ -48,15 +50,16 @@ def test_readme_own_data_command_trains_evaluates_and_writes_the_run(tiny_dir, t
             audio = my / "wav" / Path(u.audio_filepath).name
             audio.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(u.audio_filepath, audio)
-            lines.append(json.dumps({"audio_filepath": f"wav/{audio.name}", "duration": u.duration, "text": u.text,
-                                     "id": u.id}))
+            lines.append(json.dumps({"audio_filepath": f"wav/{audio.name}", "duration": u.duration,
+                                     "text": u.text, "id": u.id}))
         (my / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
     assert command[:3] == ["python", "-m", "asr.train"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run([sys.executable, *command[1:], *SHORTER], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run([sys.executable, *command[1:], *SHORTER], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = {m[1]: int(m[2]) for m in re.finditer(r"^(dev|test)\s+(\d+)\s+\d+\s+[\d.]+\s+[\d.]+", proc.stdout, re.M)}
+    rows = {m[1]: int(m[2]) for m in re.finditer(r"^(dev|test)\s+(\d+)\s+\d+\s+[\d.]+\s+[\d.]+",
+                                                 proc.stdout, re.M)}
     assert rows == {"dev": 5, "test": 4}, proc.stdout[-2000:]
     assert "WER %" in proc.stdout
     runs = list((tmp_path / "exp" / "custom").iterdir())

@@ -33,7 +33,8 @@ def _version_1(ckpt: dict) -> dict:
     old["state_dict"] = {k.removeprefix(STATE_PREFIX): v for k, v in ckpt["state_dict"].items()}
     meta = {k: v for k, v in ckpt[CHECKPOINT_KEY].items() if k != "format_version"}
     meta["model"] = {k: v for k, v in meta["model"].items()
-                     if not (k == "inter_classes" and v is None or k == "condition_layer" and v == 0)}
+                     if not (k == "inter_classes" and v is None
+                             or k == "condition_layer" and v == 0)}
     old[CHECKPOINT_KEY] = meta
     return old
 
@@ -108,7 +109,8 @@ class ToneSpotter(nn.Module):
         return logits.log_softmax(-1), self.output_lengths(lengths)
 
 
-def _tones(spans: list[tuple[float, float, float]], seconds: float, rate: int = 16000) -> np.ndarray:
+def _tones(spans: list[tuple[float, float, float]], seconds: float,
+           rate: int = 16000) -> np.ndarray:
     wav = np.zeros(int(seconds * rate), dtype=np.float32)
     for start, end, freq in spans:
         t = np.arange(int(start * rate), int(end * rate))

@@ -1,6 +1,6 @@
-"""Seeing a run: report.md and its plots after training, error analysis and alignment after evaluation,
-the run facts in the run dir, the opt-in TensorBoard logger and the seeds summary, on real runs of the tiny recipe
-(the committed AN4 fixture)."""
+"""Seeing a run: report.md and its plots after training, error analysis and alignment after
+evaluation, the run facts in the run dir, the TensorBoard logger (on by default) and the seeds
+summary, on real runs of the tiny recipe (the committed AN4 fixture)."""
 
 import json
 import re
@@ -27,7 +27,7 @@ from tests.conftest import ROOT, tiny_recipe_overrides, tiny_train_cfg
 
 @pytest.fixture(scope="module")
 def run(tiny_dir, tmp_path_factory) -> tuple[Path, dict]:
-    """A real 3-epoch tiny run (3 steps an epoch): curves with several points, val after each epoch."""
+    """A real 3-epoch tiny run (3 steps an epoch): multi-point curves, val after each epoch."""
     out = tmp_path_factory.mktemp("run")
     return out, train(tiny_train_cfg(tiny_dir, out, ["trainer.max_epochs=3"]))
 
@@ -73,16 +73,19 @@ def test_run_dir_holds_resolved_config_commit_versions_and_seed(run):
     git_dir = ROOT / ".git"
     if git_dir.exists():
         assert re.fullmatch(r"[0-9a-f]{40}", info["git"]["commit"])
-    assert info["packages"]["torch"] == torch.__version__.split("+")[0] and info["torch_build"] == torch.__version__
+    assert (info["packages"]["torch"] == torch.__version__.split("+")[0]
+            and info["torch_build"] == torch.__version__)
     assert info["packages"]["pytorch-lightning"] and info["packages"]["matplotlib"]
-    assert info["epochs"] == 3 and info["steps"] == 9 and info["device"] == "cpu" and info["train_seconds"] > 0
+    assert (info["epochs"] == 3 and info["steps"] == 9 and info["device"] == "cpu"
+            and info["train_seconds"] > 0)
     # both loggers by default: the CSV (report.md's curves) and TensorBoard's event files
-    assert (out / "logs" / "metrics.csv").is_file() and any((out / "logs" / "tensorboard").glob("events.*"))
+    assert ((out / "logs" / "metrics.csv").is_file()
+            and any((out / "logs" / "tensorboard").glob("events.*")))
 
 
 def test_tensorboard_logs_by_default_the_same_scalars_as_the_csv(run, tiny_dir, tmp_path):
-    """The default loggers: TensorBoard event files beside logs/metrics.csv, holding the same training losses;
-    logger=[csv] turns TensorBoard off."""
+    """The default loggers: TensorBoard event files beside logs/metrics.csv, holding the same
+    training losses; logger=[csv] turns TensorBoard off."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out, _ = run
@@ -93,7 +96,8 @@ def test_tensorboard_logs_by_default_the_same_scalars_as_the_csv(run, tiny_dir, 
     assert [v for _, v in tb_loss] == pytest.approx([v for _, v in csv_loss], rel=1e-6)
     assert {"val/loss", "val/wer", "lr"} <= set(events.Tags()["scalars"])
     train(tiny_train_cfg(tiny_dir, tmp_path, ["logger=[csv]", "eval_manifests=null"]))
-    assert (tmp_path / "logs" / "metrics.csv").is_file() and not (tmp_path / "logs" / "tensorboard").exists()
+    assert ((tmp_path / "logs" / "metrics.csv").is_file()
+            and not (tmp_path / "logs" / "tensorboard").exists())
 
 
 def test_evaluation_lists_worst_utterances_confusions_and_alignment(run):
@@ -101,10 +105,12 @@ def test_evaluation_lists_worst_utterances_confusions_and_alignment(run):
     for split in ("dev", "test"):
         split_dir = out / "decode" / split
         errors = (split_dir / "errors.md").read_text()
-        assert "worst utterances" in errors and "top confusions" in errors and "REF:" in errors and "HYP:" in errors
+        assert ("worst utterances" in errors and "top confusions" in errors and "REF:" in errors
+                and "HYP:" in errors)
         analysis = json.loads((split_dir / "errors.json").read_text())
         worst = analysis["worst"]
-        assert worst and [u["errors"] for u in worst] == sorted((u["errors"] for u in worst), reverse=True)
+        assert worst and [u["errors"] for u in worst] == sorted((u["errors"] for u in worst),
+                                                                reverse=True)
         # the confusion counts, all of them, add up to the split's S/D/I
         ids, refs = read_trn(split_dir / "refs.txt")
         _, hyps = read_trn(split_dir / "hyps.txt")
@@ -115,7 +121,8 @@ def test_evaluation_lists_worst_utterances_confusions_and_alignment(run):
         assert sum(n for _, n in full["insertions"]) == report["insertions"]
         assert_real_png(split_dir / "alignment.png")
     links = report_links(out / "report.md")
-    assert "decode/test/alignment.png" in links and "decode/test/errors.md" in (out / "report.md").read_text()
+    assert ("decode/test/alignment.png" in links
+            and "decode/test/errors.md" in (out / "report.md").read_text())
 
 
 def test_align_words_marks_errors_sclite_style():
@@ -153,7 +160,8 @@ def test_report_command_rebuilds_from_run_dir(run, tmp_path, capsys):
     with pytest.raises(SystemExit) as err:
         main([str(tmp_path)])
     assert err.value.code == 2 and "metrics.csv" in capsys.readouterr().err
-    dry = subprocess.run(["make", "-n", "report", f"RUN={out}"], cwd=ROOT, capture_output=True, text=True)
+    dry = subprocess.run(["make", "-n", "report", f"RUN={out}"], cwd=ROOT, capture_output=True,
+                         text=True)
     assert f"-m asr.report {out}" in dry.stdout
 
 
@@ -166,13 +174,16 @@ def test_seeds_summary_is_mean_and_std_over_real_runs(run, tiny_dir, tmp_path, c
     assert len(groups) == 1 and sorted(r["seed"] for r in next(iter(groups.values()))) == [1, 2]
     # a run started without the progress bar trained the same model: still one group
     (second / ".hydra").mkdir(exist_ok=True)
-    (second / ".hydra" / "overrides.yaml").write_text("- seed=2\n- trainer.enable_progress_bar=false\n")
+    (second / ".hydra" / "overrides.yaml").write_text("- seed=2\n"
+                                                      "- trainer.enable_progress_bar=false\n")
     assert list(collect(tmp_path)) == [""]
     table = summarize(tmp_path)
     for split in ("dev", "test"):
-        wers = [100 * first_result["reports"][split]["wer"], 100 * second_result["reports"][split]["wer"]]
+        wers = [100 * first_result["reports"][split]["wer"],
+                100 * second_result["reports"][split]["wer"]]
         row = next(line for line in table.splitlines() if f"| {split} |" in line)
-        assert f"{statistics.fmean(wers):.2f} ± {statistics.stdev(wers):.2f}" in row and "| 1,2 |" in row
+        assert (f"{statistics.fmean(wers):.2f} ± {statistics.stdev(wers):.2f}" in row
+                and "| 1,2 |" in row)
     assert write_summary(tmp_path).read_text().count("±") >= 4
     with pytest.raises(FileNotFoundError, match="multirun"):
         summarize(tmp_path / "seed2" / "logs")
@@ -180,11 +191,12 @@ def test_seeds_summary_is_mean_and_std_over_real_runs(run, tiny_dir, tmp_path, c
 
 @pytest.mark.slow
 def test_multirun_over_seeds_prints_summary(tiny_dir, tmp_path):
-    """The real command: python -m asr.train -m seed=1,2 ... then the summary from the Hydra callback (the summary
-    itself: test_seeds_summary_is_mean_and_std_over_real_runs)."""
+    """The real command: python -m asr.train -m seed=1,2 ... then the summary from the Hydra
+    callback (the summary itself: test_seeds_summary_is_mean_and_std_over_real_runs)."""
     cmd = [
-        sys.executable, "-m", "asr.train", "-m", *tiny_recipe_overrides(tiny_dir.parent), f"paths.exp_dir={tmp_path}",
-        "trainer.max_epochs=1", "+trainer.limit_train_batches=3", "trainer.enable_progress_bar=false", "seed=1,2",
+        sys.executable, "-m", "asr.train", "-m", *tiny_recipe_overrides(tiny_dir.parent),
+        f"paths.exp_dir={tmp_path}", "trainer.max_epochs=1", "+trainer.limit_train_batches=3",
+        "trainer.enable_progress_bar=false", "seed=1,2",
     ]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]

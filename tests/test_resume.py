@@ -1,8 +1,9 @@
-"""Exact mid-epoch resume, as a user runs it: ``python -m asr.train ... checkpoint.every_n_steps=N hydra.run.dir=D``,
-SIGKILLed after a step checkpoint, then the same command with ``resume=auto``. The resumed run must train on the same
-utterances in the same order and end with weights ``torch.equal`` to an uninterrupted run's: one process, and two DDP
-processes (gloo on CPU), from the manifest and from tar shards. Speed perturbation, SpecAugment, dropout and a loader
-worker are all on."""
+"""Exact mid-epoch resume, as a user runs it: ``python -m asr.train ... checkpoint.every_n_steps=N
+hydra.run.dir=D``, SIGKILLed after a step checkpoint, then the same command with ``resume=auto``.
+The resumed run must train on the same utterances in the same order and end with weights
+``torch.equal`` to an uninterrupted run's: one process, and two DDP processes (gloo on CPU), from
+the manifest and from tar shards. Speed perturbation, SpecAugment, dropout and a loader worker are
+all on."""
 
 from __future__ import annotations
 
@@ -24,15 +25,20 @@ DDP = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"]
 
 
 def _command(tiny_dir: Path, run: Path, extra: list[str]) -> list[str]:
+    # forkserver: Python 3.11.7 can deadlock forking a loader worker from a DDP rank's threads
+    # (CPython issue 112275); resuming does not depend on how workers start
     return [sys.executable, "-m", "asr.train", "recipe=tiny", f"paths.data_dir={tiny_dir.parent}",
-            f"prepare.download_dir={TINY_FIXTURE}", "+prepare.progress=false", "trainer.max_epochs=2",
-            "checkpoint.every_n_steps=3", f"hydra.run.dir={run}", "data.num_workers=1",
-            "data.speed_perturb=[0.9,1.0,1.1]", "eval_manifests=null", "trainer.enable_progress_bar=false",
-            "+callbacks.trace._target_=tests.trace.BatchTrace", f"+callbacks.trace.path={run}.trace", *extra]
+            f"prepare.download_dir={TINY_FIXTURE}", "+prepare.progress=false",
+            "trainer.max_epochs=2", "checkpoint.every_n_steps=3", f"hydra.run.dir={run}",
+            "data.num_workers=1", "data.worker_start=forkserver",
+            "data.speed_perturb=[0.9,1.0,1.1]", "eval_manifests=null",
+            "trainer.enable_progress_bar=false", "+callbacks.trace._target_=tests.trace.BatchTrace",
+            f"+callbacks.trace.path={run}.trace", *extra]
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
+            "PYTHONFAULTHANDLER": "1"}
 
 
 def _run(cmd: list[str]) -> None:
@@ -57,14 +63,16 @@ def _kill_after_first_step_checkpoint(cmd: list[str], run: Path, world: int) -> 
         deadline = time.monotonic() + 300  # a hang guard, not a timing
         while not all(p.exists() for p in parked):
             assert proc.poll() is None, f"exited {proc.returncode}: {stderr.read_text()[-4000:]}"
-            if time.monotonic() > deadline:  # each process's Python stacks (PYTHONFAULTHANDLER), then fail
+            if time.monotonic() > deadline:
+                # each process's Python stacks (PYTHONFAULTHANDLER), then fail
                 os.killpg(proc.pid, signal.SIGABRT)
                 proc.wait()
-                traces = {t.name: len(t.read_text().splitlines()) for t in run.parent.glob("*.jsonl")}
+                traces = {t.name: len(t.read_text().splitlines())
+                          for t in run.parent.glob("*.jsonl")}
                 pytest.fail(f"not all ranks parked after a checkpoint within 300 s: parked "
                             f"{[p.name for p in parked if p.exists()]}, checkpoints "
-                            f"{sorted(q.name for q in run.glob('checkpoints/*'))}, trace lines {traces}; "
-                            f"stderr: {stderr.read_text()[-12000:]}")
+                            f"{sorted(q.name for q in run.glob('checkpoints/*'))}, "
+                            f"trace lines {traces}; stderr: {stderr.read_text()[-12000:]}")
             time.sleep(0.02)
     finally:
         with contextlib.suppress(ProcessLookupError):  # the group may be gone already
@@ -76,7 +84,8 @@ def _kill_after_first_step_checkpoint(cmd: list[str], run: Path, world: int) -> 
 
 
 def _shards(tiny_dir: Path, out: Path) -> list[str]:
-    """Train from tar shards of the fixture (7 shards, buffers of 8 utterances, ~2 per batch), not its manifest."""
+    """Train from tar shards of the fixture (7 shards, buffers of 8 utterances, ~2 per batch), not
+    its manifest."""
     from asr.data.shards import write_shards
 
     write_shards(tiny_dir / "train.jsonl", out, shard_seconds=3.0)
@@ -100,8 +109,8 @@ def test_sigkill_mid_epoch_then_resume_auto_is_exact(tiny_dir, tmp_path, world, 
     steps_per_epoch = len(read_trace(f"{clean}.trace")) // 2
     assert killed_at == ckpt["global_step"] + 1  # a step trained after the checkpoint was lost
     assert read_trace(f"{killed}.trace")[-1][0] >= ckpt["global_step"]  # (and is traced)
-    assert ckpt["ASRDataModule"] == {"epoch": 0, "batches_done": ckpt["global_step"], "world_size": world,
-                                     "num_workers": 1}
+    assert ckpt["ASRDataModule"] == {"epoch": 0, "batches_done": ckpt["global_step"],
+                                     "world_size": world, "num_workers": 1}
     assert 0 < ckpt["global_step"] < killed_at < steps_per_epoch  # in the middle of the first epoch
     assert len(ckpt["rng_states"]["ranks"]) == world  # each rank's random generators
     _run([*_command(tiny_dir, killed, extra), "resume=auto"])
@@ -116,8 +125,8 @@ def test_sigkill_mid_epoch_then_resume_auto_is_exact(tiny_dir, tmp_path, world, 
 
 
 def test_every_n_minutes_saves_mid_epoch_on_rank_zero_clock(tiny_dir, tmp_path):
-    """``checkpoint.every_n_minutes``: the clock is read every StepCheckpoint.CLOCK_EVERY_N_STEPS steps (a broadcast,
-    not every step); once due, last.ckpt is written there, mid-epoch."""
+    """``checkpoint.every_n_minutes``: the clock is read every StepCheckpoint.CLOCK_EVERY_N_STEPS
+    steps (a broadcast, not every step); once due, last.ckpt is written there, mid-epoch."""
     import pytorch_lightning as L
 
     from asr.train import train
@@ -133,8 +142,10 @@ def test_every_n_minutes_saves_mid_epoch_on_rank_zero_clock(tiny_dir, tmp_path):
 
     saves = Saves()
     every = StepCheckpoint.CLOCK_EVERY_N_STEPS
-    train(tiny_train_cfg(tiny_dir, tmp_path, ["checkpoint.every_n_minutes=1e-6", "data.max_batch_seconds=1",
-                                              f"trainer.limit_train_batches={every + 3}", "eval_manifests=null"]),
+    train(tiny_train_cfg(tiny_dir, tmp_path,
+                         ["checkpoint.every_n_minutes=1e-6", "data.max_batch_seconds=1",
+                          f"trainer.limit_train_batches={every + 3}", "eval_manifests=null"]),
           extra_callbacks=[saves])
     assert (every, every) in saves.steps  # mid-epoch: `every` batches of the epoch trained
-    assert all(step == every or done == 0 for step, done in saves.steps)  # no other step: the clock is read every 20
+    # no other step: the clock is read every 20
+    assert all(step == every or done == 0 for step, done in saves.steps)

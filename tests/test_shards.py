@@ -1,5 +1,6 @@
-"""Tar shards (``python -m asr.shard``) and training from them (:mod:`asr.data.shard_loader`): the fixture's real
-SPHERE files, real tar files read back with the standard library, real DataLoader worker processes."""
+"""Tar shards (``python -m asr.shard``) and training from them (:mod:`asr.data.shard_loader`):
+the fixture's real SPHERE files, real tar files read back with the standard library, real
+DataLoader worker processes."""
 
 from __future__ import annotations
 
@@ -28,19 +29,21 @@ from tests.conftest import ROOT
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "asr.shard", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run([sys.executable, "-m", "asr.shard", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
 
 
-def _epoch(index: ShardIndex, workers: int, epoch: int = 0, resume: int | None = None, **kw) -> list:
-    """The batches one rank trains in ``epoch`` through a real DataLoader (``workers`` processes)."""
+def _epoch(index: ShardIndex, workers: int, epoch: int = 0, resume: int | None = None,
+           **kw) -> list:
+    """The batches one rank trains in ``epoch`` through a real DataLoader (``workers``
+    processes)."""
     tok = CharTokenizer()
     sampler = ShardBatchSampler(index, kw.pop("max_batch_seconds", 4.0), workers, seed=3, **kw)
     sampler.set_epoch(epoch)
     if resume is not None:
         sampler.resume(epoch, resume)
-    loader = DataLoader(ShardDataset(index, UtteranceFilter([tok])), batch_sampler=sampler, collate_fn=collate,
-                        num_workers=workers)
+    loader = DataLoader(ShardDataset(index, UtteranceFilter([tok])), batch_sampler=sampler,
+                        collate_fn=collate, num_workers=workers)
     return list(loader)
 
 
@@ -52,7 +55,8 @@ def test_cli_writes_each_utterance_once_with_its_file_bytes(tiny_dir, tmp_path):
     index = json.loads((out / "index.json").read_text())
     assert index["utterances"] == len(utts) and len(index["shards"]) > 3
     seen, durations = [], []
-    for shard in index["shards"]:  # read back with the standard library, not the code that wrote them
+    # read back with the standard library, not the code that wrote them
+    for shard in index["shards"]:
         side = json.loads((out / shard["name"]).with_suffix(".json").read_text())
         with tarfile.open(out / shard["name"]) as tar:
             members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
@@ -100,8 +104,10 @@ def test_an_epoch_reads_every_utterance_once_with_its_audio(tiny_dir, tmp_path, 
     write_shards(tiny_dir / "train.jsonl", tmp_path / "s", shard_seconds=4)
     index = ShardIndex(tmp_path / "s")
     utts = {u.id: u for u in read_manifest(tiny_dir / "train.jsonl")}
-    # two streams of uneven shards would leave batches out: one stream per worker needs even ones, so 1 worker here
-    batches = _epoch(index, workers, shuffle_buffer=6) if workers == 0 else _epoch(index, 2, max_batch_seconds=30)
+    # two streams of uneven shards would leave batches out: one stream per worker needs even ones,
+    # so 1 worker here
+    batches = (_epoch(index, workers, shuffle_buffer=6) if workers == 0
+               else _epoch(index, 2, max_batch_seconds=30))
     ids = [i for b in batches for i in b.ids]
     if workers == 0:
         assert sorted(ids) == sorted(utts)
@@ -109,18 +115,23 @@ def test_an_epoch_reads_every_utterance_once_with_its_audio(tiny_dir, tmp_path, 
     for b in batches:
         assert not b.dropped
         for k, uid in enumerate(b.ids):
-            assert torch.equal(b.audio[k, : b.audio_lengths[k]], load_audio(utts[uid].audio_filepath))
+            assert torch.equal(b.audio[k, : b.audio_lengths[k]],
+                               load_audio(utts[uid].audio_filepath))
     if workers == 0:
         tok = CharTokenizer()
-        dataset, sampler = ShardDataset(index, UtteranceFilter([tok])), ShardBatchSampler(index, 4.0, 0)
+        dataset, sampler = (ShardDataset(index, UtteranceFilter([tok])),
+                            ShardBatchSampler(index, 4.0, 0))
         loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate)
-        assert [b.ids for b in loader] == [b.ids for b in loader]  # one dataset read twice in one process
+        # one dataset read twice in one process
+        assert [b.ids for b in loader] == [b.ids for b in loader]
         later = [i for b in _epoch(index, 0, epoch=1, shuffle_buffer=6) for i in b.ids]
-        assert sorted(later) == sorted(ids) and later != ids  # every epoch: all of them, in another order
+        # every epoch: all of them, in another order
+        assert sorted(later) == sorted(ids) and later != ids
 
 
 def _even_corpus(tiny_dir: Path, tmp_path: Path) -> ShardIndex:
-    """24 utterances of 1.0 s (as the index says) in 8 shards of 3, one utterance a batch: 4 streams of 6 batches."""
+    """24 utterances of 1.0 s (as the index says) in 8 shards of 3, one utterance a batch: 4
+    streams of 6 batches."""
     utts = [replace(u, duration=1.0) for u in read_manifest(tiny_dir / "train.jsonl")[:24]]
     write_manifest(tmp_path / "even.jsonl", utts)
     write_shards(tmp_path / "even.jsonl", tmp_path / "even", shard_seconds=3)
@@ -133,7 +144,8 @@ def test_two_ranks_of_two_workers_read_disjoint_and_complete(tiny_dir, tmp_path)
     ids = [[i for b in batches for i in b.ids] for batches in ranks]
     assert len(ranks[0]) == len(ranks[1]) == 12
     assert not set(ids[0]) & set(ids[1])
-    assert sorted(ids[0] + ids[1]) == sorted(u.id for u in read_manifest(tmp_path / "even.jsonl"))
+    assert (sorted(ids[0] + ids[1])
+            == sorted(u.id for u in read_manifest(tmp_path / "even.jsonl")))
 
 
 def test_uneven_shards_give_every_rank_the_same_number_of_steps(tiny_dir, tmp_path, caplog):
@@ -143,7 +155,8 @@ def test_uneven_shards_give_every_rank_the_same_number_of_steps(tiny_dir, tmp_pa
     samplers = [ShardBatchSampler(index, 2.0, 1, num_replicas=3, rank=r) for r in range(3)]
     with caplog.at_level(logging.INFO, logger="asr.data.shard_loader"):
         batches = [list(s) for s in samplers]
-    assert len({len(s) for s in samplers}) == 1 and [len(b) for b in batches] == [len(samplers[0])] * 3
+    assert (len({len(s) for s in samplers}) == 1
+            and [len(b) for b in batches] == [len(samplers[0])] * 3)
     ids = [[m[:2] for b in rank for m in b.members] for rank in batches]
     assert not (set(ids[0]) & set(ids[1])) and not (set(ids[1]) & set(ids[2]))
     assert "left out" in caplog.text
@@ -165,7 +178,8 @@ def test_shards_read_through_a_pipe_command(tiny_dir, tmp_path):
     piped = _epoch(ShardIndex(tmp_path / "s", url=f"pipe:cat {tmp_path / 's'}/{{name}}"), 0)
     assert [b.ids for b in piped] == [b.ids for b in local] and all(not b.dropped for b in piped)
     broken = _epoch(ShardIndex(tmp_path / "s", url="pipe:cat /nonexistent/{name}"), 0)
-    assert all(not b.ids and b.dropped for b in broken)  # every utterance dropped with the reason, no crash
+    # every utterance dropped with the reason, no crash
+    assert all(not b.ids and b.dropped for b in broken)
     assert "/nonexistent/" in broken[0].dropped[0][1]
 
 
@@ -182,7 +196,8 @@ def test_errors_name_the_setting_and_the_fix(tiny_dir, tmp_path):
 
 
 def test_readme_pipe_override_composes(tiny_dir, tmp_path):
-    """The README's ``data.shard_url`` override, as written, reaches the DataModule with its ``{name}``."""
+    """The README's ``data.shard_url`` override, as written, reaches the DataModule with its
+    ``{name}``."""
     import shlex
 
     from tests.conftest import compose_train

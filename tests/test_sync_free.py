@@ -1,14 +1,16 @@
-"""The training step never reads a number back from the device (on a GPU, every such read stalls the host until
-the queued kernels finish).
+"""The training step never reads a number back from the device (on a GPU, every such read stalls
+the host until the queued kernels finish).
 
-On the CPU nothing tells a device tensor from a host one, so :class:`DeviceReads` keeps the distinction itself: at
-each training batch's start it marks what would live on the accelerator (parameters, buffers, optimiser state, the
-batch's waveforms and targets) and, through a dispatch mode, everything computed from them or made by a factory
-(``torch.arange(..., device=...)``); the batch's lengths, kept on the host, stay unmarked. Any host read of a
-marked tensor until the batch's end (``item``/``float``/``bool``, ``tolist``, ``cpu``, ``numpy``, ``nonzero``,
-boolean indexing, ``torch.equal``) is recorded with where it happened. A real Lightning run of the tiny recipe
-goes through it: forward, CTC, intermediate CTC over re-encoded targets, backward, the guard's clipping and skip flag,
-the fused optimiser, the scheduler and every callback's batch hooks.
+On the CPU nothing tells a device tensor from a host one, so :class:`DeviceReads` keeps the
+distinction itself: at each training batch's start it marks what would live on the accelerator
+(parameters, buffers, optimiser state, the batch's waveforms and targets) and, through a dispatch
+mode, everything computed from them or made by a factory (``torch.arange(..., device=...)``); the
+batch's lengths, kept on the host, stay unmarked. Any host read of a marked tensor until the
+batch's end (``item``/``float``/``bool``, ``tolist``, ``cpu``, ``numpy``, ``nonzero``, boolean
+indexing, ``torch.equal``) is recorded with where it happened. A real Lightning run of the tiny
+recipe goes through it: forward, CTC, intermediate CTC over re-encoded targets, backward, the
+guard's clipping and skip flag, the fused optimiser, the scheduler and every callback's batch
+hooks.
 """
 
 from __future__ import annotations
@@ -25,13 +27,15 @@ from asr.train import train
 from tests.conftest import tiny_train_cfg
 
 aten = torch.ops.aten
-READS = {aten._local_scalar_dense.default, aten.is_nonzero.default, aten.equal.default, aten.nonzero.default,
-         aten.masked_select.default, aten._unique2.default, aten.unique_consecutive.default}
+READS = {aten._local_scalar_dense.default, aten.is_nonzero.default, aten.equal.default,
+         aten.nonzero.default, aten.masked_select.default, aten._unique2.default,
+         aten.unique_consecutive.default}
 HOST_METHODS = ("tolist", "cpu", "numpy", "item")
 
 
 class DeviceReads(L.Callback, TorchDispatchMode):
-    """Records host reads of would-be device tensors between each training batch's start and end (see above)."""
+    """Records host reads of would-be device tensors between each training batch's start and end
+    (see above)."""
 
     def __init__(self) -> None:
         L.Callback.__init__(self)
@@ -50,13 +54,16 @@ class DeviceReads(L.Callback, TorchDispatchMode):
         return isinstance(t, torch.Tensor) and t in self.marked
 
     def _record(self, what: str) -> None:
-        ours = [f for f in traceback.extract_stack()[:-2] if "/asr/" in f.filename or "lightning" in f.filename]
-        where = f"{ours[-1].filename.split('/site-packages/')[-1]}:{ours[-1].lineno}" if ours else "?"
+        ours = [f for f in traceback.extract_stack()[:-2]
+                if "/asr/" in f.filename or "lightning" in f.filename]
+        where = (f"{ours[-1].filename.split('/site-packages/')[-1]}:{ours[-1].lineno}" if ours
+                 else "?")
         self.reads.append(f"{what} at {where}")
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        inputs = [a for a in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)]
+        inputs = [a for a in torch.utils._pytree.tree_leaves((args, kwargs))
+                  if isinstance(a, torch.Tensor)]
         marked = any(self._is_marked(a) for a in inputs)
         if marked and (func in READS or (func is aten.index.Tensor and any(
                 isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1]))):
@@ -102,10 +109,12 @@ class DeviceReads(L.Callback, TorchDispatchMode):
         self.steps += 1
 
 
-# the AN4 recipe's shape: word outputs, self-conditioned intermediate CTC over characters (re-encoded targets),
-# SpecAugment, speed perturbation, clipping; logs and flag reads left to their periods (here longer than the run)
-AN4_LIKE = ["tokenizer=word", "inter_ctc=self_conditioned", "model.num_layers=3", "data.speed_perturb=[0.9,1.0,1.1]",
-            "trainer.log_every_n_steps=1000", "callbacks.throughput.every_n_steps=1000",
+# the AN4 recipe's shape: word outputs, self-conditioned intermediate CTC over characters
+# (re-encoded targets), SpecAugment, speed perturbation, clipping; logs and flag reads left to
+# their periods (here longer than the run)
+AN4_LIKE = ["tokenizer=word", "inter_ctc=self_conditioned", "model.num_layers=3",
+            "data.speed_perturb=[0.9,1.0,1.1]", "trainer.log_every_n_steps=1000",
+            "callbacks.throughput.every_n_steps=1000",
             "callbacks.non_finite.check_every_n_steps=1000", "trainer.limit_train_batches=4",
             "eval_manifests={}", "data_check=false"]
 
@@ -120,10 +129,12 @@ def test_the_training_step_reads_nothing_back_from_the_device(tiny_dir, tmp_path
 
 
 def test_the_check_sees_a_read_where_there_is_one(tiny_dir, tmp_path):
-    """The guard reading its flags every step (its CPU default) is a host read in the step, and is seen."""
+    """The guard reading its flags every step (its CPU default) is a host read in the step, and is
+    seen."""
     reads = DeviceReads()
     overrides = [o for o in AN4_LIKE if not o.startswith("callbacks.non_finite")]
-    train(tiny_train_cfg(tiny_dir, tmp_path, [*overrides, "callbacks.non_finite.check_every_n_steps=1"]),
+    train(tiny_train_cfg(tiny_dir, tmp_path,
+                         [*overrides, "callbacks.non_finite.check_every_n_steps=1"]),
           extra_callbacks=[reads])
     assert reads.steps == 4
     assert any("guards.py" in r for r in reads.reads), reads.reads

@@ -1,4 +1,5 @@
-"""transcribe on real AN4 files of the fixture (and broken ones), long files, export parity, averaging."""
+"""transcribe on real AN4 files of the fixture (and broken ones), long files, export parity,
+averaging."""
 
 import numpy as np
 import pytest
@@ -13,10 +14,11 @@ from asr.training.averaging import average_checkpoints
 from asr.transcribe import format_results, transcribe
 
 
-def test_transcribe_text_output_reports_bad_files_and_keeps_going(tiny_checkpoint, tiny_dir, tmp_path):
-    """transcribe() and format=text: ``file<TAB>text`` lines for the files that decode, in order; the others carry
-    their error (the command prints them to stderr and exits 1: test_end_to_end.py). An untrained model: the texts
-    need not be right, only there."""
+def test_transcribe_text_output_reports_bad_files_and_keeps_going(tiny_checkpoint, tiny_dir,
+                                                                   tmp_path):
+    """transcribe() and format=text: ``file<TAB>text`` lines for the files that decode, in order;
+    the others carry their error (the command prints them to stderr and exits 1:
+    test_end_to_end.py). An untrained model: the texts need not be right, only there."""
     sph = [u.audio_filepath for u in read_manifest(tiny_dir / "test.jsonl")[:2]]
     wav, sr = sf.read(sph[0], dtype="float32")
     flac = tmp_path / "real.flac"
@@ -29,9 +31,11 @@ def test_transcribe_text_output_reports_bad_files_and_keeps_going(tiny_checkpoin
     results = transcribe(str(tiny_checkpoint), files, device="cpu")
     assert [r["audio_filepath"] for r in results] == files
     assert [("text" in r) for r in results] == [True, True, False, True, False, False]
-    assert "holds no audio samples" in results[2]["error"] and "NaN or infinite" in results[5]["error"]
+    assert ("holds no audio samples" in results[2]["error"]
+            and "NaN or infinite" in results[5]["error"])
     lines = [line.split("\t") for line in format_results(results, "text").splitlines()]
-    assert [name for name, _ in lines] == [sph[0], sph[1], str(flac)] and all(len(x) == 2 for x in lines)
+    assert ([name for name, _ in lines] == [sph[0], sph[1], str(flac)]
+            and all(len(x) == 2 for x in lines))
     assert lines[2][1] == lines[0][1]  # the same samples in another container: the same text
     assert results[3]["duration"] == pytest.approx(len(wav) / sr, abs=1e-3)
     with pytest.raises(ValueError, match="chunk_seconds > 0"):
@@ -60,7 +64,8 @@ def test_long_audio_is_split_at_quiet_frames_and_stitched(tiny_checkpoint, tiny_
 
 
 def test_onnx_export_matches_pytorch_on_an4(tiny_checkpoint, tiny_dir, tmp_path):
-    try:  # `make install` installs it (the export extra): its absence is a broken install, not a skip
+    # `make install` installs it (the export extra): its absence is a broken install, not a skip
+    try:
         import onnxruntime as ort
     except ImportError as err:
         pytest.fail(f"onnxruntime is not installed ({err}): run `make install`", pytrace=False)
@@ -71,13 +76,15 @@ def test_onnx_export_matches_pytorch_on_an4(tiny_checkpoint, tiny_dir, tmp_path)
     module = Recognizer.load(tiny_checkpoint)
     wavs = [load_audio(u.audio_filepath) for u in read_manifest(tiny_dir / "test.jsonl")[:4]]
     lengths = torch.tensor([w.numel() for w in wavs])
-    audio = torch.zeros(len(wavs), int(lengths.max()))  # (B, S), zero-padded: a batch of different lengths
+    # (B, S), zero-padded: a batch of different lengths
+    audio = torch.zeros(len(wavs), int(lengths.max()))
     for i, w in enumerate(wavs):
         audio[i, : w.numel()] = w
     with torch.no_grad():
         ref, ref_lengths = module(audio, lengths)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    log_probs, out_lengths = session.run(None, {"audio": audio.numpy(), "audio_lengths": lengths.numpy()})
+    log_probs, out_lengths = session.run(None, {"audio": audio.numpy(),
+                                                "audio_lengths": lengths.numpy()})
     assert out_lengths.tolist() == ref_lengths.tolist()
     for i, n in enumerate(ref_lengths.tolist()):
         np.testing.assert_allclose(log_probs[i, :n], ref[i, :n].numpy(), atol=1e-3, rtol=0)
@@ -98,16 +105,17 @@ def test_torchscript_export_matches_pytorch(tiny_checkpoint, tiny_dir, tmp_path)
 
 def test_average_checkpoints(tiny_checkpoint, tmp_path):
     a = torch.load(tiny_checkpoint, weights_only=True)
-    b = {**a, "state_dict": {k: v + 1 if v.is_floating_point() else v for k, v in a["state_dict"].items()}}
+    b = {**a, "state_dict": {k: v + 1 if v.is_floating_point() else v
+                             for k, v in a["state_dict"].items()}}
     torch.save(b, tmp_path / "b.ckpt")
-    out = average_checkpoints([str(tiny_checkpoint), str(tmp_path / "b.ckpt")], str(tmp_path / "avg.ckpt"))
+    out = average_checkpoints([str(tiny_checkpoint), str(tmp_path / "b.ckpt")],
+                              str(tmp_path / "avg.ckpt"))
     avg = Recognizer.load(out).state_dict()
     for k, v in a["state_dict"].items():
         assert torch.allclose(avg[k.removeprefix("recognizer.")], v + 0.5)
-    other = {
-        **a,
-        CHECKPOINT_KEY: {**a[CHECKPOINT_KEY], "model": {**a[CHECKPOINT_KEY]["model"], "hidden_size": 8}},
-    }
+    other = {**a, CHECKPOINT_KEY: {**a[CHECKPOINT_KEY],
+                                   "model": {**a[CHECKPOINT_KEY]["model"], "hidden_size": 8}}}
     torch.save(other, tmp_path / "other.ckpt")
     with pytest.raises(ValueError, match="another model"):
-        average_checkpoints([str(tiny_checkpoint), str(tmp_path / "other.ckpt")], str(tmp_path / "x.ckpt"))
+        average_checkpoints([str(tiny_checkpoint), str(tmp_path / "other.ckpt")],
+                            str(tmp_path / "x.ckpt"))

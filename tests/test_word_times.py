@@ -1,5 +1,5 @@
-"""Word times and confidences from CTC paths (asr.timing), and the files transcribe writes with them: JSON Lines,
-SRT, WebVTT and CTM, parsed back strictly, on real AN4 audio of the fixture."""
+"""Word times and confidences from CTC paths (asr.timing), and the files transcribe writes with
+them: JSON Lines, SRT, WebVTT and CTM, parsed back strictly, on real AN4 audio of the fixture."""
 
 import json
 import re
@@ -40,7 +40,8 @@ def test_char_model_words_span_their_letters_and_take_the_weakest_letter_as_conf
     assert words[0].start == pytest.approx(1 * FRAME) and words[0].end == pytest.approx(5 * FRAME)
     assert words[1].start == pytest.approx(9 * FRAME) and words[1].end == pytest.approx(12 * FRAME)
     assert words[0].confidence == pytest.approx(0.6) and words[1].confidence == pytest.approx(0.9)
-    assert " ".join(w.word for w in words) == GreedyDecoder(tok).decode(lp[None], torch.tensor([len(labels)]))[0]
+    assert (" ".join(w.word for w in words)
+            == GreedyDecoder(tok).decode(lp[None], torch.tensor([len(labels)]))[0])
 
 
 def test_word_model_words_and_spelled_words():
@@ -54,9 +55,10 @@ def test_word_model_words_and_spelled_words():
 
 
 def test_sentencepiece_words_start_at_their_marked_piece(tiny_dir, tmp_path):
-    tok = SentencePieceTokenizer(model_path=tmp_path / "sp.model", train_manifest=tiny_dir / "train.jsonl",
-                                 vocab_size=40)
-    text = " ".join(dict.fromkeys(w for u in read_manifest(tiny_dir / "train.jsonl") for w in u.text.split()))
+    tok = SentencePieceTokenizer(model_path=tmp_path / "sp.model",
+                                 train_manifest=tiny_dir / "train.jsonl", vocab_size=40)
+    text = " ".join(dict.fromkeys(w for u in read_manifest(tiny_dir / "train.jsonl")
+                                  for w in u.text.split()))
     labels = [0]
     for piece in tok.encode(text):
         labels += [piece, 0]
@@ -66,8 +68,8 @@ def test_sentencepiece_words_start_at_their_marked_piece(tiny_dir, tmp_path):
 
 
 def test_another_decoders_words_keep_the_agreeing_times_and_align_the_rest_between_them():
-    """A beam/LM hypothesis that differs from the greedy one: matched words keep their greedy frames, the others are
-    force-aligned inside the gap their neighbours leave."""
+    """A beam/LM hypothesis that differs from the greedy one: matched words keep their greedy
+    frames, the others are force-aligned inside the gap their neighbours leave."""
     tok = CharTokenizer()
     ids = {c: tok.encode(c)[0] for c in "abcxy "}
     labels = [0, ids["a"], 0, ids[" "], 0, ids["x"], 0, 0, ids[" "], 0, 0, ids["c"], 0]
@@ -75,26 +77,32 @@ def test_another_decoders_words_keep_the_agreeing_times_and_align_the_rest_betwe
     lp[6, ids["b"]] = lp[6, 0]  # "b" nearly as likely as blank at frame 6
     words = transcript_words(lp, tok, "a b c", FRAME)
     assert [w.word for w in words] == ["a", "b", "c"]
-    assert round(words[0].start / FRAME) == 1 and round(words[2].start / FRAME) == 11  # the greedy frames
+    # the greedy frames
+    assert round(words[0].start / FRAME) == 1 and round(words[2].start / FRAME) == 11
     assert 2 <= words[1].start / FRAME and words[1].end / FRAME <= 11  # inside the gap
     assert words[1].confidence < 0.5 < words[0].confidence  # the model did not favour "b"
-    longer = transcript_words(lp, tok, "a b y y y y y y y y y y y y c", FRAME)  # more letters than frames
+    # more letters than frames
+    longer = transcript_words(lp, tok, "a b y y y y y y y y y y y y c", FRAME)
     assert [w.word for w in longer] == "a b y y y y y y y y y y y y c".split()
     assert all(a.start <= b.start for a, b in zip(longer, longer[1:], strict=False))
 
 
 def test_snap_to_sound_moves_spikes_onto_the_words_sound_and_never_into_the_next_word():
-    energy = torch.tensor([-60.0] * 5 + [-5.0] * 10 + [-60.0] * 5 + [-3.0] * 5 + [-60.0] * 5)  # (30,) frames
+    # (30,) frames
+    energy = torch.tensor([-60.0] * 5 + [-5.0] * 10 + [-60.0] * 5 + [-3.0] * 5 + [-60.0] * 5)
     words = [Word("one", 5 * FRAME, 6 * FRAME, 0.9), Word("two", 20 * FRAME, 21 * FRAME, 0.8)]
     out = snap_to_sound(words, energy, FRAME)
-    assert (out[0].start, out[0].end) == pytest.approx((5 * FRAME, 15 * FRAME))  # to the end of its sound
+    # to the end of its sound
+    assert (out[0].start, out[0].end) == pytest.approx((5 * FRAME, 15 * FRAME))
     assert (out[1].start, out[1].end) == pytest.approx((20 * FRAME, 25 * FRAME))
     early = [Word("one", 1 * FRAME, 2 * FRAME, 0.9), Word("two", 18 * FRAME, 19 * FRAME, 0.8)]
-    out = snap_to_sound(early, energy, FRAME)  # spikes in the silence before each word: moved to its sound
+    # spikes in the silence before each word: moved to its sound
+    out = snap_to_sound(early, energy, FRAME)
     assert (out[0].start, out[0].end) == pytest.approx((5 * FRAME, 15 * FRAME))
     assert (out[1].start, out[1].end) == pytest.approx((20 * FRAME, 25 * FRAME))
     close = [Word("one", 5 * FRAME, 6 * FRAME, 0.9), Word("two", 9 * FRAME, 10 * FRAME, 0.8)]
-    assert snap_to_sound(close, energy, FRAME)[0].end == pytest.approx(9 * FRAME)  # stops at the next word
+    # stops at the next word
+    assert snap_to_sound(close, energy, FRAME)[0].end == pytest.approx(9 * FRAME)
     quiet = [Word("uh", 26 * FRAME, 27 * FRAME, 0.2)]  # no speech after it: the spike stays
     assert snap_to_sound(quiet, energy, FRAME)[0].start == pytest.approx(26 * FRAME)
     assert out[0].confidence == 0.9 and [w.word for w in out] == ["one", "two"]
@@ -104,14 +112,16 @@ def test_snap_to_sound_moves_spikes_onto_the_words_sound_and_never_into_the_next
 
 def test_cues_break_at_pauses_and_line_length():
     words = [{"word": w, "start": s, "end": s + 0.3, "confidence": 1.0}
-             for w, s in [("a", 0.0), ("b", 0.4), ("c", 3.0)] + [(f"w{i:02d}", 4.0 + 0.4 * i) for i in range(12)]]
+             for w, s in [("a", 0.0), ("b", 0.4), ("c", 3.0)]
+             + [(f"w{i:02d}", 4.0 + 0.4 * i) for i in range(12)]]
     out = cues(words)
     assert out[0] == (0.0, 0.7, "a b")  # the 2.3 s pause closes the first cue
     assert all(len(text) <= 42 for _, _, text in out) and len(out) >= 3
     assert [w for _, _, t in out for w in t.split()] == [w["word"] for w in words]
 
 
-SRT_CUE = re.compile(r"(\d+)\n(\d\d):(\d\d):(\d\d),(\d\d\d) --> (\d\d):(\d\d):(\d\d),(\d\d\d)\n(.+)\n")
+SRT_CUE = re.compile(r"(\d+)\n(\d\d):(\d\d):(\d\d),(\d\d\d) --> "
+                     r"(\d\d):(\d\d):(\d\d),(\d\d\d)\n(.+)\n")
 VTT_CUE = re.compile(r"(\d\d):(\d\d):(\d\d)\.(\d\d\d) --> (\d\d):(\d\d):(\d\d)\.(\d\d\d)\n(.+)\n")
 
 
@@ -152,7 +162,7 @@ def assert_in_order_inside(spans: list[tuple[float, float]], duration: float) ->
 
 @pytest.fixture(scope="module")
 def long_file(tiny_dir, tmp_path_factory) -> tuple[str, float]:
-    """~20 s of real AN4 speech in one FLAC: long enough to be cut into pieces at chunk_seconds=4."""
+    """~20 s of real AN4 speech in one FLAC: long enough to be cut in pieces at chunk_seconds=4."""
     utts = read_manifest(tiny_dir / "train.jsonl")
     wav = np.concatenate([sf.read(u.audio_filepath, dtype="float32")[0] for u in utts])
     path = tmp_path_factory.mktemp("long") / "AN4 utterances.flac"
@@ -163,40 +173,47 @@ def long_file(tiny_dir, tmp_path_factory) -> tuple[str, float]:
 def test_json_words_are_the_text_in_order_inside_the_audio(tiny_checkpoint, long_file):
     path, duration = long_file
     for ends in ("audio", "spike"):
-        (r,) = transcribe(str(tiny_checkpoint), [path], device="cpu", chunk_seconds=4.0, search_seconds=1.0,
-                          word_times=ends)
+        (r,) = transcribe(str(tiny_checkpoint), [path], device="cpu", chunk_seconds=4.0,
+                          search_seconds=1.0, word_times=ends)
         assert " ".join(w["word"] for w in r["words"]) == r["text"] and r["text"]
         assert_in_order_inside([(w["start"], w["end"]) for w in r["words"]], duration)
         assert all(0 < w["confidence"] <= 1 for w in r["words"])
         assert json.loads(format_results([r], "json"))["words"] == r["words"]
-    whole = transcribe(str(tiny_checkpoint), [path], device="cpu", chunk_seconds=60.0, word_times="spike")[0]
-    assert len(whole["words"]) == pytest.approx(len(r["words"]), rel=0.2)  # chunking keeps the timeline
+    whole = transcribe(str(tiny_checkpoint), [path], device="cpu", chunk_seconds=60.0,
+                       word_times="spike")[0]
+    # chunking keeps the timeline
+    assert len(whole["words"]) == pytest.approx(len(r["words"]), rel=0.2)
 
 
 def test_cli_writes_valid_srt_vtt_and_ctm(tiny_checkpoint, long_file, tiny_dir, tmp_path):
     path, duration = long_file
     other = read_manifest(tiny_dir / "test.jsonl")[0].audio_filepath
-    run = [sys.executable, "-m", "asr.transcribe", f"checkpoint={tiny_checkpoint}", "device=cpu", "chunk_seconds=4"]
-    srt = subprocess.run([*run, f"audio='{path}'", "format=srt"], cwd=ROOT, capture_output=True, text=True)
+    run = [sys.executable, "-m", "asr.transcribe", f"checkpoint={tiny_checkpoint}", "device=cpu",
+           "chunk_seconds=4"]
+    srt = subprocess.run([*run, f"audio='{path}'", "format=srt"], cwd=ROOT, capture_output=True,
+                         text=True)
     assert srt.returncode == 0, srt.stderr
     cues_srt = parse_srt(srt.stdout)
     assert_in_order_inside([(a, b) for a, b, _ in cues_srt], duration)
     out = tmp_path / "subs"
-    vtt = subprocess.run([*run, f"audio=['{path}','{other}']", "format=vtt", f"output={out}"], cwd=ROOT,
-                         capture_output=True, text=True)
+    vtt = subprocess.run([*run, f"audio=['{path}','{other}']", "format=vtt", f"output={out}"],
+                         cwd=ROOT, capture_output=True, text=True)
     assert vtt.returncode == 0, vtt.stderr
     cues_vtt = parse_vtt((out / "AN4 utterances.vtt").read_text())
-    assert [(round(a, 3), round(b, 3), t) for a, b, t in cues_vtt] == cues_srt  # one timeline, two formats
+    # one timeline, two formats
+    assert [(round(a, 3), round(b, 3), t) for a, b, t in cues_vtt] == cues_srt
     assert parse_vtt((out / f"{other.rsplit('/', 1)[-1].rsplit('.', 1)[0]}.vtt").read_text())
-    ctm = subprocess.run([*run, f"audio=['{path}','{other}']", "format=ctm"], cwd=ROOT, capture_output=True,
-                         text=True)
+    ctm = subprocess.run([*run, f"audio=['{path}','{other}']", "format=ctm"], cwd=ROOT,
+                         capture_output=True, text=True)
     assert ctm.returncode == 0, ctm.stderr
     rows = [line.split(" ") for line in ctm.stdout.splitlines()]
     assert {r[0] for r in rows} == {"AN4_utterances", other.rsplit("/", 1)[-1].rsplit(".", 1)[0]}
     mine = [r for r in rows if r[0] == "AN4_utterances"]
-    assert all(len(r) == 6 and r[1] == "1" and float(r[3]) > 0 and 0 < float(r[5]) <= 1 for r in rows)
+    assert all(len(r) == 6 and r[1] == "1" and float(r[3]) > 0 and 0 < float(r[5]) <= 1
+               for r in rows)
     assert_in_order_inside([(float(r[2]), float(r[2]) + float(r[3])) for r in mine], duration)
     assert " ".join(r[4] for r in mine) == " ".join(t for _, _, t in cues_srt)
-    many = subprocess.run([*run, f"audio=['{path}','{other}']", "format=srt"], cwd=ROOT, capture_output=True,
-                          text=True)
-    assert many.returncode != 0 and "output=<folder>" in many.stderr and "Traceback" not in many.stderr
+    many = subprocess.run([*run, f"audio=['{path}','{other}']", "format=srt"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert (many.returncode != 0 and "output=<folder>" in many.stderr
+            and "Traceback" not in many.stderr)

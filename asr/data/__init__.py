@@ -1,1 +1,1 @@
-"""Data: manifests, audio, the dataset and its sampler, the DataModule, corpus layouts and downloads."""
+"""Data: manifests, the dataset and its sampler, the DataModule, corpus layouts and downloads."""

@@ -1,8 +1,8 @@
 """Check manifests against the tokenizer and the model before training.
 
-Per manifest: hours, utterance count, a duration histogram, the characters found against those the
-tokenizer covers, and the utterances too short for their label under CTC once the model has subsampled
-them (the commonest cause of an infinite or NaN CTC loss). Training drops those by the same rule
+Per manifest: hours, utterance count, a duration histogram, the characters found against those
+the tokenizer covers, and the utterances too short for their label under CTC once subsampled (the
+commonest cause of an infinite or NaN CTC loss). Training drops those by the same rule
 (:mod:`asr.data.filter`); this report lists them.
 """
 
@@ -29,15 +29,14 @@ def check_manifest(manifest: str | os.PathLike, rule: UtteranceFilter) -> dict:
 
     Args:
         manifest: JSONL manifest.
-        rule: the run's :class:`~asr.data.filter.UtteranceFilter` (tokenizers and model output frames); with
-            more than one tokenizer (intermediate CTC with its own units), the utterances whose labels in the
-            others' units need more frames than the model gives are counted (``inter_too_short``): they are kept,
-            but their intermediate loss is zero.
+        rule: the run's :class:`~asr.data.filter.UtteranceFilter`. With more than one tokenizer
+            (intermediate CTC), utterances too short for the others' labels are counted as
+            ``inter_too_short``: kept, but their intermediate loss is zero.
 
     Returns:
-        ``{"manifest", "utterances", "hours", "histogram": {bin: count}, "chars": {char: count},
-        "unknown_chars": {char: count}, "unusable_text": n, "too_short": n, "too_short_utts": [...]}``, and
-        ``"inter_too_short": n`` with more than one tokenizer.
+        ``{"manifest", "utterances", "hours", "histogram", "chars", "unknown_chars",
+        "unusable_text", "too_short", "too_short_utts"}``, plus ``"inter_too_short"`` with more
+        than one tokenizer.
     """
     utts = read_manifest(manifest)
     durations = [u.duration for u in utts]
@@ -51,7 +50,8 @@ def check_manifest(manifest: str | os.PathLike, rule: UtteranceFilter) -> dict:
     too_short = []
     inter_too_short = 0
     frames = rule.frames(utts)
-    assert frames is not None, "the data check counts CTC lengths: the filter needs the model's output frames"
+    assert frames is not None, ("the data check counts CTC lengths: "
+                                "the filter needs the model's output frames")
     for u, n in zip(utts, frames, strict=True):
         text = normalize_text(u.text)
         chars.update(text)
@@ -85,7 +85,8 @@ def format_check(name: str, report: dict) -> str:
     hist = "  ".join(f"{k}:{v}" for k, v in report["histogram"].items())
     found = "".join(report["chars"])
     lines = [
-        f"{name}: {report['utterances']} utterances, {report['hours']:.2f} h ({report['manifest']})",
+        f"{name}: {report['utterances']} utterances, {report['hours']:.2f} h "
+        f"({report['manifest']})",
         f"  durations  {hist}",
         f"  characters {found!r}",
     ]
@@ -94,10 +95,12 @@ def format_check(name: str, report: dict) -> str:
                      f"{report['unusable_text']} utterances dropped")
     if report["too_short"]:
         ids = ", ".join(u["id"] for u in report["too_short_utts"][:10])
-        lines.append(f"  too short for their label under CTC: {report['too_short']} dropped ({ids} ...)")
+        lines.append(f"  too short for their label under CTC: {report['too_short']} dropped "
+                     f"({ids} ...)")
     if report.get("inter_too_short"):
-        lines.append(f"  too short for their intermediate-CTC label: {report['inter_too_short']} (kept; their "
-                     "intermediate loss is zero: a smaller model.subsampling_factor fits them)")
+        lines.append(f"  too short for their intermediate-CTC label: {report['inter_too_short']} "
+                     "(kept; their intermediate loss is zero: a smaller model.subsampling_factor "
+                     "fits them)")
     return "\n".join(lines)
 
 
@@ -109,8 +112,10 @@ def write_checks(reports: dict[str, dict], out_dir: str | os.PathLike) -> Path:
     return out
 
 
-def check_manifests(manifests: dict[str, str], rule: UtteranceFilter, out_dir: str | os.PathLike) -> dict[str, dict]:
-    """:func:`check_manifest` for each ``{name: path}``; logged, and written to ``<out_dir>/data_check.json``."""
+def check_manifests(manifests: dict[str, str], rule: UtteranceFilter,
+                    out_dir: str | os.PathLike) -> dict[str, dict]:
+    """:func:`check_manifest` for each ``{name: path}``; logged and written to
+    ``<out_dir>/data_check.json``."""
     reports = {name: check_manifest(path, rule) for name, path in manifests.items()}
     for name, report in reports.items():
         log.info("data check\n%s", format_check(name, report))

@@ -24,7 +24,7 @@ class ASRDataModule(L.LightningDataModule):
     """Train/validation/test loaders over JSONL manifests.
 
     Args:
-        tokenizer: encodes transcripts; utterances it cannot encode are dropped (and counted in the log).
+        tokenizer: encodes transcripts; training utterances it cannot encode are dropped, logged.
         train_manifest, val_manifest, test_manifest: JSONL paths (test is optional).
         sample_rate: audio is resampled to this rate.
         max_batch_seconds: padded seconds per training batch (see :class:`BucketBatchSampler`).
@@ -32,19 +32,20 @@ class ASRDataModule(L.LightningDataModule):
         num_buckets: duration buckets of the sampler.
         min_duration, max_duration: training utterances outside this range (seconds) are dropped.
         num_workers: loader processes (0 = decode in the main process).
-        speed_perturb: speed factors drawn per training utterance and read (e.g. ``[0.9, 1.0, 1.1]``).
-        cache_audio: decode the training audio, and its speed-perturbed copies, into memory once at setup
-            (shared with the loader workers): no epoch reads, decodes or resamples a file again. 4 bytes a
-            sample per speed kept in memory: for small corpora only.
+        speed_perturb: speed factors, one drawn per training utterance and read.
+        cache_audio: decode the training audio, at every speed, into memory once at setup (shared
+            with the loader workers); 4 bytes a sample per speed: for small corpora only.
         seed: seed of the per-epoch shuffle.
-        output_frames: samples -> model output frames ((N,) tensors); when given, training utterances too
-            short for their label under CTC are dropped and counted (:mod:`asr.data.filter`).
+        output_frames: (N,) samples -> (N,) model output frames; when given, training utterances
+            too short for their label under CTC are dropped (:mod:`asr.data.filter`).
         extra_tokenizers: other tokenizers every label must fit (the intermediate CTC's own units).
         train_shards: train from the tar shards in this folder (``python -m asr.shard``) instead of
-            ``train_manifest``: :mod:`asr.data.shard_loader` (validation and test stay on their manifests).
-        shard_url: where the shards' tars are read from, a template with ``{name}`` (e.g. ``pipe:aws s3 cp
-            s3://bucket/corpus/{name} -``); ``None``: beside ``index.json`` in ``train_shards``.
+            ``train_manifest``; validation and test stay on their manifests.
+        shard_url: where the shards' tars are read from, a template with ``{name}``; ``None``:
+            beside ``index.json`` in ``train_shards``.
         shuffle_buffer: with shards, the utterances a loader worker sorts into batches together.
+        worker_start: how loader workers start: ``fork``, ``forkserver`` or ``spawn``; ``None``:
+            the platform's default (fork on Linux, which shares ``cache_audio``'s memory).
     """
 
     def __init__(
@@ -68,17 +69,23 @@ class ASRDataModule(L.LightningDataModule):
         train_shards: str | None = None,
         shard_url: str | None = None,
         shuffle_buffer: int = 500,
+        worker_start: str | None = None,
     ) -> None:
         super().__init__()
+        if worker_start not in (None, "fork", "forkserver", "spawn"):
+            raise ValueError(f"data.worker_start must be null, fork, forkserver or spawn, "
+                             f"got {worker_start!r}")
+        self.worker_start = worker_start
         if train_shards and cache_audio:
-            raise ValueError("data.cache_audio=true reads the training manifest's files; it does not apply to "
-                             "data.train_shards: set one of them")
-        self.train_shards, self.shard_url, self.shuffle_buffer = train_shards, shard_url, shuffle_buffer
+            raise ValueError("data.cache_audio=true reads the training manifest's files; "
+                             "it does not apply to data.train_shards: set one of them")
+        self.train_shards, self.shard_url, self.shuffle_buffer = (train_shards, shard_url,
+                                                                  shuffle_buffer)
         self.speed_perturb = list(speed_perturb or [])
         self.cache_audio = cache_audio
         self.tokenizer = tokenizer
-        self.filter = UtteranceFilter([tokenizer, *extra_tokenizers], output_frames, sample_rate, min_duration,
-                                      max_duration)
+        self.filter = UtteranceFilter([tokenizer, *extra_tokenizers], output_frames, sample_rate,
+                                      min_duration, max_duration)
         self.train_manifest = train_manifest
         self.val_manifest = val_manifest
         self.test_manifest = test_manifest
@@ -91,9 +98,10 @@ class ASRDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.datasets: dict[str, AudioDataset] = {}
-        # utterances dropped from the manifests, with the reason: {"id", "split", "manifest", "reason"}
+        # utterances dropped, with the reason: {"id", "split", "manifest", "reason"}
         self.rejected: list[dict[str, str]] = []
-        self._resume_at: tuple[int, int] | None = None  # (epoch, batches trained) from a checkpoint
+        # (epoch, batches trained) from a checkpoint
+        self._resume_at: tuple[int, int] | None = None
 
     def _load(self, manifest: str, split: str, train: bool = False) -> AudioDataset:
         """A manifest's utterances. Training keeps the usable ones (:mod:`asr.data.filter`) and
@@ -146,12 +154,13 @@ class ASRDataModule(L.LightningDataModule):
     def _batch_sampler(self, split: str, train: bool) -> BucketBatchSampler | ShardBatchSampler:
         ds = self.datasets[split]
         if isinstance(ds, ShardDataset):
-            return ShardBatchSampler(ds.index, self.max_batch_seconds, self.num_workers, self.shuffle_buffer,
-                                     self.min_duration, self.max_duration, self.seed)
+            return ShardBatchSampler(ds.index, self.max_batch_seconds, self.num_workers,
+                                     self.shuffle_buffer, self.min_duration, self.max_duration,
+                                     self.seed)
         return BucketBatchSampler(
             ds.durations,
             self.max_batch_seconds if train else self.eval_batch_seconds,
-            # evaluation batches are cut from one sorted list: least padding, same batches every time
+            # evaluation batches are cut from one sorted list: least padding, same batches always
             num_buckets=self.num_buckets if train else 1,
             shuffle=train,
             drop_last=train,
@@ -171,9 +180,10 @@ class ASRDataModule(L.LightningDataModule):
             collate_fn=collate,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            multiprocessing_context=self.worker_start if self.num_workers > 0 else None,
             pin_memory=torch.cuda.is_available(),
-            # each DataLoader iterator draws a seed from its generator; with their own, the loaders leave the random
-            # numbers of the model (dropout, SpecAugment) as they were, whether a run validates or resumes or not
+            # each DataLoader iterator draws a seed from its generator; with their own, the loaders
+            # leave the model's random numbers (dropout, SpecAugment) alone, validating or not
             generator=torch.Generator().manual_seed(self.seed),
         )
 
@@ -186,9 +196,9 @@ class ASRDataModule(L.LightningDataModule):
         return DataLoader(ds, batch_sampler=sampler, collate_fn=collate)
 
     def state_dict(self) -> dict[str, int]:
-        """Where training stands, saved with every checkpoint: ``{"epoch", "batches_done", "world_size",
-        "num_workers"}`` (the next epoch and 0 at an epoch's end; ``trainer.limit_train_batches`` may end it early;
-        the shards' plan depends on the last two)."""
+        """Where training stands, saved with every checkpoint: ``{"epoch", "batches_done",
+        "world_size", "num_workers"}`` (the next epoch and 0 at an epoch's end, which
+        ``trainer.limit_train_batches`` may bring early; the shards' plan needs the last two)."""
         trainer = self.trainer
         if trainer is None:
             return {}
@@ -199,19 +209,20 @@ class ASRDataModule(L.LightningDataModule):
         return {"epoch": trainer.current_epoch, "batches_done": done, **streams}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        """The training loader built next continues that epoch after its trained batches, in the same order.
+        """The training loader built next continues that epoch after its trained batches, in order.
 
-        Lightning restores a DataModule before it first asks for the training loader (the learning-rate schedule
-        asks early, for the number of steps), so no batch is drawn from the wrong place.
+        Lightning restores a DataModule before it first asks for the training loader (the
+        learning-rate schedule asks early), so no batch is drawn from the wrong place.
         """
         if state:
             self._resume_at = (int(state["epoch"]), int(state["batches_done"]))
             streams = (state.get("world_size"), state.get("num_workers"))
-            if self.train_shards and self.trainer is not None and streams != (self.trainer.world_size,
-                                                                                self.num_workers):
-                log.warning("resuming shard training with %d ranks x %d loader workers, saved with %s x %s: the "
-                            "shards are dealt to the streams anew, so the rest of this epoch is not the batches the "
-                            "run would have trained", self.trainer.world_size, self.num_workers, *streams)
+            if self.train_shards and self.trainer is not None and streams != (
+                    self.trainer.world_size, self.num_workers):
+                log.warning("resuming shard training with %d ranks x %d loader workers, saved "
+                            "with %s x %s: the shards are dealt to the streams anew, so the rest "
+                            "of this epoch is not the batches the run would have trained",
+                            self.trainer.world_size, self.num_workers, *streams)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

@@ -1,5 +1,6 @@
-"""The dataset: utterances -> (waveform, token ids, id); failed loads travel as :class:`LoadFailure`; batches padded
-by :func:`collate`. Decoding happens in loader workers; features are computed on the model's device."""
+"""The dataset: utterances -> (waveform, token ids, id); failed loads travel as
+:class:`LoadFailure`; batches padded by :func:`collate`. Decoding happens in loader workers;
+features are computed on the model's device."""
 
 from __future__ import annotations
 
@@ -118,7 +119,7 @@ class AudioDataset(Dataset):
 
     @property
     def durations(self) -> np.ndarray:
-        """(N,) seconds of each utterance, from the manifest: a table's own array (no line is read)."""
+        """(N,) seconds of each utterance, from the manifest (a table's own array: no line read)."""
         if isinstance(self.utterances, ManifestTable):
             return self.utterances.durations
         return np.array([u.duration for u in self.utterances], dtype=np.float64)
@@ -140,8 +141,8 @@ class AudioDataset(Dataset):
         return wav
 
     def _perturbed(self, index: int, wav: torch.Tensor, factor: float) -> torch.Tensor:
-        """``wav`` played ``factor`` times faster: read as if recorded at sample_rate * factor, brought back to
-        sample_rate, so 1/factor as long (cached with the waveform when the cache is on)."""
+        """``wav`` played ``factor`` times faster (1/factor as long), cached with the waveform
+        when the cache is on."""
         out = self.cache.get((index, factor)) if self.cache is not None else None
         if out is None:
             out = speed_perturb(wav, self.sample_rate, factor)
@@ -150,14 +151,14 @@ class AudioDataset(Dataset):
         return out
 
     def fill_cache(self) -> None:
-        """Decode every utterance, and resample it to each speed of ``speed_perturb``, into the cache now.
+        """Decode every utterance, at each speed of ``speed_perturb``, into the cache now.
 
-        Done in the main process before the loader starts, the loader's worker processes (forked) share these
-        tensors instead of each decoding and resampling on its own: on 2 CPU cores that work would otherwise
-        take turns with the model's steps. Unreadable files stay out and fail on their reads as before.
+        Done in the main process before the loader starts, so forked workers share these tensors
+        instead of each decoding on its own. Unreadable files stay out and fail on their reads.
         """
         if self.cache is None:
-            raise ValueError("fill_cache needs a dataset made with cache=True (data.cache_audio=true)")
+            raise ValueError("fill_cache needs a dataset made with cache=True "
+                             "(data.cache_audio=true)")
         start = time.perf_counter()
         speeds = [f for f in self.speed_perturb if f != 1.0]
         for index in range(len(self)):
@@ -168,7 +169,8 @@ class AudioDataset(Dataset):
                 self._perturbed(index, wav, factor)
         nbytes = sum(t.numel() * t.element_size() for t in self.cache.values())
         log.info("cached %d utterances%s in memory: %.0f MB, %.1f s", len(self),
-                 f" at speeds {[1.0, *speeds]}" if speeds else "", nbytes / 2**20, time.perf_counter() - start)
+                 f" at speeds {[1.0, *speeds]}" if speeds else "", nbytes / 2**20,
+                 time.perf_counter() - start)
 
     def __getitem__(self, item: int | tuple[int, int]) -> Item | LoadFailure:
         """:class:`Item` or :class:`LoadFailure` (``collate`` drops it from its batch and lists it

@@ -1,6 +1,6 @@
 """Fetch files with checksum, resume and retries; extract archives without path escapes.
 
-Shared by every corpus. Works with http(s):// and file:// URLs (tests serve archives from 127.0.0.1).
+Shared by every corpus. Works with http(s):// and file:// URLs.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ def file_hash(path: str | os.PathLike, algorithm: str = "md5", chunk_size: int =
 
 
 def verify(path: str | os.PathLike, checksums: Sequence[str]) -> str | None:
-    """Check a file against its known checksums (``"sha256:<hex>"`` or ``"md5:<hex>"``): ``None`` when one matches,
-    else why not (the file's own digests, for the message)."""
+    """Check a file against its known checksums (``"sha256:<hex>"`` or ``"md5:<hex>"``): ``None``
+    when one matches, else why not (the file's own digests, for the message)."""
     wanted: dict[str, set[str]] = {}
     for entry in checksums:
         algorithm, sep, digest = str(entry).partition(":")
@@ -50,7 +50,7 @@ def verify(path: str | os.PathLike, checksums: Sequence[str]) -> str | None:
 
 
 def _fetch_once(url: str, part: Path, timeout: float, progress: bool) -> None:
-    """Append the rest of ``url`` to ``part``, asking for a byte range when ``part`` already holds some."""
+    """Append the rest of ``url`` to ``part``, asking for a byte range when ``part`` holds some."""
     have = part.stat().st_size if part.exists() else 0
     req = urllib.request.Request(url, headers={"User-Agent": "asr-downloader"})
     if have:
@@ -68,8 +68,8 @@ def _fetch_once(url: str, part: Path, timeout: float, progress: bool) -> None:
         length = resp.headers.get("Content-Length")
         total = have + int(length) if length is not None else None
         with open(part, "ab" if have else "wb") as f, tqdm(
-            total=total, initial=have, unit="B", unit_scale=True, desc=f"download {part.name[:-5]}",
-            disable=not progress, leave=False,
+            total=total, initial=have, unit="B", unit_scale=True,
+            desc=f"download {part.name[:-5]}", disable=not progress, leave=False,
         ) as bar:
             while chunk := resp.read(1 << 20):
                 f.write(chunk)
@@ -77,27 +77,33 @@ def _fetch_once(url: str, part: Path, timeout: float, progress: bool) -> None:
             f.flush()
             os.fsync(f.fileno())
         if total is not None and part.stat().st_size < total:
-            raise DownloadError(f"connection closed after {part.stat().st_size} of {total} bytes")
+            raise DownloadError(f"connection closed after {part.stat().st_size} of {total} "
+                                "bytes")
 
 
-def _fetch_with_retries(url: str, part: Path, retries: int, backoff: float, timeout: float, progress: bool) -> None:
-    """:func:`_fetch_once` until the transfer completes, waiting ``backoff`` seconds (doubled each time) between
-    attempts; a client error (HTTP 4xx but 416) fails at once."""
+def _fetch_with_retries(url: str, part: Path, retries: int, backoff: float, timeout: float,
+                        progress: bool) -> None:
+    """:func:`_fetch_once` until the transfer completes, waiting ``backoff`` seconds (doubled each
+    time) between attempts; a client error (HTTP 4xx but 416) fails at once."""
     for attempt in range(1, retries + 1):
         try:
             _fetch_once(url, part, timeout, progress)
             return
-        # http.client.IncompleteRead (e.g. a chunked transfer cut mid-way) is an HTTPException, not an OSError
+        # http.client.IncompleteRead (a chunked transfer cut) is an HTTPException, not an OSError
         except (urllib.error.URLError, OSError, http.client.HTTPException, DownloadError) as err:
-            if isinstance(err, urllib.error.HTTPError) and 400 <= err.code < 500 and err.code != 416:
-                raise DownloadError(f"cannot download {url}: HTTP {err.code} {err.reason}") from None
+            if (isinstance(err, urllib.error.HTTPError) and 400 <= err.code < 500
+                    and err.code != 416):
+                raise DownloadError(
+                    f"cannot download {url}: HTTP {err.code} {err.reason}") from None
             if attempt == retries:
                 raise DownloadError(
-                    f"cannot download {url} after {retries} attempts ({err}); check the URL/mirror setting "
-                    f"and your network, or put the file at {part.with_suffix('')} yourself"
+                    f"cannot download {url} after {retries} attempts ({err}); check the "
+                    f"URL/mirror setting and your network, or put the file at "
+                    f"{part.with_suffix('')} yourself"
                 ) from None
             wait = backoff * 2 ** (attempt - 1)
-            log.warning("download of %s failed (%s); retry %d/%d in %.0f s", url, err, attempt, retries, wait)
+            log.warning("download of %s failed (%s); retry %d/%d in %.0f s", url, err, attempt,
+                        retries, wait)
             time.sleep(wait)
 
 
@@ -113,24 +119,23 @@ def download(
 ) -> Path:
     """Download ``url`` to ``dest`` unless a verified copy is already there.
 
-    Bytes go to ``dest + ".part"`` first; an interrupted transfer resumes from there with an HTTP Range
-    request, after a wait that doubles with each attempt. The file is renamed to ``dest`` only after its
-    checksum is one of ``checksums``, so a file at ``dest`` is always complete.
+    Bytes go to ``dest + ".part"`` first; an interrupted transfer resumes from there with an HTTP
+    Range request. The file is renamed to ``dest`` only once its checksum is one of ``checksums``,
+    so a file at ``dest`` is always complete.
 
     Args:
         url: http(s):// or file:// address.
         dest: final path of the file.
-        checksums: the file's known checksums, ``"sha256:<hex>"`` or ``"md5:<hex>"`` (any one must match);
-            ``None`` = unchecked.
+        checksums: known checksums, ``"sha256:<hex>"`` or ``"md5:<hex>"`` (any one must match);
+            ``None``: unchecked.
         retries: attempts before giving up.
         backoff: seconds before the first retry (doubled each time).
         timeout: socket timeout in seconds.
-        progress: show a progress bar.
-        checksum_setting: the config key that holds ``checksums`` (e.g. ``prepare.checksums``), named in the error
-            of a mismatch so a user who trusts the copy knows what to change.
+        checksum_setting: the config key holding ``checksums`` (e.g. ``prepare.checksums``), named
+            in a mismatch's error so a user who trusts the copy knows what to change.
 
     Raises:
-        DownloadError: the checksum does not match (the partial file is removed), or every retry failed.
+        DownloadError: a checksum mismatch (the partial file is removed), or every retry failed.
     """
     dest = Path(dest)
     setting = checksum_setting or "the corpus's checksum setting"
@@ -138,18 +143,19 @@ def download(
         wrong = verify(dest, checksums) if checksums else None
         if wrong is None:
             return dest
-        raise DownloadError(f"{dest} exists but its {wrong}: delete it to download again, or if you trust this "
-                            f"copy, give its checksum (or null) in {setting}")
+        raise DownloadError(f"{dest} exists but its {wrong}: delete it to download again, or if "
+                            f"you trust this copy, give its checksum (or null) in {setting}")
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     _fetch_with_retries(url, part, retries, backoff, timeout, progress)
     wrong = verify(part, checksums) if checksums else None
     if wrong is not None:
         part.unlink()
-        trust = f"; if you trust that copy, give its checksum (or null) in {setting}" if checksum_setting else ""
+        trust = (f"; if you trust that copy, give its checksum (or null) in {setting}"
+                 if checksum_setting else "")
         raise DownloadError(
-            f"{url}: its {wrong}; the download was removed (a wrong mirror/base URL setting, or a corrupt copy on "
-            f"the server){trust}"
+            f"{url}: its {wrong}; the download was removed (a wrong mirror/base URL setting, or a "
+            f"corrupt copy on the server){trust}"
         )
     os.replace(part, dest)
     return dest
@@ -159,18 +165,21 @@ def _check_member(member: tarfile.TarInfo, target: Path) -> None:
     name = member.name
     where = (target / name).resolve()
     if os.path.isabs(name) or not where.is_relative_to(target):
-        raise ValueError(f"archive member {name!r} would be written outside {target}; refusing to extract")
+        raise ValueError(f"archive member {name!r} would be written outside {target}; "
+                         "refusing to extract")
     if member.issym() or member.islnk():
         link = Path(member.linkname)
         resolved = ((where.parent if member.issym() else target) / link).resolve()
         if link.is_absolute() or not resolved.is_relative_to(target):
-            raise ValueError(f"archive link {name!r} -> {member.linkname!r} escapes {target}; refusing to extract")
+            raise ValueError(f"archive link {name!r} -> {member.linkname!r} escapes {target}; "
+                             "refusing to extract")
     if member.isdev():
         raise ValueError(f"archive member {name!r} is a device file; refusing to extract")
 
 
-def extract_tar(archive: str | os.PathLike, target: str | os.PathLike, progress: bool = True) -> Path:
-    """Extract a (compressed) tar archive into ``target``, refusing any member that would land outside it.
+def extract_tar(archive: str | os.PathLike, target: str | os.PathLike,
+                progress: bool = True) -> Path:
+    """Extract a (compressed) tar archive into ``target``, refusing members that land outside it.
 
     Every member is checked before anything is written (absolute paths, ``..``, links that escape,
     device files), so a hostile archive leaves no files behind.
@@ -183,10 +192,11 @@ def extract_tar(archive: str | os.PathLike, target: str | os.PathLike, progress:
             for m in members:
                 _check_member(m, target)
             kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-            for m in tqdm(members, desc=f"extract {Path(archive).name}", unit="file", disable=not progress,
-                          leave=False):
+            for m in tqdm(members, desc=f"extract {Path(archive).name}", unit="file",
+                          disable=not progress, leave=False):
                 tf.extract(m, target, **kwargs)
     except tarfile.TarError as err:
-        raise ValueError(f"{archive} is not a readable tar archive ({err}); delete it and download again") from None
+        raise ValueError(f"{archive} is not a readable tar archive ({err}); "
+                         "delete it and download again") from None
     return target
 

@@ -1,9 +1,10 @@
 """Manifests: JSON Lines with NeMo's keys, one utterance a line::
 
-    {"audio_filepath": "wav/a.sph", "duration": 2.3, "text": "yes", "id": "an251-fash-b", "speaker": "fash"}
+    {"audio_filepath": "a.sph", "duration": 2.3, "text": "yes", "id": "an251", "speaker": "fash"}
 
-Relative paths are relative to the manifest's folder. :func:`read_manifest` gives a list of :class:`Utterance`;
-:class:`ManifestTable` gives the same sequence in 16 bytes an utterance, re-reading a line when it is asked for.
+Relative paths are relative to the manifest's folder. :func:`read_manifest` gives a list of
+:class:`Utterance`; :class:`ManifestTable` the same sequence in 16 bytes an utterance, re-reading a
+line when asked for it. See docs/data.md.
 """
 
 from __future__ import annotations
@@ -41,10 +42,11 @@ def _existing(path: str | os.PathLike) -> Path:
 
 
 def _resolve(audio: str, base: str) -> str:
-    """``str(Path(audio))``, joined to the folder ``base`` when relative; without building a Path for plain ones (a
-    string with nothing ``Path`` would respell: no ``//``, no ``.`` part, no trailing ``/``)."""
-    if (isinstance(audio, str) and audio not in ("", ".") and "//" not in audio and "/./" not in audio
-            and not audio.startswith("./") and not audio.endswith(("/", "/."))):
+    """``str(Path(audio))``, joined to the folder ``base`` when relative; builds no Path for plain
+    strings (nothing ``Path`` would respell: no ``//``, no ``.`` part, no trailing ``/``)."""
+    if (isinstance(audio, str) and audio not in ("", ".") and "//" not in audio
+            and "/./" not in audio and not audio.startswith("./")
+            and not audio.endswith(("/", "/."))):
         if audio[0] == "/" or base == ".":
             return audio
         return base + audio if base.endswith("/") else f"{base}/{audio}"
@@ -53,7 +55,8 @@ def _resolve(audio: str, base: str) -> str:
 
 
 def _parse(line: str, base: str) -> Utterance:
-    """One manifest line -> :class:`Utterance` (raises what :func:`_not_a_line` turns into the user's error)."""
+    """One manifest line -> :class:`Utterance` (raises what :func:`_not_a_line` turns into the
+    user's error)."""
     d = json.loads(line)
     return Utterance(
         audio_filepath=_resolve(d["audio_filepath"], base),
@@ -64,13 +67,14 @@ def _parse(line: str, base: str) -> Utterance:
     )
 
 
-_LINE_ERRORS = (json.JSONDecodeError, KeyError, TypeError, ValueError)  # UnicodeDecodeError is a ValueError
+# UnicodeDecodeError is a ValueError
+_LINE_ERRORS = (json.JSONDecodeError, KeyError, TypeError, ValueError)
 
 
 def _not_a_line(path: Path, lineno: int, err: Exception) -> ValueError:
     return ValueError(
-        f"{path}:{lineno}: not a manifest line ({err.__class__.__name__}: {err}); each line must be "
-        f'a JSON object with "audio_filepath", "duration" and "text"'
+        f"{path}:{lineno}: not a manifest line ({err.__class__.__name__}: {err}); "
+        f'each line must be a JSON object with "audio_filepath", "duration" and "text"'
     )
 
 
@@ -95,23 +99,20 @@ def read_manifest(path: str | os.PathLike) -> list[Utterance]:
 
 
 class _File:
-    """A manifest opened for ``os.pread``, shared by the tables cut from it.
-
-    The descriptor is opened once, so a manifest replaced on disk later (``write_manifest`` renames a new file into
-    place) does not change the lines a table reads. ``pread`` keeps no file position, so the loader workers forked
-    from this process read through the same descriptor; a pickled copy (workers started by spawn) opens the path
-    again.
+    """A manifest opened once for ``os.pread``, shared by the tables cut from it (and by forked
+    workers); a pickled copy opens the path again. See docs/data.md.
     """
 
     def __init__(self, path: Path) -> None:
-        self.path, self.base = path, str(path.parent)  # base: what relative audio paths are relative to
+        self.path, self.base = path, str(path.parent)  # base: of relative audio paths
         self.fd = os.open(path, os.O_RDONLY)
 
     def read(self, offset: int, size: int) -> bytes:
         return os.pread(self.fd, size, offset)
 
     def lineno(self, offset: int) -> int:
-        """The line number of the line at byte ``offset`` (for error messages only: reads the file up to it)."""
+        """The line number of the line at byte ``offset`` (for error messages only: reads the file
+        up to it)."""
         count, pos = 1, 0
         while pos < offset:
             block = self.read(pos, min(1 << 20, offset - pos))
@@ -132,12 +133,11 @@ class _File:
 
 
 class ManifestTable(Sequence[Utterance]):
-    """A manifest's utterances, held as three arrays: each line's byte offset and length, and its duration.
+    """A manifest's utterances as three arrays: each line's byte offset and length, its duration.
 
-    ``table[i]`` reads line ``i`` again (``os.pread``) and parses it as :func:`read_manifest` does: an utterance
-    takes 16 bytes instead of Python objects of several hundred, and the loader workers forked from this process share
-    the arrays' pages instead of copying them (reading an array touches no reference count). :meth:`select` keeps a
-    subset without reading any line.
+    ``table[i]`` reads line ``i`` again and parses it as :func:`read_manifest` does; forked loader
+    workers share the arrays. :meth:`select` keeps a subset without reading any line. See
+    docs/data.md.
 
     Args:
         file: the opened manifest.
@@ -146,10 +146,11 @@ class ManifestTable(Sequence[Utterance]):
         durations: (N,) float32 seconds, from the manifest (for samplers: no line is read).
     """
 
-    CHUNK = 4096  # lines parsed and handed to ``keep`` at a time, and read back together when iterating
+    CHUNK = 4096  # lines parsed and handed to ``keep`` at a time, and read together when iterating
     BLOCK = 8 << 20  # bytes: the most one read of a chunk's lines may span
 
-    def __init__(self, file: _File, offsets: np.ndarray, lengths: np.ndarray, durations: np.ndarray) -> None:
+    def __init__(self, file: _File, offsets: np.ndarray, lengths: np.ndarray,
+                 durations: np.ndarray) -> None:
         self.file = file
         self.offsets, self.lengths, self.durations = offsets, lengths, durations
 
@@ -158,14 +159,14 @@ class ManifestTable(Sequence[Utterance]):
         return self.file.path
 
     @classmethod
-    def read(cls, path: str | os.PathLike, keep: Callable[[list[Utterance]], Sequence[bool]] | None = None,
-             ) -> ManifestTable:
+    def read(cls, path: str | os.PathLike,
+             keep: Callable[[list[Utterance]], Sequence[bool]] | None = None) -> ManifestTable:
         """Read a manifest, parsing each line once; errors as :func:`read_manifest`'s.
 
         Args:
             path: the JSONL manifest.
-            keep: given the utterances of up to :attr:`CHUNK` lines, which of them the table keeps (default: all);
-                no utterance object outlives its chunk.
+            keep: given the utterances of up to :attr:`CHUNK` lines, which of them to keep
+                (default: all); no utterance object outlives its chunk.
         """
         file = _File(_existing(path))
         offsets, lengths, durations = array("q"), array("i"), array("f")
@@ -183,7 +184,7 @@ class ManifestTable(Sequence[Utterance]):
             chunk.clear()
 
         offset = 0
-        with open(file.fd, "rb", closefd=False) as f:  # the descriptor the table reads: the same file
+        with open(file.fd, "rb", closefd=False) as f:  # the descriptor the table reads
             for lineno, raw in enumerate(f, 1):
                 try:
                     line = raw.decode("utf-8")
@@ -195,14 +196,17 @@ class ManifestTable(Sequence[Utterance]):
                 if len(chunk) >= cls.CHUNK:
                     flush()
         flush()
-        return cls(file, np.array(offsets, np.int64), np.array(lengths, np.int32), np.array(durations, np.float32))
+        return cls(file, np.array(offsets, np.int64), np.array(lengths, np.int32),
+                   np.array(durations, np.float32))
 
     def select(self, index: np.ndarray | Sequence[int]) -> ManifestTable:
-        """The utterances at ``index`` (positions, or a boolean mask of ``len(self)``), in its order."""
+        """The utterances at ``index`` (positions, or a boolean mask of ``len(self)``), in its
+        order."""
         index = np.asarray(index)
         if index.dtype != bool:
             index = index.astype(np.int64, copy=False)
-        return ManifestTable(self.file, self.offsets[index], self.lengths[index], self.durations[index])
+        return ManifestTable(self.file, self.offsets[index], self.lengths[index],
+                             self.durations[index])
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -216,20 +220,23 @@ class ManifestTable(Sequence[Utterance]):
     def __getitem__(self, i: int | slice) -> Utterance | ManifestTable:
         if isinstance(i, slice):
             return self.select(np.arange(len(self))[i])
-        offset = int(self.offsets[i])  # numpy raises IndexError out of range and counts negative ones from the end
+        # numpy raises IndexError out of range and counts negative ones from the end
+        offset = int(self.offsets[i])
         return self._utterance(self.file.read(offset, int(self.lengths[i])), offset)
 
     def __iter__(self) -> Iterator[Utterance]:
-        """The utterances in order; nearby lines are read in one ``pread`` (a whole table: the file in blocks)."""
+        """The utterances in order; nearby lines are read in one ``pread`` (a whole table: the file
+        in blocks)."""
         for lo in range(0, len(self), self.CHUNK):
             offsets = self.offsets[lo: lo + self.CHUNK]
             ends = offsets + self.lengths[lo: lo + self.CHUNK]
             first, last = int(offsets.min()), int(ends.max())
-            if last - first > self.BLOCK:  # lines far apart (a sparse or shuffled selection): one by one
+            if last - first > self.BLOCK:  # lines far apart (sparse or shuffled): one by one
                 yield from (self[i] for i in range(lo, min(lo + self.CHUNK, len(self))))
                 continue
             block = self.file.read(first, last - first)
-            for offset, end in zip((offsets - first).tolist(), (ends - first).tolist(), strict=True):
+            for offset, end in zip((offsets - first).tolist(), (ends - first).tolist(),
+                                   strict=True):
                 yield self._utterance(block[offset:end], first + offset)
 
     def __repr__(self) -> str:

@@ -1,5 +1,5 @@
-"""Length-bucketed batches bounded by padded audio seconds: shuffled per epoch, the same bucket on every DDP rank at
-each step, resumable mid-epoch."""
+"""Length-bucketed batches bounded by padded audio seconds: shuffled per epoch, the same bucket
+on every DDP rank at each step, resumable mid-epoch. See docs/data.md."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ BLOCK = 1 << 16  # utterances whose durations are packed into batches at a time
 
 
 class _Batches(Sequence[list[int]]):
-    """Batches as slices of one array of utterance indices: batch ``k`` is ``order[starts[k]:stops[k]]``. An epoch
-    of a million utterances is then a few arrays, not a million Python ints."""
+    """Batches as slices of one array of utterance indices: batch ``k`` is
+    ``order[starts[k]:stops[k]]`` (a few arrays, not a Python int per utterance)."""
 
     def __init__(self, order: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> None:
         self.order, self.starts, self.stops = order, starts, stops
@@ -50,20 +50,20 @@ class _Batches(Sequence[list[int]]):
 
 
 class EpochBatchSampler(Sampler[list]):
-    """What the training batch samplers share: the epoch Lightning sets, a resume point, the DDP world.
+    """What the training batch samplers share: the epoch Lightning sets, a resume point, the world.
 
     Subclasses set ``epoch``, ``start``, ``_num_replicas`` and ``_rank`` and define ``__len__``.
     """
 
     epoch: int
-    start: int  # batches of this epoch already trained (set by resume, consumed by the next iteration)
+    start: int  # batches of this epoch already trained (set by resume, used by the next iteration)
     _num_replicas: int | None
     _rank: int | None
 
     @property
     def sampler(self) -> EpochBatchSampler:
-        """Lightning calls ``set_epoch`` on ``loader.batch_sampler.sampler`` (the index sampler of torch's
-        ``BatchSampler``); this batch sampler orders the indices itself."""
+        """Lightning calls ``set_epoch`` on ``loader.batch_sampler.sampler`` (torch's
+        ``BatchSampler``'s index sampler); this batch sampler orders the indices itself."""
         return self
 
     def set_epoch(self, epoch: int) -> None:
@@ -73,7 +73,8 @@ class EpochBatchSampler(Sampler[list]):
         self.epoch = epoch
 
     def resume(self, epoch: int, batches_done: int) -> None:
-        """Continue ``epoch`` after its first ``batches_done`` batches (the next epoch when it has no more)."""
+        """Continue ``epoch`` after its first ``batches_done`` batches (the next epoch when it has
+        no more)."""
         self.epoch, self.start = epoch, batches_done
         if batches_done >= len(self):
             self.epoch, self.start = epoch + 1, 0
@@ -89,39 +90,20 @@ class EpochBatchSampler(Sampler[list]):
 
 
 class BucketBatchSampler(EpochBatchSampler):
-    """Batches of similar-length utterances, bounded by padded audio seconds, DDP-aware and resumable.
+    """Batches of similar-length utterances bounded by padded audio seconds; DDP-aware, resumable.
 
-    Utterances are split by duration into ``num_buckets`` equal-count buckets. Each epoch, the order within
-    each bucket and the order of the batches are shuffled with ``seed + epoch``, so every epoch differs but
-    every run (and every rank) sees the same sequence. A batch holds as many utterances as fit in
-    ``max_batch_seconds`` of *padded* audio (longest utterance x count), so memory is bounded.
-
-    Under DDP (training) each bucket's batches are dealt out in groups of ``world_size``, one batch per rank, and
-    the groups are shuffled: at every step all ranks hold batches of the same bucket, so no rank waits for another
-    one's longer utterances, and all run the same number of steps. The batches left over in each bucket are grouped
-    with the neighbouring buckets' leftovers; the last fewer than ``world_size`` of those are left out of the epoch
-    (the next shuffle leaves out others). Evaluation (``drop_last=False``) deals the batches out in turn and repeats
-    none, so every utterance is scored once. Rank and world size are read from ``torch.distributed`` when it is
-    initialised, else from the arguments.
-
-    Epoch length: the shuffle packs each epoch into a slightly different number of batches, but Lightning fixes an
-    epoch's length when it builds the loader, from ``len()``. So for training ``len()`` is epoch 0's count on every
-    epoch, and the sampler holds each epoch to it: an epoch packed into more batches leaves its last ones out (other
-    utterances each epoch), one packed into fewer ends early. An epoch thus has the same length whether the loader
-    was built at the run's start or on a resume in a later epoch.
-
-    Resuming: :meth:`resume` sets the epoch and how many of its batches were already trained; the next iteration
-    starts after them (their audio is never read). With ``draw_seeds`` each item is ``(index, seed)``: the
-    utterance's augmentation draws (speed perturbation) come from that seed, a function of ``seed``, the epoch and
-    the utterance, so they do not depend on loader workers, prefetching or where a run was resumed.
+    Buckets of equal count by duration, shuffled with ``seed + epoch``; a batch holds as many
+    utterances as fit in ``max_batch_seconds`` of padded audio. Under DDP every rank gets a batch
+    of the same bucket at each step; a training epoch always has epoch 0's length. How batches are
+    packed, dealt to ranks and resumed: see docs/data.md.
 
     Args:
         durations: seconds per utterance, in dataset order.
         max_batch_seconds: bound on longest-duration x batch-size.
         num_buckets: number of duration buckets (1 = global shuffle, padding grows).
         shuffle: shuffle within buckets and across batches each epoch.
-        drop_last: under DDP, leave out the batches that do not fill a group of ranks (training), else deal out
-            all of them (evaluation; ranks may differ by one batch).
+        drop_last: under DDP, leave out the batches that do not fill a group of ranks (training),
+            else deal out all of them (evaluation; ranks may differ by one batch).
         seed: base seed of the per-epoch shuffle.
         draw_seeds: yield ``(index, seed)`` items instead of indices.
         num_replicas, rank: override the distributed world (for tests).
@@ -141,7 +123,7 @@ class BucketBatchSampler(EpochBatchSampler):
     ) -> None:
         if max_batch_seconds <= 0:
             raise ValueError(f"data.max_batch_seconds must be > 0, got {max_batch_seconds}")
-        self.durations = np.asarray(durations)  # a float32 array (a manifest table's) is kept, not copied
+        self.durations = np.asarray(durations)  # a table's float32 array is kept, not copied
         if self.durations.dtype not in (np.float32, np.float64):
             self.durations = self.durations.astype(np.float64)
         self.max_batch_seconds = float(max_batch_seconds)
@@ -151,24 +133,24 @@ class BucketBatchSampler(EpochBatchSampler):
         self.seed = seed
         self.draw_seeds = draw_seeds
         self.epoch = 0
-        self.start = 0  # batches of this epoch already trained (set by resume, consumed by the next iteration)
+        self.start = 0  # batches of this epoch already trained (set by resume)
         self._num_replicas = num_replicas
         self._rank = rank
-        self._epoch_length: dict[tuple[int, int], int] = {}  # (world, rank) -> training batches per epoch
+        # (world, rank) -> training batches per epoch
+        self._epoch_length: dict[tuple[int, int], int] = {}
         order = np.argsort(self.durations, kind="stable")
-        self._order = order.astype(np.int32) if len(order) < 2**31 else order  # utterances by duration
+        # utterances by duration
+        self._order = order.astype(np.int32) if len(order) < 2**31 else order
         self._buckets = [b for b in np.array_split(self._order, self.num_buckets) if len(b)]
 
-
-
     def _bucket_batches(self, rng: random.Random) -> list[_Batches]:
-        """Each bucket's batches (utterances shuffled within the bucket), as slices of one index array."""
+        """Each bucket's batches (shuffled within the bucket), as slices of one index array."""
         order = self._order.copy()
         out, first = [], 0
         for bucket in self._buckets:
             idx = order[first: first + len(bucket)]
             if self.shuffle:
-                # shuffled in place: random.shuffle only swaps, so the order is that of a shuffled list
+                # in place: random.shuffle only swaps, so the order is that of a shuffled list
                 rng.shuffle(memoryview(idx))
             cuts = array("q", [first])  # where each batch starts
             size, longest = 0, 0.0
@@ -185,7 +167,8 @@ class BucketBatchSampler(EpochBatchSampler):
         return out
 
     def _epoch_batches(self, epoch: int | None = None) -> _Batches:
-        """This rank's batches of ``epoch`` (default: the current one), whole (not held to :meth:`__len__`)."""
+        """This rank's batches of ``epoch`` (default: the current one), whole (not held to
+        :meth:`__len__`)."""
         rng = random.Random(self.seed + (self.epoch if epoch is None else epoch))
         per_bucket = self._bucket_batches(rng)
         if not per_bucket:
@@ -199,9 +182,10 @@ class BucketBatchSampler(EpochBatchSampler):
                 whole.append(np.arange(first, cut))
                 rest.append(np.arange(cut, first + len(b)))
                 first += len(b)
-            # each bucket's remainder, in duration order: grouped with the neighbouring buckets' remainders
+            # each bucket's remainder, in duration order: grouped with its neighbours' remainders
             left = np.concatenate(rest)
-            grouped = np.concatenate([*whole, left[: len(left) // world * world]])  # group g: [g * world, +world)
+            # group g: [g * world, +world)
+            grouped = np.concatenate([*whole, left[: len(left) // world * world]])
             groups = np.arange(len(grouped) // world, dtype=np.int64)
             if self.shuffle:
                 rng.shuffle(memoryview(groups))
@@ -227,14 +211,15 @@ class BucketBatchSampler(EpochBatchSampler):
             yield from (batches[k] for k in range(start, stop))
             return
         # one seed per utterance and epoch, the same on every rank and in every run
-        seeds = np.random.default_rng([self.seed, self.epoch]).integers(2**62, size=len(self.durations))
+        seeds = np.random.default_rng([self.seed, self.epoch]).integers(
+            2**62, size=len(self.durations))
         for k in range(start, stop):
             b = batches.indices(k)
             yield list(zip(b.tolist(), seeds[b].tolist(), strict=True))
 
     def __len__(self) -> int:
-        """Batches of a whole epoch on this rank (a resumed epoch yields the ones after :attr:`start`): for training
-        epoch 0's count, whatever the epoch (see the class docstring)."""
+        """Batches of a whole epoch on this rank (a resumed epoch yields the ones after
+        :attr:`start`); for training, epoch 0's count whatever the epoch (see docs/data.md)."""
         if not self.drop_last:
             return len(self._epoch_batches())
         world = self.world

@@ -25,14 +25,15 @@ from asr.text import normalize_text
 log = logging.getLogger(__name__)
 
 
-
 class _StreamReader:
-    """One stream's position in its shards, and the utterances of the buffer being batched (compressed bytes)."""
+    """One stream's position in its shards, and the utterances (compressed bytes) of the buffer
+    being batched."""
 
     def __init__(self, index: ShardIndex) -> None:
         self.index = index
         self.key: tuple[int, int, int] | None = None  # (epoch, stream, buffer) held in `samples`
-        self.samples: dict[tuple[int, int], dict | str] = {}  # (shard, member) -> WebDataset sample, or why not
+        # (shard, member) -> WebDataset sample, or why not
+        self.samples: dict[tuple[int, int], dict | str] = {}
         self.shard: int | None = None
         self.position = 0  # the next member of the open shard
         self.handle = None
@@ -59,8 +60,9 @@ class _StreamReader:
         return sample
 
     def load(self, batch: ShardBatch) -> None:
-        """Read the buffer ``batch`` is cut from, unless it is the one held: continue the open shard where it
-        stands, or open the span's shard and skip (without decoding) to its first member."""
+        """Read the buffer ``batch`` is cut from, unless it is the one held: continue the open
+        shard where it stands, or open the span's shard and skip (without decoding) to its first
+        member."""
         key = (batch.epoch, batch.stream, batch.buffer)
         if key == self.key:
             return
@@ -81,15 +83,17 @@ class _StreamReader:
                 self.close()
 
     def take(self, shard: int, member: int) -> dict | str:
-        return self.samples.pop((shard, member), f"shard {self.index.url(shard)} member {member}: not read")
+        return self.samples.pop((shard, member),
+                                f"shard {self.index.url(shard)} member {member}: not read")
 
 
 class ShardDataset(Dataset):
-    """Planned batches (:class:`~asr.data.shard_loader.ShardBatch`) -> lists of :class:`~asr.data.dataset.Item` or
-    :class:`~asr.data.dataset.LoadFailure`, as :class:`~asr.data.dataset.AudioDataset` yields them.
+    """Planned batches (:class:`~asr.data.shard_loader.ShardBatch`) -> lists of
+    :class:`~asr.data.dataset.Item` or :class:`~asr.data.dataset.LoadFailure`, as
+    :class:`~asr.data.dataset.AudioDataset` yields them.
 
-    Utterances the run's :class:`~asr.data.filter.UtteranceFilter` rejects (text outside the tokenizer, too short
-    for CTC) come back as failures too, with the reason: ``collate`` drops them and the log names them once.
+    Utterances the run's :class:`~asr.data.filter.UtteranceFilter` rejects come back as failures
+    too, with the reason: ``collate`` drops them and the log names them once.
 
     Args:
         index: the shards.
@@ -115,37 +119,44 @@ class ShardDataset(Dataset):
         return {**self.__dict__, "_readers": {}, "_at": (-1, -1)}
 
     def __getitem__(self, item: int) -> Item | LoadFailure:
-        raise TypeError("ShardDataset reads whole planned batches (__getitems__), not single utterances")
+        raise TypeError("ShardDataset reads whole planned batches (__getitems__), "
+                        "not single utterances")
 
     def __getitems__(self, batch: ShardBatch) -> list[Item | LoadFailure]:
-        if batch.epoch != self._at[0] or batch.position <= self._at[1]:  # a new epoch, or one read again: afresh
+        # a new epoch, or one read again: start afresh
+        if batch.epoch != self._at[0] or batch.position <= self._at[1]:
             for reader in self._readers.values():
                 reader.close()
             self._readers = {}
         self._at = (batch.epoch, batch.position)
         reader = self._readers.setdefault(batch.stream, _StreamReader(self.index))
         reader.load(batch)
-        return [self._item(reader.take(shard, member), seed) for shard, member, seed in batch.members]
+        return [self._item(reader.take(shard, member), seed)
+                for shard, member, seed in batch.members]
 
     def _item(self, sample: dict | str, seed: int) -> Item | LoadFailure:
         if isinstance(sample, str):
-            return LoadFailure(sample.split(" ", 2)[1] if sample.startswith("shard ") else "?", sample)
+            return LoadFailure(sample.split(" ", 2)[1] if sample.startswith("shard ") else "?",
+                               sample)
         where = f"{sample.get('__url__')} {sample['__key__']}"
         try:
             record = json.loads(sample["json"])
             audio = next(v for k, v in sample.items() if not k.startswith("__") and k != "json")
             wav = load_audio(io.BytesIO(audio), self.sample_rate)
-        except (KeyError, StopIteration, json.JSONDecodeError, sf.LibsndfileError, RuntimeError, ValueError) as err:
+        except (KeyError, StopIteration, json.JSONDecodeError, sf.LibsndfileError, RuntimeError,
+                ValueError) as err:
             return LoadFailure(where, f"{where}: {err.__class__.__name__}: {err}")
         uid = record.get("id", where)
         if (why := bad_samples(wav)) is not None:
             return LoadFailure(uid, f"{where}: {why}")
-        utt = Utterance(record.get("audio_filepath", ""), float(record["duration"]), str(record["text"]), uid)
+        utt = Utterance(record.get("audio_filepath", ""), float(record["duration"]),
+                        str(record["text"]), uid)
         frames = self.rule.frames([utt])
         rejected = self.rule.reject(utt, frames[0] if frames else None)
         if rejected is not None:
             return LoadFailure(uid, f"{where}: {rejected[1]}")
         if self.speed_perturb:
-            wav = speed_perturb(wav, self.sample_rate, random.Random(seed).choice(self.speed_perturb))
+            wav = speed_perturb(wav, self.sample_rate,
+                                random.Random(seed).choice(self.speed_perturb))
         text = normalize_text(utt.text)
         return Item(wav, encode_labels(text, self.rule.tokenizers), uid, text)

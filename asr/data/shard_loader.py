@@ -1,25 +1,9 @@
-"""Training from tar shards (:mod:`asr.data.shards`): an epoch planned from the index alone, read as streams.
+"""Training from tar shards (:mod:`asr.data.shards`): an epoch planned from the index alone.
 
-The plan. Only ``index.json`` and ``durations.npy`` are read at start-up (4 bytes an utterance). Each epoch, the
-shard order is shuffled with ``seed + epoch`` and the shards are dealt to the run's *streams* (every loader worker
-of every rank), each next shard to the stream with the fewest seconds so far. A stream reads its shards one after the
-other; every ``shuffle_buffer`` consecutive utterances of it are sorted by duration, cut into batches of at most
-``max_batch_seconds`` padded seconds, and those batches shuffled. Every stream then yields the same number of batches
-(the fewest any stream has): so all ranks run the same number of steps, also with uneven shards, and the batches
-beyond that count are left out of this epoch (the next epoch deals the shards differently; the sampler logs how
-many). Under DDP a rank's streams are its own: no two ranks read the same shard.
-
-Reading. The batch sampler runs in the training process and yields, in turn, one batch of each of its rank's
-streams; torch's DataLoader hands the ``n``-th batch to worker ``n % num_workers``, so each worker process always
-gets the same stream's batches, and reads that stream's shards in order (a local path, or any ``pipe:`` command,
-through WebDataset). The first batch of a buffer makes the worker read the buffer's utterances (compressed bytes),
-later ones take theirs from it.
-
-Exact resume. The plan is a function of the index, the seed, the epoch, the world size and the number of workers;
-resuming after ``k`` batches skips them in the plan and each stream reopens its shard at the first utterance of the
-buffer it was in (the utterances before are skipped in the tar without decoding). So a resumed run trains the same
-batches, in the same order, with the same speed-perturbation draws as one that was never stopped, as in file mode,
-provided the world size and ``data.num_workers`` are the same (a warning says when they are not).
+Each epoch the shards are dealt to the run's streams (every loader worker of every rank), each
+read in order; a stream's buffers of utterances are sorted, packed into batches and shuffled, and
+every stream yields the same number of batches. The plan depends only on the index, seed, epoch,
+world size and worker count, so a resumed run trains the same batches. See docs/data.md.
 """
 
 from __future__ import annotations
@@ -43,9 +27,9 @@ class ShardIndex:
     """The shards of ``index.json``: names, where to read them, and every utterance's duration.
 
     Args:
-        folder: the folder holding ``index.json`` and ``durations.npy`` (``python -m asr.shard``'s ``out``).
-        url: where the tars are read from: ``None`` for the folder itself, else a template with ``{name}``, e.g.
-            ``pipe:aws s3 cp s3://bucket/corpus/{name} -`` (a ``pipe:`` command's stdout is read).
+        folder: the folder holding ``index.json`` and ``durations.npy`` (``asr.shard``'s ``out``).
+        url: where the tars are read from: ``None`` for the folder itself, else a template with
+            ``{name}``, e.g. ``pipe:aws s3 cp s3://bucket/corpus/{name} -`` (stdout is read).
     """
 
     def __init__(self, folder: str | os.PathLike, url: str | None = None) -> None:
@@ -53,26 +37,30 @@ class ShardIndex:
         if folder.name == INDEX:
             folder = folder.parent
         if not (folder / INDEX).is_file():
-            raise FileNotFoundError(f"data.train_shards={folder}: no {INDEX} there; write the shards with "
-                                    f"`python -m asr.shard manifest=<train.jsonl> out={folder}`")
+            raise FileNotFoundError(f"data.train_shards={folder}: no {INDEX} there; write the "
+                                    f"shards with `python -m asr.shard manifest=<train.jsonl> "
+                                    f"out={folder}`")
         index = json.loads((folder / INDEX).read_text(encoding="utf-8"))
         self.folder = folder
         self.names = [s["name"] for s in index["shards"]]
         self.counts = np.array([s["utterances"] for s in index["shards"]], dtype=np.int64)
         self.seconds = np.array([s["seconds"] for s in index["shards"]], dtype=np.float64)
-        self.offsets = np.concatenate([[0], np.cumsum(self.counts)])  # global index of each shard's first utterance
-        self.durations = np.load(folder / DURATIONS, mmap_mode="r")  # shared with forked workers, read lazily
+        # global index of each shard's first utterance
+        self.offsets = np.concatenate([[0], np.cumsum(self.counts)])
+        # shared with forked workers, read lazily
+        self.durations = np.load(folder / DURATIONS, mmap_mode="r")
         if len(self.durations) != self.offsets[-1]:
-            raise ValueError(f"{folder / DURATIONS} holds {len(self.durations)} durations, {INDEX} counts "
-                             f"{self.offsets[-1]}: write the shards again")
+            raise ValueError(f"{folder / DURATIONS} holds {len(self.durations)} durations, "
+                             f"{INDEX} counts {self.offsets[-1]}: write the shards again")
         if url is not None and "{name}" not in url:
-            raise ValueError(f"data.shard_url={url!r} must contain {{name}} (e.g. 'pipe:aws s3 cp "
-                             f"s3://bucket/corpus/{{name}} -')")
+            raise ValueError(f"data.shard_url={url!r} must contain {{name}} "
+                             f"(e.g. 'pipe:aws s3 cp s3://bucket/corpus/{{name}} -')")
         self.url_template = url
 
     def url(self, shard: int) -> str:
         name = self.names[shard]
-        return str(self.folder / name) if self.url_template is None else self.url_template.format(name=name)
+        return (str(self.folder / name) if self.url_template is None
+                else self.url_template.format(name=name))
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -82,7 +70,7 @@ class ShardBatch(NamedTuple):
     """One planned batch: which stream reads it, the buffer it is cut from, and its utterances.
 
     ``span``: the buffer's utterances as ``(shard, first, stop)`` member ranges in reading order;
-    ``members``: ``(shard, member, seed)`` of the batch's utterances (``seed``: its augmentation draws).
+    ``members``: ``(shard, member, seed)`` of the batch's utterances (``seed``: augmentation draws).
     """
 
     epoch: int
@@ -94,11 +82,11 @@ class ShardBatch(NamedTuple):
 
 
 def _pack(durations: np.ndarray, max_batch_seconds: float) -> list[np.ndarray]:
-    """Positions of ascending ``durations`` cut into batches of at most ``max_batch_seconds`` padded seconds
-    (longest x count; one utterance always fits)."""
+    """Positions of ascending ``durations`` cut into batches of at most ``max_batch_seconds``
+    padded seconds (longest x count; one utterance always fits)."""
     batches, i, n = [], 0, len(durations)
     while i < n:
-        # the padded size of [i, j) is durations[j - 1] * (j - i): it grows with j, so bisect for the largest j
+        # the padded size of [i, j) is durations[j - 1] * (j - i): it grows with j, so bisect
         lo, hi = i + 1, n
         while lo < hi:
             mid = (lo + hi + 1) // 2
@@ -118,21 +106,22 @@ class _Stream(NamedTuple):
 
 
 class ShardBatchSampler(EpochBatchSampler):
-    """The plan of the module docstring, as a batch sampler (Lightning calls :meth:`set_epoch`; the DataModule
-    :meth:`resume`).
+    """The plan of docs/data.md as a batch sampler (Lightning calls :meth:`set_epoch`; the
+    DataModule :meth:`resume`).
 
     Args:
         index: the shards.
         max_batch_seconds: bound on longest duration x batch size.
-        num_workers: the DataLoader's workers (0 counts as one stream, read in the training process).
-        shuffle_buffer: utterances sorted and batched together (each worker holds one buffer's compressed audio).
+        num_workers: the DataLoader's workers (0 counts as one stream, read in this process).
+        shuffle_buffer: utterances sorted and batched together (one buffer held per worker).
         min_duration, max_duration: utterances outside (seconds) are left out.
         seed: base seed of the shard order, the batch order and the augmentation draws.
         num_replicas, rank: override the distributed world (for tests).
     """
 
-    def __init__(self, index: ShardIndex, max_batch_seconds: float, num_workers: int = 1, shuffle_buffer: int = 500,
-                 min_duration: float = 0.0, max_duration: float = float("inf"), seed: int = 0,
+    def __init__(self, index: ShardIndex, max_batch_seconds: float, num_workers: int = 1,
+                 shuffle_buffer: int = 500, min_duration: float = 0.0,
+                 max_duration: float = float("inf"), seed: int = 0,
                  num_replicas: int | None = None, rank: int | None = None) -> None:
         if max_batch_seconds <= 0:
             raise ValueError(f"data.max_batch_seconds must be > 0, got {max_batch_seconds}")
@@ -149,16 +138,17 @@ class ShardBatchSampler(EpochBatchSampler):
         self._num_replicas, self._rank = num_replicas, rank
         self._length: dict[tuple[int, int], int] = {}
 
-
     def deal(self, epoch: int) -> list[list[int]]:
-        """The shards of every stream (rank-major: rank r's worker w is stream ``r * workers + w``) in ``epoch``."""
+        """The shards of every stream in ``epoch`` (rank-major: rank r's worker w is stream
+        ``r * workers + w``)."""
         world, _ = self.world
         streams = world * self.workers
         if len(self.index.names) < streams:
             raise ValueError(
-                f"data.train_shards: {len(self.index.names)} shards for {world} ranks x {self.workers} loader workers; "
-                f"each worker of each rank reads shards of its own, so write at least {streams} (python -m asr.shard "
-                f"... shard_seconds=<smaller>) or lower data.num_workers")
+                f"data.train_shards: {len(self.index.names)} shards for {world} ranks x "
+                f"{self.workers} loader workers; each worker of each rank reads shards of its own, "
+                f"so write at least {streams} (python -m asr.shard ... shard_seconds=<smaller>) "
+                f"or lower data.num_workers")
         order = np.random.default_rng([self.seed, epoch]).permutation(len(self.index.names))
         load, dealt = np.zeros(streams), [[] for _ in range(streams)]
         for s in order:
@@ -168,9 +158,11 @@ class ShardBatchSampler(EpochBatchSampler):
         return dealt
 
     def _stream(self, shards: list[int], epoch: int, stream: int) -> _Stream:
-        """One stream's batches in ``epoch``: buffers of consecutive utterances, sorted, packed, shuffled."""
+        """One stream's batches in ``epoch``: buffers of consecutive utterances, sorted, packed,
+        shuffled."""
         rng = np.random.default_rng([self.seed, epoch, stream, 1])
-        ids = np.concatenate([np.arange(self.index.offsets[s], self.index.offsets[s + 1]) for s in shards])
+        ids = np.concatenate([np.arange(self.index.offsets[s], self.index.offsets[s + 1])
+                              for s in shards])
         batches, buffers = [], []
         for b, first in enumerate(range(0, len(ids), self.shuffle_buffer)):
             chunk = ids[first: first + self.shuffle_buffer]
@@ -185,7 +177,8 @@ class ShardBatchSampler(EpochBatchSampler):
         return _Stream(shards, batches, buffers)
 
     def _epoch(self, epoch: int) -> tuple[list[_Stream], int, int]:
-        """This rank's streams, the batches each yields (the fewest any stream has), and the batches left out."""
+        """This rank's streams, the batches each yields (the fewest any stream has), and the
+        batches left out."""
         _, rank = self.world
         streams = [self._stream(shards, epoch, k) for k, shards in enumerate(self.deal(epoch))]
         per_stream = min(len(s.batches) for s in streams)
@@ -193,7 +186,8 @@ class ShardBatchSampler(EpochBatchSampler):
         return streams[rank * self.workers: (rank + 1) * self.workers], per_stream, left_out
 
     def __len__(self) -> int:
-        """Batches a rank trains per epoch: epoch 0's count on every epoch (as :class:`BucketBatchSampler`)."""
+        """Batches a rank trains per epoch: epoch 0's count on every epoch (as
+        :class:`BucketBatchSampler`)."""
         world = self.world
         if world not in self._length:
             self._length[world] = self._epoch(0)[1] * self.workers
@@ -216,21 +210,25 @@ class ShardBatchSampler(EpochBatchSampler):
         streams, per_stream, left_out = self._epoch(epoch)
         total = min(per_stream * self.workers, len(self))
         if left_out and start == 0:
-            log.info("epoch %d: %d batches of the shards' streams left out so that every stream yields %d",
-                     epoch, left_out, per_stream)
+            log.info("epoch %d: %d batches of the shards' streams left out "
+                     "so that every stream yields %d", epoch, left_out, per_stream)
         for n in range(start, total):
             k, t = n % self.workers, n // self.workers
             stream = streams[k]
             idx = stream.batches[t]
             shard = np.searchsorted(self.index.offsets, idx, side="right") - 1
-            members = tuple((int(s), int(i - self.index.offsets[s]), _draw_seed(self.seed, epoch, int(i)))
+            members = tuple((int(s), int(i - self.index.offsets[s]),
+                             _draw_seed(self.seed, epoch, int(i)))
                             for s, i in zip(shard, idx, strict=True))
-            yield ShardBatch(epoch, n, k, stream.buffers[t], self._span(stream, stream.buffers[t]), members)
+            yield ShardBatch(epoch, n, k, stream.buffers[t], self._span(stream, stream.buffers[t]),
+                             members)
 
 
 def _draw_seed(seed: int, epoch: int, utterance: int) -> int:
-    """The seed of an utterance's augmentation draws in an epoch: the same on every rank, worker and resume."""
-    x = (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + utterance * 0x94D049BB133111EB) & (2**64 - 1)
+    """The seed of an utterance's augmentation draws in an epoch: the same on every rank, worker
+    and resume."""
+    x = (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9
+         + utterance * 0x94D049BB133111EB) & (2**64 - 1)
     x ^= x >> 31
     x = (x * 0xD6E8FEB86659FD93) & (2**64 - 1)
     return int(x ^ (x >> 32)) & (2**62 - 1)

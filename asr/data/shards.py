@@ -1,18 +1,10 @@
-"""A manifest as tar shards (WebDataset layout) for training at scale: a few large sequential reads instead of millions
-of small random ones, and no manifest held in memory.
+"""A manifest as tar shards (WebDataset layout) for training at scale: a few large sequential
+reads instead of millions of small random ones, and no manifest held in memory.
 
-Each utterance is two members of a shard, written by WebDataset's ``TarWriter``::
-
-    000000417.flac   the original audio file's bytes (no re-encoding; the extension is the file's own)
-    000000417.json   {"id", "text", "duration", "speaker", "audio_filepath"}: its manifest record
-
-The key is the utterance's position in the (shuffled) corpus. Shards are cut by seconds of audio
-(``shard_seconds``), so they hold similar amounts of training work. Beside each ``shard-NNNNNN.tar`` lies its index
-``shard-NNNNNN.json`` (ids and durations in member order, the tar's size and SHA-256); it is written last, so a
-shard with an index is complete and a cut run continues with the first shard that has none. When every shard is
-written, ``index.json`` lists them (name, utterances, seconds, bytes, sha256) and ``durations.npy`` holds every
-utterance's duration (float32, shard after shard): the two files training reads at start-up, wherever the tars
-themselves live.
+Each utterance is its audio file's bytes and its manifest record as JSON. Shards are cut by seconds
+of audio; each ``shard-NNNNNN.tar`` gets an index ``shard-NNNNNN.json`` written last (so a cut run
+resumes), and ``index.json`` plus ``durations.npy`` are what training reads at start-up. See
+docs/data.md.
 """
 
 from __future__ import annotations
@@ -65,8 +57,8 @@ def shard_name(i: int) -> str:
 
 
 def cut(durations: Sequence[float], shard_seconds: float) -> list[range]:
-    """Consecutive ranges of utterances holding about ``shard_seconds`` of audio each (a shard closes once it
-    reaches that many seconds; every shard holds at least one utterance)."""
+    """Consecutive ranges of utterances holding about ``shard_seconds`` of audio each (a shard
+    closes once it reaches that many seconds; every shard holds at least one utterance)."""
     if shard_seconds <= 0:
         raise ValueError(f"shard_seconds must be > 0, got {shard_seconds}")
     ranges, start, total = [], 0, 0.0
@@ -87,35 +79,37 @@ def _write_json(path: Path, obj: dict) -> None:
 
 
 def _write_shard(path: Path, utts: Sequence[Utterance], first_key: int) -> dict:
-    """One tar shard and its index; utterances whose audio cannot be read are left out and listed."""
+    """One tar shard and its index; utterances whose audio cannot be read are left out, listed."""
     tmp = path.with_name(path.name + ".tmp")
     out = _HashingFile(tmp)
-    writer = wds.TarWriter(out, mtime=0.0)  # mtime 0: the same corpus gives the same bytes (and checksums)
+    writer = wds.TarWriter(out, mtime=0.0)  # mtime 0: the same corpus gives the same bytes
     ids, durations, missing = [], [], []
     for k, u in enumerate(utts):
         try:
             audio = Path(u.audio_filepath).read_bytes()
         except OSError as err:
-            missing.append({"id": u.id, "audio_filepath": u.audio_filepath, "reason": f"{err.__class__.__name__}: "
-                                                                                     f"{err}"})
+            missing.append({"id": u.id, "audio_filepath": u.audio_filepath,
+                            "reason": f"{err.__class__.__name__}: {err}"})
             continue
         ext = Path(u.audio_filepath).suffix.lstrip(".").lower() or "audio"
         record = {"id": u.id, "text": u.text, "duration": u.duration, "speaker": u.speaker,
                   "audio_filepath": u.audio_filepath}
-        writer.write({"__key__": f"{first_key + k:09d}", ext: audio, "json": json.dumps(record).encode()})
+        writer.write({"__key__": f"{first_key + k:09d}", ext: audio,
+                      "json": json.dumps(record).encode()})
         ids.append(u.id)
         durations.append(u.duration)
     writer.close()
     out.close()
     os.replace(tmp, path)
-    index = {"name": path.name, "utterances": len(ids), "seconds": round(sum(durations), 3), "bytes": out.bytes,
-             "sha256": out.sha256.hexdigest(), "ids": ids, "durations": durations, "missing": missing}
+    index = {"name": path.name, "utterances": len(ids), "seconds": round(sum(durations), 3),
+             "bytes": out.bytes, "sha256": out.sha256.hexdigest(), "ids": ids,
+             "durations": durations, "missing": missing}
     _write_json(path.with_suffix(".json"), index)
     return index
 
 
 def _done(path: Path) -> dict | None:
-    """A shard's index when the shard is complete (its index written and its size as recorded), else None."""
+    """A shard's index when the shard is complete (index written, size as recorded), else None."""
     side = path.with_suffix(".json")
     if not side.is_file() or not path.is_file():
         return None
@@ -123,16 +117,16 @@ def _done(path: Path) -> dict | None:
     return index if path.stat().st_size == index["bytes"] else None
 
 
-def write_shards(manifest: str | os.PathLike, out: str | os.PathLike, shard_seconds: float = 1000.0,
-                 shuffle: bool = True, seed: int = 0) -> dict:
-    """Write ``manifest``'s utterances as tar shards into ``out`` (see the module docstring); returns ``index.json``.
+def write_shards(manifest: str | os.PathLike, out: str | os.PathLike,
+                 shard_seconds: float = 1000.0, shuffle: bool = True, seed: int = 0) -> dict:
+    """Write ``manifest``'s utterances as tar shards into ``out``; returns ``index.json``.
 
     Args:
         manifest: a JSONL manifest (:mod:`asr.data.manifest`).
         out: the folder for the shards; a run cut short continues where it stopped (same settings).
-        shard_seconds: seconds of audio per shard (default 1000: ~60 MB of LibriSpeech FLAC).
-        shuffle: shuffle the utterances (with ``seed``) before cutting, so each shard mixes speakers; training
-            shuffles shards and a buffer within them, not the whole corpus.
+        shard_seconds: seconds of audio per shard.
+        shuffle: shuffle the utterances (with ``seed``) before cutting, so each shard mixes
+            speakers (training shuffles shards and buffers within them, not the whole corpus).
         seed: the shuffle's seed.
     """
     out = Path(out)
@@ -140,14 +134,16 @@ def write_shards(manifest: str | os.PathLike, out: str | os.PathLike, shard_seco
     utts = read_manifest(manifest)
     if not utts:
         raise ValueError(f"manifest {manifest} has no utterances to shard")
-    settings = {"format": FORMAT, "manifest": str(Path(manifest).resolve()), "utterances": len(utts),
-                "shard_seconds": shard_seconds, "shuffle": shuffle, "seed": seed}
+    settings = {"format": FORMAT, "manifest": str(Path(manifest).resolve()),
+                "utterances": len(utts), "shard_seconds": shard_seconds, "shuffle": shuffle,
+                "seed": seed}
     marker = out / ".settings.json"
     if marker.is_file():
         before = json.loads(marker.read_text(encoding="utf-8"))
         if before != settings:
-            raise ValueError(f"{out} holds shards written with other settings ({before}); to write these "
-                             f"({settings}) remove the folder or choose another out=")
+            raise ValueError(f"{out} holds shards written with other settings ({before}); "
+                             f"to write these ({settings}) remove the folder or choose another "
+                             "out=")
     else:
         _write_json(marker, settings)
     order = list(range(len(utts)))
@@ -155,7 +151,8 @@ def write_shards(manifest: str | os.PathLike, out: str | os.PathLike, shard_seco
         random.Random(seed).shuffle(order)
     ranges = cut([utts[i].duration for i in order], shard_seconds)
     shards, resumed = [], 0
-    for i, r in enumerate(tqdm(ranges, desc=f"sharding {manifest}", unit="shard", disable=None)):
+    for i, r in enumerate(tqdm(ranges, desc=f"sharding {manifest}", unit="shard",
+                               disable=None)):
         path = out / shard_name(i)
         index = _done(path)
         if index is None:
@@ -164,31 +161,35 @@ def write_shards(manifest: str | os.PathLike, out: str | os.PathLike, shard_seco
             resumed += 1
         shards.append(index)
     if resumed:
-        log.info("%d of %d shards were already written (a cut run continued)", resumed, len(ranges))
+        log.info("%d of %d shards were already written (a cut run continued)", resumed,
+                 len(ranges))
     return _write_index(out, shards, settings)
 
 
 def _write_index(out: Path, shards: list[dict], settings: dict) -> dict:
-    """``index.json`` (the shard list) and ``durations.npy``, written once every shard is complete."""
+    """``index.json`` (the shard list) and ``durations.npy``, once every shard is complete."""
     durations = np.concatenate([np.asarray(s["durations"], dtype=np.float32) for s in shards])
     tmp = out / (DURATIONS + ".tmp")
     with tmp.open("wb") as f:
         np.save(f, durations)
     os.replace(tmp, out / DURATIONS)
     missing = [m for s in shards for m in s["missing"]]
-    index = {**settings, "utterances": int(len(durations)), "seconds": round(float(durations.sum(dtype=np.float64)),
-                                                                              3),
+    index = {**settings, "utterances": int(len(durations)),
+             "seconds": round(float(durations.sum(dtype=np.float64)), 3),
              "missing": missing,
-             "shards": [{k: s[k] for k in ("name", "utterances", "seconds", "bytes", "sha256")} for s in shards]}
+             "shards": [{k: s[k] for k in ("name", "utterances", "seconds", "bytes", "sha256")}
+                        for s in shards]}
     _write_json(out / INDEX, index)
     if missing:
-        log.warning("%d utterances left out: their audio could not be read (listed under \"missing\" in %s): %s",
+        log.warning("%d utterances left out: their audio could not be read "
+                    "(listed under \"missing\" in %s): %s",
                     len(missing), out / INDEX, ", ".join(m["id"] for m in missing[:10]))
     return index
 
 
 def verify_shards(folder: str | os.PathLike) -> list[str]:
-    """Problems found re-reading every shard of ``folder`` against ``index.json`` (size and SHA-256); [] when none."""
+    """Problems found re-reading every shard of ``folder`` against ``index.json`` (size and
+    SHA-256); [] when none."""
     folder = Path(folder)
     index = json.loads((folder / INDEX).read_text(encoding="utf-8"))
     problems = []
@@ -202,5 +203,6 @@ def verify_shards(folder: str | os.PathLike) -> list[str]:
             while chunk := f.read(1 << 20):
                 digest.update(chunk)
         if digest.hexdigest() != s["sha256"]:
-            problems.append(f"{path}: SHA-256 {digest.hexdigest()} differs from the index's {s['sha256']}")
+            problems.append(f"{path}: SHA-256 {digest.hexdigest()} differs from the index's "
+                            f"{s['sha256']}")
     return problems

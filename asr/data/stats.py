@@ -1,4 +1,4 @@
-"""Global feature statistics (``features.normalize=global``): channel means and deviations of the log-Mel energies
+"""Global feature statistics (``features.normalize=global``): log-Mel channel means and deviations
 over a fixed random subset of the training manifest, set on the features before training."""
 
 from __future__ import annotations
@@ -18,12 +18,13 @@ from asr.features import LogMelFeatures, global_stats
 log = logging.getLogger(__name__)
 
 
-def fit_global_stats(features: LogMelFeatures, manifest: str, max_utterances: int, seed: int) -> dict:
-    """Set ``features``' global statistics from (a fixed random subset of at most ``max_utterances`` of) the
-    utterances of ``manifest``. Files that fail to load are skipped, as training skips them.
+def fit_global_stats(features: LogMelFeatures, manifest: str, max_utterances: int,
+                     seed: int) -> dict:
+    """Set ``features``' global statistics from at most ``max_utterances`` (a fixed random subset)
+    of ``manifest``. Files that fail to load are skipped, as training skips them.
 
     Returns:
-        ``{"utterances": used, "manifest", "mean": [...], "std": [...]}`` (what ``global_stats.json`` holds).
+        ``{"utterances": used, "manifest", "mean", "std"}``, what ``global_stats.json`` holds.
     """
     utts = read_manifest(manifest)
     if len(utts) > max_utterances:
@@ -33,7 +34,8 @@ def fit_global_stats(features: LogMelFeatures, manifest: str, max_utterances: in
 
     def waveforms() -> Iterator[torch.Tensor]:
         nonlocal used
-        for u in tqdm(utts, desc="global feature statistics", unit="utt", leave=False, disable=None):
+        for u in tqdm(utts, desc="global feature statistics", unit="utt", leave=False,
+                      disable=None):
             try:
                 wav = load_audio(u.audio_filepath, rate)
             except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as err:
@@ -48,4 +50,5 @@ def fit_global_stats(features: LogMelFeatures, manifest: str, max_utterances: in
     mean, std = global_stats(features, waveforms())
     features.set_global_stats(mean, std)
     log.info("global feature statistics from %d of %d utterances of %s", used, len(utts), manifest)
-    return {"utterances": used, "manifest": str(manifest), "mean": mean.tolist(), "std": std.tolist()}
+    return {"utterances": used, "manifest": str(manifest), "mean": mean.tolist(),
+            "std": std.tolist()}

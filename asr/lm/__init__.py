@@ -1,1 +1,2 @@
-"""n-gram language models for beam search: estimated from transcripts, optionally with spelled-out words."""
+"""n-gram language models for beam search: estimated from transcripts, optionally with spelled-out
+words."""

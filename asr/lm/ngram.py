@@ -2,17 +2,9 @@
 
     python -m asr.lm manifest=data/an4/train.jsonl out_dir=data/an4/lm order=3
 
-writes ``<out_dir>/lexicon.txt`` (one word a line, then its spelling) and ``<out_dir>/<order>-gram.arpa``,
-which ``decoder=beam_lm decoder.lexicon=... decoder.lm=...`` reads. A ``.done`` marker (holding the settings)
-makes a rerun with the same settings skip the stage.
-
-``spell=<word list>`` adds each word of a word list (``python -m asr.lm.wordlist``) spelled out as a sentence of
-letters (``pittsburgh`` -> ``p i t t s b u r g h``), for corpora where speakers spell words letter by letter
-(AN4): a model whose classes are letters and words then gets an LM that knows English spelling, which the
-transcripts alone (a few hundred names) cannot teach it.
-
-KenLM's ``lmplz`` is a C++ build and the ``kenlm`` pip package has no wheel and cannot estimate
-models, so this small, dependency-free writer covers corpora the size of a recipe's transcripts.
+writes ``<out_dir>/lexicon.txt`` and ``<out_dir>/<order>-gram.arpa`` for ``decoder=beam_lm``;
+``spell=<word list>`` adds its words spelled out letter by letter. Why spelled words, and why not
+KenLM's ``lmplz``: see docs/report.md.
 """
 
 from __future__ import annotations
@@ -36,7 +28,8 @@ _LETTERS = re.compile(r"[a-z]+")  # the words spelled_words keeps
 
 
 def _discount(counts: Iterable[int]) -> float:
-    """Kneser-Ney's single discount ``n1 / (n1 + 2 n2)`` from counts-of-counts, kept inside (0, 1)."""
+    """Kneser-Ney's single discount ``n1 / (n1 + 2 n2)`` from counts-of-counts, kept inside
+    (0, 1)."""
     hist = Counter(counts)
     n1, n2 = hist.get(1, 0), hist.get(2, 0)
     if n1 == 0 or n2 == 0:
@@ -44,9 +37,10 @@ def _discount(counts: Iterable[int]) -> float:
     return min(max(n1 / (n1 + 2 * n2), 0.05), 0.95)
 
 
-def _counts(sentences: Sequence[Sequence[str]], order: int) -> tuple[list[Counter], list[Counter]]:
-    """Raw n-gram counts per order, and Kneser-Ney's adjusted ones: raw for the top order and for n-grams after
-    ``<s>``, continuation counts (distinct words before the n-gram) otherwise."""
+def _counts(sentences: Sequence[Sequence[str]],
+            order: int) -> tuple[list[Counter], list[Counter]]:
+    """Raw n-gram counts per order, and Kneser-Ney's adjusted ones: raw for the top order and for
+    n-grams after ``<s>``, continuation counts (distinct words before the n-gram) otherwise."""
     raw: list[Counter] = [Counter() for _ in range(order + 1)]  # raw[n][ngram]
     for words in sentences:
         padded = [BOS, *words, EOS]
@@ -70,12 +64,10 @@ def _counts(sentences: Sequence[Sequence[str]], order: int) -> tuple[list[Counte
 def kneser_ney(
     sentences: Sequence[Sequence[str]], order: int = 3
 ) -> list[dict[tuple[str, ...], tuple[float, float]]]:
-    """Estimate an interpolated Kneser-Ney n-gram model.
+    """Estimate an interpolated Kneser-Ney n-gram model (counts: :func:`_counts`).
 
-    The highest order uses raw counts, lower orders continuation counts (how many distinct words precede the
-    n-gram), except n-grams starting with ``<s>``, which nothing precedes. Unigrams are interpolated with
-    the uniform distribution, so ``<unk>`` gets probability mass. Written as a backoff model, an interpolated
-    model's backoff weight of a history is its interpolation weight.
+    Unigrams are interpolated with the uniform distribution, so ``<unk>`` gets probability mass; a
+    history's backoff weight in the ARPA file is its interpolation weight.
 
     Args:
         sentences: word sequences (without ``<s>``/``</s>``).
@@ -85,7 +77,8 @@ def kneser_ney(
         one ``{ngram: (log10 prob, log10 backoff)}`` dict per order, unigrams first.
     """
     if order < 2:
-        raise ValueError(f"order must be >= 2 (the decoder's KenLM needs at least a bigram), got {order}")
+        raise ValueError(f"order must be >= 2 (the decoder's KenLM needs at least a bigram), "
+                         f"got {order}")
     raw, adjusted = _counts(sentences, order)
 
     vocab = {w for (w,) in raw[1]} | {UNK}
@@ -102,7 +95,8 @@ def kneser_ney(
             gammas[n][hist] = d * types[hist] / total
         for gram, c in adjusted[n].items():
             hist = gram[:-1]
-            lower = 1.0 / (len(vocab) - 1) if n == 1 else _prob(probs, gammas, gram[1:], len(vocab))
+            lower = (1.0 / (len(vocab) - 1) if n == 1
+                     else _prob(probs, gammas, gram[1:], len(vocab)))
             probs[n][gram] = (c - d) / totals[hist] + gammas[n][hist] * lower
         if n == 1:
             probs[1][(UNK,)] = gammas[1][()] / (len(vocab) - 1)
@@ -123,7 +117,8 @@ def _log10_or_zero(x: float | None) -> float:
 
 
 def _prob(probs: list[dict], gammas: list[dict], gram: tuple[str, ...], vocab_size: int) -> float:
-    """Interpolated probability of ``gram`` from the orders already estimated (backing off as needed)."""
+    """Interpolated probability of ``gram`` from the orders already estimated (backing off as
+    needed)."""
     n = len(gram)
     if n == 1:
         return probs[1].get(gram, gammas[1][()] / (vocab_size - 1))
@@ -132,7 +127,8 @@ def _prob(probs: list[dict], gammas: list[dict], gram: tuple[str, ...], vocab_si
     return gammas[n].get(gram[:-1], 1.0) * _prob(probs, gammas, gram[1:], vocab_size)
 
 
-def write_arpa(model: list[dict[tuple[str, ...], tuple[float, float]]], path: str | os.PathLike) -> None:
+def write_arpa(model: list[dict[tuple[str, ...], tuple[float, float]]],
+               path: str | os.PathLike) -> None:
     """Write :func:`kneser_ney`'s tables in ARPA format (read by KenLM, SRILM, flashlight)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -155,14 +151,14 @@ def spelled_words(path: str | os.PathLike, top: int | None = None) -> list[list[
     """The words of a word list, each spelled out as a list of its letters.
 
     Args:
-        path: UTF-8 text, one word a line (anything after a tab is ignored, e.g. a frequency), most frequent
-            first; words are normalised like transcripts, and those with anything but the letters a-z
-            (digits, apostrophes, accents) are left out.
+        path: UTF-8 text, one word a line (anything after a tab is ignored), most frequent first;
+            words are normalised like transcripts, those with anything but a-z are left out.
         top: keep the first ``top`` usable words (None: all).
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"spell={path}: no such word list (write one with `python -m asr.lm.wordlist`)")
+        raise FileNotFoundError(f"spell={path}: no such word list "
+                                "(write one with `python -m asr.lm.wordlist`)")
     words: list[list[str]] = []
     seen: set[str] = set()
     with path.open(encoding="utf-8") as f:
@@ -179,7 +175,6 @@ def spelled_words(path: str | os.PathLike, top: int | None = None) -> list[list[
     return words
 
 
-
 def build_lm(
     manifests: Sequence[str],
     out_dir: str,
@@ -188,16 +183,15 @@ def build_lm(
     spell_top: int | None = None,
     transcript_repeat: int = 1,
 ) -> dict[str, str]:
-    """Lexicon + ARPA LM from the normalised transcripts of ``manifests``.
-
-    Skipped when ``<out_dir>/.done.<order>-gram`` holds the same settings.
+    """Lexicon + ARPA LM from the normalised transcripts of ``manifests``; skipped when
+    ``<out_dir>/.done.<order>-gram`` holds the same settings.
 
     Args:
         spell: a word list whose words join the LM's sentences spelled out letter by letter
             (:func:`spelled_words`); the lexicon stays the transcripts' words.
         spell_top: how many of the list's words (None: all).
-        transcript_repeat: count each transcript this many times, so that a long word list does not drown
-            the corpus's own sentences.
+        transcript_repeat: count each transcript this many times, so that a long word list does
+            not drown the corpus's own sentences.
 
     Returns:
         ``{"lexicon": path, "lm": path}``.
@@ -207,10 +201,10 @@ def build_lm(
     out = Path(out_dir)
     paths = {"lexicon": str(out / "lexicon.txt"), "lm": str(out / f"{order}-gram.arpa")}
     done = out / f".done.{order}-gram"
-    settings = json.dumps(
-        {"manifests": list(manifests), "spell": spell, "spell_top": spell_top, "transcript_repeat": transcript_repeat}
-    )
-    if done.exists() and done.read_text() == settings and all(Path(p).is_file() for p in paths.values()):
+    settings = json.dumps({"manifests": list(manifests), "spell": spell, "spell_top": spell_top,
+                           "transcript_repeat": transcript_repeat})
+    if (done.exists() and done.read_text() == settings
+            and all(Path(p).is_file() for p in paths.values())):
         log.info("LM stage already done with these settings (%s); delete it to rebuild", done)
         return paths
     sentences = [normalize_text(u.text).split() for m in manifests for u in read_manifest(m)]
@@ -223,7 +217,8 @@ def build_lm(
         corpus += spelled
     model = kneser_ney(corpus, order)
     write_arpa(model, paths["lm"])
-    Path(paths["lexicon"]).write_text("".join(f"{w}\t{' '.join(w)}\n" for w in words), encoding="utf-8")
+    Path(paths["lexicon"]).write_text("".join(f"{w}\t{' '.join(w)}\n" for w in words),
+                                      encoding="utf-8")
     done.write_text(settings)
     log.info(
         "%d sentences, %d words -> %s, %s (%s n-grams)",

@@ -2,10 +2,9 @@
 
     python -m asr.lm.wordlist out=data/lm/words.en.txt lang=en top=100000
 
-writes one word a line with its Zipf frequency after a tab, from the `wordfreq` package's frequency lists
-(Wikipedia, subtitles, books, web text, news, ...; Apache-2.0 code, CC BY-SA 4.0 data): ``pip install
-'asr[lm]'``. The list is installed with the package, so this needs no download at run time. Any other list in
-the same format (one word a line, most frequent first) serves as well.
+writes one word a line with its Zipf frequency after a tab, from the `wordfreq` package's lists
+(CC BY-SA 4.0 data; ``pip install 'asr[lm]'``, no download at run time). Any list in that format
+(one word a line, most frequent first) serves as well.
 """
 
 from __future__ import annotations
@@ -23,11 +22,13 @@ log = logging.getLogger(__name__)
 
 
 def write_wordlist(out: str | os.PathLike, lang: str = "en", top: int = 100_000) -> Path:
-    """Write ``wordfreq``'s ``top`` most frequent words of ``lang`` to ``out`` (word, tab, Zipf frequency)."""
+    """Write ``wordfreq``'s ``top`` most frequent words of ``lang`` to ``out`` (word, tab, Zipf
+    frequency)."""
     try:
         from wordfreq import top_n_list, zipf_frequency
     except ImportError as err:
-        raise ImportError("asr.lm.wordlist needs the wordfreq package: pip install 'asr[lm]'") from err
+        raise ImportError("asr.lm.wordlist needs the wordfreq package: "
+                          "pip install 'asr[lm]'") from err
     if top < 1:
         raise ValueError(f"top must be >= 1, got {top}")
     words = top_n_list(lang, top)
@@ -36,7 +37,8 @@ def write_wordlist(out: str | os.PathLike, lang: str = "en", top: int = 100_000)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text("".join(f"{w}\t{zipf_frequency(w, lang):.2f}\n" for w in words), encoding="utf-8")
+    tmp.write_text("".join(f"{w}\t{zipf_frequency(w, lang):.2f}\n" for w in words),
+                   encoding="utf-8")
     os.replace(tmp, out)
     log.info("%d words of %s -> %s", len(words), lang, out)
     return out

@@ -1,1 +1,2 @@
-"""What a run leaves to read: run facts, report.md, scored splits, error analysis, alignments, seed summaries."""
+"""What a run leaves to read: run facts, report.md, scored splits, error analysis, alignments,
+seed summaries."""

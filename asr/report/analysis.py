@@ -1,7 +1,5 @@
-"""Where the errors are: worst utterances (ref vs hyp, aligned) and the most frequent word confusions.
-
-Reads what evaluation already wrote (normalised refs and hyps), so ``python -m asr.report`` can rebuild it
-from ``decode/<split>/{refs,hyps}.txt`` without the model.
+"""Where the errors are: worst utterances (ref vs hyp, aligned) and the most frequent word
+confusions, from what evaluation wrote (``decode/<split>/{refs,hyps}.txt``): no model needed.
 """
 
 from __future__ import annotations
@@ -33,7 +31,8 @@ def read_trn(path: str | os.PathLike) -> tuple[list[str], list[str]]:
 def word_pairs(ref: list[str], hyp: list[str], chunks: Sequence) -> list[tuple[str, str, str]]:
     """Jiwer's alignment chunks -> one ``(op, ref word, hyp word)`` per aligned position.
 
-    ``op`` is ``""`` (correct), ``S``, ``D`` or ``I``; the missing word of a deletion or insertion is ``""``.
+    ``op`` is ``""`` (correct), ``S``, ``D`` or ``I``; the missing word of a deletion or insertion
+    is ``""``.
     """
     pairs = []
     for c in chunks:
@@ -49,8 +48,9 @@ def word_pairs(ref: list[str], hyp: list[str], chunks: Sequence) -> list[tuple[s
     return pairs
 
 
-def align_words(ref: list[str], hyp: list[str], chunks: Sequence) -> tuple[str, str, list[tuple[str, str, str]]]:
-    """Two aligned lines from jiwer's alignment chunks, sclite style: errors in UPPER case, gaps as ``***``.
+def align_words(ref: list[str], hyp: list[str],
+                chunks: Sequence) -> tuple[str, str, list[tuple[str, str, str]]]:
+    """Two aligned lines from jiwer's alignment chunks, sclite style (errors UPPER case, gaps ***).
 
     Returns:
         (ref line, hyp line, edits as ``(op, ref word, hyp word)`` with op in ``S``/``D``/``I``).
@@ -58,7 +58,9 @@ def align_words(ref: list[str], hyp: list[str], chunks: Sequence) -> tuple[str, 
     return _aligned_lines(word_pairs(ref, hyp, chunks))
 
 
-def _aligned_lines(pairs: list[tuple[str, str, str]]) -> tuple[str, str, list[tuple[str, str, str]]]:
+def _aligned_lines(
+    pairs: list[tuple[str, str, str]],
+) -> tuple[str, str, list[tuple[str, str, str]]]:
     """:func:`word_pairs` -> the two aligned lines and the edits of :func:`align_words`."""
     ref_out, hyp_out, edits = [], [], []
     for op, a, b in pairs:
@@ -78,26 +80,28 @@ def error_analysis(
 
     Args:
         ids, refs, hyps: utterance ids, normalised references and hypotheses, in the same order.
-        worst: how many utterances to list, most word errors first (ties: higher utterance WER first).
+        worst: how many utterances to list, most word errors first (ties: higher WER first).
         top: how many substitution pairs, deleted words and inserted words to list.
 
     Returns:
-        ``{"worst": [{"id", "errors", "ref_words", "wer", "ref", "hyp", "words"}], "substitutions": [[ref, hyp, n]],
-        "deletions": [[word, n]], "insertions": [[word, n]], "utterances_with_errors"}``; ``ref``/``hyp`` are
-        the aligned lines of :func:`align_words`, ``words`` the aligned ``[op, ref word, hyp word]`` of
-        :func:`word_pairs` (what report.html colours).
+        ``{"worst": [{"id", "errors", "ref_words", "wer", "ref", "hyp", "words"}],
+        "substitutions": [[ref, hyp, n]], "deletions": [[word, n]], "insertions": [[word, n]],
+        "utterances_with_errors"}``; ``ref``/``hyp`` are the aligned lines of :func:`align_words`,
+        ``words`` the ``[op, ref word, hyp word]`` of :func:`word_pairs` (what report.html colours).
     """
     if not (len(ids) == len(refs) == len(hyps)):
-        raise ValueError(f"{len(ids)} ids, {len(refs)} references and {len(hyps)} hypotheses: they must match")
+        raise ValueError(f"{len(ids)} ids, {len(refs)} references and {len(hyps)} hypotheses: "
+                         "they must match")
     if not refs:
         raise ValueError("no utterances to analyse")
-    refs = [r if r.strip() else " " for r in refs]  # jiwer rejects empty references (as in asr.metrics)
+    refs = [r if r.strip() else " " for r in refs]  # jiwer rejects empty references
     out = jiwer.process_words(list(refs), list(hyps))
     subs: Counter[tuple[str, str]] = Counter()
     dels: Counter[str] = Counter()
     ins: Counter[str] = Counter()
     utts = []
-    for utt_id, ref, hyp, chunks in zip(ids, out.references, out.hypotheses, out.alignments, strict=True):
+    for utt_id, ref, hyp, chunks in zip(ids, out.references, out.hypotheses, out.alignments,
+                                        strict=True):
         pairs = word_pairs(ref, hyp, chunks)
         ref_line, hyp_line, edits = _aligned_lines(pairs)
         for op, a, b in edits:
@@ -108,9 +112,10 @@ def error_analysis(
             else:
                 ins[b] += 1
         utts.append({"id": utt_id, "errors": len(edits), "ref_words": len(ref),
-                     "wer": round(len(edits) / max(len(ref), 1), 4), "ref": ref_line, "hyp": hyp_line,
-                     "words": [list(p) for p in pairs]})
-    ranked = sorted((u for u in utts if u["errors"]), key=lambda u: (-u["errors"], -u["wer"], u["id"]))
+                     "wer": round(len(edits) / max(len(ref), 1), 4), "ref": ref_line,
+                     "hyp": hyp_line, "words": [list(p) for p in pairs]})
+    ranked = sorted((u for u in utts if u["errors"]),
+                    key=lambda u: (-u["errors"], -u["wer"], u["id"]))
     return {
         "worst": ranked[:worst],
         "substitutions": [[a, b, n] for (a, b), n in subs.most_common(top)],
@@ -121,18 +126,21 @@ def error_analysis(
 
 
 def format_errors(split: str, analysis: dict, worst: int | None = None) -> str:
-    """Markdown: the worst utterances (aligned, in a code block) and the top confusions of one split."""
+    """Markdown: the worst utterances (aligned, in a code block) and the top confusions of one
+    split."""
     items = analysis["worst"][:worst] if worst else analysis["worst"]
     lines = [f"### {split}: worst utterances", ""]
     if items:
         lines.append("```")
         for u in items:
-            lines += [f"{u['id']}  {u['errors']} errors / {u['ref_words']} words (WER {100 * u['wer']:.0f}%)",
-                      f"  REF: {u['ref']}", f"  HYP: {u['hyp']}", ""]
+            lines += [f"{u['id']}  {u['errors']} errors / {u['ref_words']} words "
+                      f"(WER {100 * u['wer']:.0f}%)", f"  REF: {u['ref']}", f"  HYP: {u['hyp']}",
+                      ""]
         lines[-1] = "```"
     else:
         lines.append("no errors")
-    lines += ["", f"### {split}: top confusions", "", "| substitution (ref → hyp) | n | deleted | n | inserted | n |",
+    lines += ["", f"### {split}: top confusions", "",
+              "| substitution (ref → hyp) | n | deleted | n | inserted | n |",
               "|---|---:|---|---:|---|---:|"]
     subs, dels, ins = analysis["substitutions"], analysis["deletions"], analysis["insertions"]
     for i in range(max(len(subs), len(dels), len(ins), 1)):
@@ -144,15 +152,18 @@ def format_errors(split: str, analysis: dict, worst: int | None = None) -> str:
 
 
 def write_error_analysis(
-    split_dir: str | os.PathLike, ids: Sequence[str], refs: Sequence[str], hyps: Sequence[str], worst: int = 10,
-    top: int = 10,
+    split_dir: str | os.PathLike, ids: Sequence[str], refs: Sequence[str], hyps: Sequence[str],
+    worst: int = 10, top: int = 10,
 ) -> dict:
-    """:func:`error_analysis` of one split, written to ``<split_dir>/errors.json`` and ``errors.md``."""
+    """:func:`error_analysis` of one split, written to ``<split_dir>/errors.json`` and
+    ``errors.md``."""
     split_dir = Path(split_dir)
     analysis = error_analysis(ids, refs, hyps, worst, top)
     split_dir.mkdir(parents=True, exist_ok=True)
-    (split_dir / "errors.json").write_text(json.dumps(analysis, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    (split_dir / "errors.md").write_text(format_errors(split_dir.name, analysis) + "\n", encoding="utf-8")
+    (split_dir / "errors.json").write_text(
+        json.dumps(analysis, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    (split_dir / "errors.md").write_text(format_errors(split_dir.name, analysis) + "\n",
+                                         encoding="utf-8")
     return analysis
 
 
@@ -162,5 +173,6 @@ def analyse_decode_dir(split_dir: str | os.PathLike) -> dict:
     ref_ids, refs = read_trn(split_dir / "refs.txt")
     hyp_ids, hyps = read_trn(split_dir / "hyps.txt")
     if ref_ids != hyp_ids:
-        raise ValueError(f"{split_dir}: refs.txt and hyps.txt list different utterances; re-run asr.evaluate")
+        raise ValueError(f"{split_dir}: refs.txt and hyps.txt list different utterances; "
+                         "re-run asr.evaluate")
     return write_error_analysis(split_dir, ref_ids, refs, hyps)

@@ -1,9 +1,8 @@
-"""``report.html``: what ``report.md`` shows, on one self-contained page, with the worst utterances to listen to.
+"""``report.html``: what ``report.md`` shows, on one self-contained page, with the worst utterances
+to listen to.
 
-Everything is inside the file: the PNGs as base64 ``data:`` URIs, each worst utterance's audio as a 16-bit PCM WAV
-``data:`` URI (its first :data:`MAX_AUDIO_SECONDS` seconds), the CSS in a ``<style>``; no script, and a
-Content-Security-Policy that lets the page fetch nothing. It opens the same from the run dir, a CI artifact or a
-mail attachment. :func:`asr.report.run_report.build_report` writes it beside ``report.md``.
+Images and audio are inlined as ``data:`` URIs and the page may fetch nothing, so it opens the same
+anywhere. See docs/report.md.
 """
 
 from __future__ import annotations
@@ -27,12 +26,16 @@ MAX_AUDIO_SECONDS = 30.0
 # edit op of asr.report.analysis.word_pairs -> (CSS class, name in the legend)
 OPS = {"S": ("sub", "substitution"), "D": ("del", "deletion"), "I": ("ins", "insertion")}
 
+# a line ending in a backslash continues on the next: the page's CSS keeps that rule on one line
 CSS = """
-body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1d2430; background: #f6f7f9;
+body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1d2430; \
+background: #f6f7f9;
        margin: 0; }
-main { max-width: 1180px; margin: 0 auto; padding: 24px 32px 48px; background: #fff; min-height: 100vh; }
+main { max-width: 1180px; margin: 0 auto; padding: 24px 32px 48px; background: #fff; \
+min-height: 100vh; }
 h1 { font-size: 1.6em; margin: 0 0 4px; }
-h2 { font-size: 1.25em; margin: 36px 0 10px; padding-bottom: 4px; border-bottom: 2px solid #e3e6eb; }
+h2 { font-size: 1.25em; margin: 36px 0 10px; padding-bottom: 4px; \
+border-bottom: 2px solid #e3e6eb; }
 h3 { font-size: 1.05em; margin: 22px 0 8px; }
 code, .align { font-family: ui-monospace, "DejaVu Sans Mono", Menlo, monospace; font-size: 0.92em; }
 nav a { margin-right: 14px; } a { color: #1f5fbf; }
@@ -45,10 +48,12 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 figure { margin: 8px 0; } figure img { max-width: 100%; border: 1px solid #e3e6eb; }
 figcaption { color: #5d6673; font-size: 0.88em; }
 .utt { border: 1px solid #e3e6eb; border-radius: 6px; padding: 10px 12px; margin: 10px 0; }
-.utt .head { display: flex; flex-wrap: wrap; align-items: center; gap: 6px 14px; margin-bottom: 8px; }
+.utt .head { display: flex; flex-wrap: wrap; align-items: center; gap: 6px 14px; \
+margin-bottom: 8px; }
 .utt audio { height: 34px; }
 .align { display: flex; flex-wrap: wrap; gap: 10px 3px; }
-.w { display: inline-flex; flex-direction: column; padding: 1px 5px; border-radius: 3px; white-space: pre; }
+.w { display: inline-flex; flex-direction: column; padding: 1px 5px; border-radius: 3px; \
+white-space: pre; }
 .w.label { color: #8a929e; font-weight: 600; padding-left: 0; }
 .gap { color: #8a929e; }
 .sub { background: #ffd98a; } .del { background: #ffb3b3; } .ins { background: #b5dcff; }
@@ -63,7 +68,8 @@ class SplitView:
     Args:
         name: the split (``decode/<name>/``).
         report: its ``report.json`` (WER, counts).
-        analysis: its :func:`asr.report.analysis.error_analysis`, or None without ``refs.txt``/``hyps.txt``.
+        analysis: its :func:`asr.report.analysis.error_analysis`, or None without
+            ``refs.txt``/``hyps.txt``.
         manifest: its manifest, found on disk (the audio to play), or None.
         alignment: ``decode/<name>/alignment.png`` when evaluation drew one, else None.
     """
@@ -85,14 +91,16 @@ def png_uri(path: str | os.PathLike) -> str:
 
 
 def wav_uri(wav: np.ndarray, sample_rate: int) -> str:
-    """A waveform ((S,) float array in [-1, 1]) as a 16-bit PCM WAV ``data:audio/wav;base64,...`` URI."""
+    """A waveform ((S,) float array in [-1, 1]) as a 16-bit PCM WAV ``data:audio/wav;base64,...``
+    URI."""
     buf = io.BytesIO()
     sf.write(buf, wav, sample_rate, format="WAV", subtype="PCM_16")
     return "data:audio/wav;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def _audio(path: str | None, utt_id: str, sample_rate: int | None) -> str:
-    """An ``<audio>`` player of the utterance's first :data:`MAX_AUDIO_SECONDS` seconds, or a note saying why not."""
+    """An ``<audio>`` player of the utterance's first :data:`MAX_AUDIO_SECONDS` seconds, or a note
+    saying why not."""
     if path is None:
         return f'<span class="note">no audio: {_esc(utt_id)} is not in the split\'s manifest</span>'
     if not Path(path).is_file():
@@ -104,8 +112,8 @@ def _audio(path: str | None, utt_id: str, sample_rate: int | None) -> str:
         return f'<span class="note">no audio: {_esc(path)} could not be read ({_esc(err)})</span>'
     seconds, keep = len(wav) / rate, int(MAX_AUDIO_SECONDS * rate)
     if len(wav) > keep:
-        length = (f"first {MAX_AUDIO_SECONDS:.0f} s of {seconds:.1f} s (the page keeps {MAX_AUDIO_SECONDS:.0f} s "
-                  "an utterance)")
+        length = (f"first {MAX_AUDIO_SECONDS:.0f} s of {seconds:.1f} s "
+                  f"(the page keeps {MAX_AUDIO_SECONDS:.0f} s an utterance)")
     else:
         length = f"{seconds:.1f} s"
     player = f'<audio controls preload="auto" src="{wav_uri(wav[:keep], rate)}"></audio>'
@@ -113,7 +121,8 @@ def _audio(path: str | None, utt_id: str, sample_rate: int | None) -> str:
 
 
 def _aligned_words(utt: dict) -> str:
-    """Reference over hypothesis, word by word; substitutions, deletions and insertions coloured (:data:`OPS`)."""
+    """Reference over hypothesis, word by word; substitutions, deletions and insertions coloured
+    (:data:`OPS`)."""
     if "words" not in utt:  # an errors.json older than word_pairs: its two sclite lines
         return f"<pre>REF: {_esc(utt['ref'])}\nHYP: {_esc(utt['hyp'])}</pre>"
     cells = ['<span class="w label"><span>REF</span><span>HYP</span></span>']
@@ -122,7 +131,8 @@ def _aligned_words(utt: dict) -> str:
         hyp_html = _esc(hyp) if hyp else '<span class="gap">***</span>'
         if op:
             css, name = OPS[op]
-            cells.append(f'<span class="w {css}" title="{name}"><span>{ref_html}</span><span>{hyp_html}</span></span>')
+            cells.append(f'<span class="w {css}" title="{name}"><span>{ref_html}</span>'
+                         f'<span>{hyp_html}</span></span>')
         else:
             cells.append(f'<span class="w"><span>{ref_html}</span><span>{hyp_html}</span></span>')
     return '<div class="align">' + "".join(cells) + "</div>"
@@ -135,7 +145,8 @@ def _count(n: int, noun: str) -> str:
 def _manifest_audio(view: SplitView) -> tuple[dict[str, str], str]:
     """``{utterance id: audio file}`` of the split's manifest, and a note when it cannot be read."""
     if view.manifest is None:
-        return {}, f"manifest {view.report.get('manifest', '(not in report.json)')} not found: no audio to play"
+        return {}, (f"manifest {view.report.get('manifest', '(not in report.json)')} not found: "
+                    "no audio to play")
     try:
         return {u.id: u.audio_filepath for u in read_manifest(view.manifest)}, ""
     except (FileNotFoundError, ValueError) as err:
@@ -150,9 +161,10 @@ def _worst_utterances(view: SplitView, worst: int, sample_rate: int | None) -> l
     out = [f'<p class="note">{_esc(note)}</p>'] if note else []
     for u in items:
         out += ['<div class="utt"><div class="head">',
-                f"<code>{_esc(u['id'])}</code><span>{_count(u['errors'], 'error')} / {_count(u['ref_words'], 'word')} "
-                f"(WER {100 * u['wer']:.0f}%)</span>",
-                _audio(audio.get(u["id"]), u["id"], sample_rate), "</div>", _aligned_words(u), "</div>"]
+                f"<code>{_esc(u['id'])}</code><span>{_count(u['errors'], 'error')} / "
+                f"{_count(u['ref_words'], 'word')} (WER {100 * u['wer']:.0f}%)</span>",
+                _audio(audio.get(u["id"]), u["id"], sample_rate), "</div>", _aligned_words(u),
+                "</div>"]
     return out
 
 
@@ -162,10 +174,12 @@ def _confusions(analysis: dict) -> list[str]:
     rows = ["<table><tr><th>substitution (ref → hyp)</th><th>n</th><th>deleted</th><th>n</th>"
             "<th>inserted</th><th>n</th></tr>"]
     for i in range(max(len(subs), len(dels), len(ins), 1)):
-        s = f"<td>{_esc(subs[i][0])} → {_esc(subs[i][1])}</td><td class=num>{subs[i][2]}</td>" if i < len(subs) \
-            else "<td></td><td></td>"
-        d = f"<td>{_esc(dels[i][0])}</td><td class=num>{dels[i][1]}</td>" if i < len(dels) else "<td></td><td></td>"
-        n = f"<td>{_esc(ins[i][0])}</td><td class=num>{ins[i][1]}</td>" if i < len(ins) else "<td></td><td></td>"
+        s = (f"<td>{_esc(subs[i][0])} → {_esc(subs[i][1])}</td><td class=num>{subs[i][2]}</td>"
+             if i < len(subs) else "<td></td><td></td>")
+        d = (f"<td>{_esc(dels[i][0])}</td><td class=num>{dels[i][1]}</td>"
+             if i < len(dels) else "<td></td><td></td>")
+        n = (f"<td>{_esc(ins[i][0])}</td><td class=num>{ins[i][1]}</td>"
+             if i < len(ins) else "<td></td><td></td>")
         rows.append(f"<tr>{s}{d}{n}</tr>")
     return rows + ["</table>"]
 
@@ -179,12 +193,13 @@ def _split_section(view: SplitView, worst: int, sample_rate: int | None) -> list
         out += _worst_utterances(view, worst, sample_rate)
         out += [f"<h3>{_esc(view.name)}: top confusions</h3>", *_confusions(view.analysis)]
     else:
-        out.append('<p class="note">no refs.txt / hyps.txt in this split\'s decode dir: no error analysis</p>')
+        out.append('<p class="note">no refs.txt / hyps.txt in this split\'s decode dir: '
+                   'no error analysis</p>')
     if view.alignment is not None:
         out += [f"<h3>{_esc(view.name)}: posteriorgram and forced alignment</h3>",
                 f'<figure><img src="{png_uri(view.alignment)}" alt="{_esc(view.name)} alignment">',
-                f"<figcaption>decode/{_esc(view.name)}/alignment.png: the CTC posteriorgram of one utterance with "
-                "the forced alignment of its reference</figcaption></figure>"]
+                f"<figcaption>decode/{_esc(view.name)}/alignment.png: the CTC posteriorgram of "
+                "one utterance with the forced alignment of its reference</figcaption></figure>"]
     return out + ["</section>"]
 
 
@@ -192,13 +207,15 @@ def _table(header: list[str], rows: list[list[object]], numeric_from: int) -> li
     """An HTML table; columns from ``numeric_from`` on are right-aligned numbers."""
     out = ["<table><tr>" + "".join(f"<th>{_esc(h)}</th>" for h in header) + "</tr>"]
     for row in rows:
-        cells = [f"<td{' class=num' if i >= numeric_from else ''}>{_esc(v)}</td>" for i, v in enumerate(row)]
+        cells = [f"<td{' class=num' if i >= numeric_from else ''}>{_esc(v)}</td>"
+                 for i, v in enumerate(row)]
         out.append("<tr>" + "".join(cells) + "</tr>")
     return out + ["</table>"]
 
 
 def _facts_table(facts: list[tuple[str, str]]) -> list[str]:
-    rows = [f'<tr><th scope="row">{_esc(name)}</th><td>{_esc(value)}</td></tr>' for name, value in facts]
+    rows = [f'<tr><th scope="row">{_esc(name)}</th><td>{_esc(value)}</td></tr>'
+            for name, value in facts]
     return ['<table class="facts">', *rows, "</table>"]
 
 
@@ -209,12 +226,13 @@ def _wer_row(name: str, r: dict) -> list[object]:
 
 
 def _head(title: str) -> list[str]:
-    # the policy lets the page load nothing but what it holds: data: images and audio, its own <style>
+    # the page may load nothing but what it holds: data: images and audio, its own <style>
     policy = "default-src 'none'; img-src data:; media-src data:; style-src 'unsafe-inline'"
     return ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
             f'<meta http-equiv="Content-Security-Policy" content="{policy}">',
             '<meta name="viewport" content="width=device-width, initial-scale=1">',
-            '<link rel="icon" href="data:,">', f"<title>{_esc(title)}</title>", f"<style>{CSS}</style></head>"]
+            '<link rel="icon" href="data:,">', f"<title>{_esc(title)}</title>",
+            f"<style>{CSS}</style></head>"]
 
 
 def build_html(title: str, facts: list[tuple[str, str]], plots: list[Path], splits: list[SplitView],
@@ -222,16 +240,16 @@ def build_html(title: str, facts: list[tuple[str, str]], plots: list[Path], spli
     """The page, as one HTML string.
 
     Args:
-        title: the page's heading.
         facts: ``(name, value)`` rows of the run facts table.
         plots: the curve PNGs, in order.
-        splits: one :class:`SplitView` per scored split: the WER table, worst utterances, confusions, alignment.
+        splits: one :class:`SplitView` per scored split.
         worst: how many worst utterances per split to show, each with its audio.
         sample_rate: the rate the audio is played at (the model's); None: each file's own.
         rebuild: the command that rebuilds the page, shown under the title.
     """
-    nav = "".join(f'<a href="#{a}">{_esc(t)}</a>' for a, t in [("facts", "facts"), ("wer", "WER"),
-                  ("curves", "curves")] + [(f"errors-{v.name}", f"errors: {v.name}") for v in splits])
+    nav = "".join(f'<a href="#{a}">{_esc(t)}</a>'
+                  for a, t in [("facts", "facts"), ("wer", "WER"), ("curves", "curves")]
+                  + [(f"errors-{v.name}", f"errors: {v.name}") for v in splits])
     out = _head(title) + ["<body><main>", f"<h1>{_esc(title)}</h1>"]
     if rebuild:
         out.append(f'<p class="muted">Rebuild with <code>{_esc(rebuild)}</code>.</p>')

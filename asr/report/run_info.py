@@ -1,5 +1,5 @@
-"""A run's facts: ``config.yaml`` and ``run.json`` (seed, git commit, package versions, host) when it starts, more
-facts merged in when it ends; where a checkpoint's run dir is."""
+"""A run's facts: ``config.yaml`` and ``run.json`` (seed, git commit, package versions, host) when
+it starts, more facts merged in when it ends; where a checkpoint's run dir is."""
 
 from __future__ import annotations
 
@@ -15,16 +15,18 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-PACKAGES = ("torch", "torchaudio", "pytorch-lightning", "hydra-core", "omegaconf", "jiwer", "soundfile", "numpy",
-            "sentencepiece", "flashlight-text", "matplotlib", "rich", "tensorboard")
+PACKAGES = ("torch", "torchaudio", "pytorch-lightning", "hydra-core", "omegaconf", "jiwer",
+            "soundfile", "numpy", "sentencepiece", "flashlight-text", "matplotlib", "rich",
+            "tensorboard")
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def git_state(repo: str | os.PathLike = ROOT) -> dict:
-    """``{"commit", "dirty"}`` of the checkout the code runs from (``None`` values outside a git checkout)."""
+    """``{"commit", "dirty"}`` of the checkout the code runs from (``None`` values outside one)."""
     def git(*args: str) -> str | None:
         try:
-            done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10)
+            done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
+                                  timeout=10)
         except (OSError, subprocess.TimeoutExpired):
             return None
         return done.stdout.strip() if done.returncode == 0 else None
@@ -46,9 +48,8 @@ def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]
 
 
 def write_run_info(out_dir: str | os.PathLike, cfg: DictConfig) -> Path:
-    """Write ``<out_dir>/config.yaml`` (the config, interpolations resolved) and ``<out_dir>/run.json``
-    (seed, git commit, package versions, torch build and CUDA, command line, host, start time).
-    """
+    """Write ``<out_dir>/config.yaml`` (interpolations resolved) and ``<out_dir>/run.json`` (seed,
+    git commit, package versions, torch build and CUDA, command line, host, start time)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -68,7 +69,7 @@ def write_run_info(out_dir: str | os.PathLike, cfg: DictConfig) -> Path:
 
 
 def update_run_info(out_dir: str | os.PathLike, **facts: object) -> dict:
-    """Merge ``facts`` (e.g. ``train_seconds``, ``epochs``, ``device``) into ``<out_dir>/run.json``."""
+    """Merge ``facts`` (e.g. ``train_seconds``, ``epochs``) into ``<out_dir>/run.json``."""
     path = Path(out_dir) / "run.json"
     info = json.loads(path.read_text()) if path.is_file() else {}
     info.update(facts)
@@ -77,10 +78,8 @@ def update_run_info(out_dir: str | os.PathLike, **facts: object) -> dict:
 
 
 def run_dir_of(checkpoint: str | os.PathLike) -> Path:
-    """``exp/<recipe>/<run>/checkpoints[/top]/x.ckpt`` -> ``exp/<recipe>/<run>``.
-
-    A checkpoint outside a run's ``checkpoints/`` folder (copied elsewhere) -> the folder it is in.
-    """
+    """``exp/<recipe>/<run>/checkpoints[/top]/x.ckpt`` -> ``exp/<recipe>/<run>``; a checkpoint
+    outside a ``checkpoints/`` folder -> the folder it is in."""
     path = Path(checkpoint).resolve()
     for parent in path.parents:
         if parent.name == "checkpoints":

@@ -1,10 +1,10 @@
 """WER mean ± std over runs that differ only by their seed: a single-seed WER is not a result.
 
-    python -m asr.train -m recipe=an4 seed=1,2,3       # trains 3 runs, then prints and writes seeds.md
-    python -m asr.report --seeds exp/an4/multirun_<time>   # the same summary for any folder of run dirs
+    python -m asr.train -m recipe=an4 seed=1,2,3          # 3 runs, then writes seeds.md
+    python -m asr.report --seeds exp/an4/multirun_<time>  # the same for any folder of run dirs
 
-Runs are grouped by their Hydra overrides without ``seed`` (``-m seed=1,2,3 optim.optimizer.lr=1e-3,3e-3``
-gives one row per learning rate per split); each row averages the greedy ``decode/<split>/report.json``.
+Runs are grouped by their Hydra overrides without ``seed`` (one row per other setting per split);
+each row averages the greedy ``decode/<split>/report.json``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 
 
 def find_runs(root: str | os.PathLike) -> list[Path]:
-    """Run dirs at or under ``root``: folders with ``decode/<split>/report.json`` (decoder sweeps left out)."""
+    """Run dirs at or under ``root``: folders with ``decode/<split>/report.json`` (decoder sweeps
+    left out)."""
     root = Path(root)
     found = {p.parent.parent.parent for p in root.glob("decode/*/report.json")}
     found |= {p.parent.parent.parent for p in root.rglob("*/decode/*/report.json")}
@@ -33,7 +34,7 @@ def _overrides(run: Path) -> list[str]:
 
 
 def run_seed(run: Path) -> int | None:
-    """The seed a run trained with: ``run.json``, else its config (``config.yaml`` or ``.hydra/config.yaml``)."""
+    """The seed a run trained with: ``run.json``, else ``config.yaml`` or ``.hydra/config.yaml``."""
     info = run / "run.json"
     if info.is_file() and json.loads(info.read_text()).get("seed") is not None:
         return json.loads(info.read_text())["seed"]
@@ -48,13 +49,16 @@ NOT_SETTINGS = ("seed", "trainer.enable_progress_bar", "resume")
 
 
 def collect(root: str | os.PathLike) -> dict[str, list[dict[str, Any]]]:
-    """``{settings: [{"run", "seed", "reports": {split: report}}]}``; settings = the overrides other than
-    :data:`NOT_SETTINGS` (the seed, the progress bar, resuming)."""
+    """``{settings: [{"run", "seed", "reports": {split: report}}]}``; settings = the overrides
+    other than :data:`NOT_SETTINGS`."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for run in find_runs(root):
-        settings = " ".join(o for o in _overrides(run) if o.lstrip("+~").split("=")[0] not in NOT_SETTINGS)
-        reports = {p.parent.name: json.loads(p.read_text()) for p in sorted(run.glob("decode/*/report.json"))}
-        groups.setdefault(settings, []).append({"run": run, "seed": run_seed(run), "reports": reports})
+        settings = " ".join(o for o in _overrides(run)
+                            if o.lstrip("+~").split("=")[0] not in NOT_SETTINGS)
+        reports = {p.parent.name: json.loads(p.read_text())
+                   for p in sorted(run.glob("decode/*/report.json"))}
+        groups.setdefault(settings, []).append({"run": run, "seed": run_seed(run),
+                                                "reports": reports})
     return groups
 
 
@@ -69,9 +73,8 @@ def _pm(values: list[float]) -> str:
 
 
 def summarize(root: str | os.PathLike) -> str:
-    """Markdown table: per settings and split, seeds, WER % and CER % as mean ± std, and WER % per seed.
-
-    The settings column shows the overrides that differ between groups (``-`` when there is one group).
+    """Markdown table: per settings and split, seeds, WER % and CER % as mean ± std, and WER % per
+    seed. The settings column shows the overrides that differ between groups (``-`` for one group).
 
     Raises:
         FileNotFoundError: no run under ``root`` has a ``decode/<split>/report.json``.
@@ -79,13 +82,13 @@ def summarize(root: str | os.PathLike) -> str:
     groups = collect(root)
     if not groups:
         raise FileNotFoundError(
-            f"no run with decode/<split>/report.json under {root}: pass the multirun folder of asr.train "
-            "(exp/<recipe>/multirun_<time>) once its runs have finished"
+            f"no run with decode/<split>/report.json under {root}: pass the multirun folder of "
+            "asr.train (exp/<recipe>/multirun_<time>) once its runs have finished"
         )
     # name each group by the overrides that tell it apart from the others
     common = set.intersection(*(set(g.split()) for g in groups))
-    lines = ["| settings | split | seeds | WER mean ± std (%) | CER mean ± std (%) | WER per seed (%) |",
-             "|---|---|---|---:|---:|---|"]
+    lines = ["| settings | split | seeds | WER mean ± std (%) | CER mean ± std (%) "
+             "| WER per seed (%) |", "|---|---|---|---:|---:|---|"]
     for group, runs in sorted(groups.items()):
         settings = " ".join(o for o in group.split() if o not in common)
         runs = sorted(runs, key=lambda r: (r["seed"] is None, r["seed"] or 0))
@@ -95,7 +98,8 @@ def summarize(root: str | os.PathLike) -> str:
             cers = [100 * r["reports"][split]["cer"] for r in have]
             seeds = ",".join(str(r["seed"]) for r in have)
             per_seed = " ".join(f"{w:.2f}" for w in wers)
-            lines.append(f"| {settings or '-'} | {split} | {seeds} | {_pm(wers)} | {_pm(cers)} | {per_seed} |")
+            lines.append(f"| {settings or '-'} | {split} | {seeds} | {_pm(wers)} | {_pm(cers)} "
+                         f"| {per_seed} |")
     return "\n".join(lines)
 
 
@@ -103,14 +107,16 @@ def write_summary(root: str | os.PathLike) -> Path:
     """:func:`summarize` into ``<root>/seeds.md``; returns its path."""
     path = Path(root) / "seeds.md"
     path.write_text(
-        f"WER/CER mean ± sample std over seeds (greedy, best.ckpt); rebuild: python -m asr.report --seeds {root}\n\n"
+        "WER/CER mean ± sample std over seeds (greedy, best.ckpt); "
+        f"rebuild: python -m asr.report --seeds {root}\n\n"
         f"{summarize(root)}\n"
     )
     return path
 
 
 class SeedsSummary(Callback):
-    """Hydra callback: after ``python -m asr.train -m ...``, write and print ``<sweep dir>/seeds.md``."""
+    """Hydra callback: after ``python -m asr.train -m ...``, write and print
+    ``<sweep dir>/seeds.md``."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)

@@ -14,8 +14,8 @@ from omegaconf import DictConfig
 def sweep_summary(sweep_dir: str | os.PathLike) -> str:
     """WER per split for every point of a decoder sweep (``<sweep_dir>/<job>/<split>/report.json``).
 
-    Columns are the decoder settings that differ between points (e.g. ``lm_weight``, ``word_score``), then
-    one WER column per split; rows are sorted by the settings.
+    Columns are the decoder settings that differ between points, then one WER column per split;
+    rows are sorted by the settings.
     """
     points: dict[str, dict[str, dict]] = {}
     for path in sorted(Path(sweep_dir).glob("*/*/report.json")):
@@ -25,7 +25,8 @@ def sweep_summary(sweep_dir: str | os.PathLike) -> str:
         return f"no report.json under {sweep_dir}"
     settings = {job: next(iter(r.values()))["decoder"] for job, r in points.items()}
     keys = sorted({k for s in settings.values() for k in s})
-    varying = [k for k in keys if len({json.dumps(s.get(k)) for s in settings.values()}) > 1] or ["name"]
+    varying = ([k for k in keys if len({json.dumps(s.get(k)) for s in settings.values()}) > 1]
+               or ["name"])
     splits = sorted({split for r in points.values() for split in r})
     head = " | ".join([*varying, *(f"{s} WER %" for s in splits), "job"])
     rows = [head, " | ".join("---" for _ in [*varying, *splits, "job"])]
@@ -36,7 +37,8 @@ def sweep_summary(sweep_dir: str | os.PathLike) -> str:
 
     for job in sorted(points, key=order):
         wers = [f"{100 * points[job][s]['wer']:.2f}" if s in points[job] else "-" for s in splits]
-        rows.append(" | ".join([*(str(settings[job].get(k)) for k in varying), *wers, Path(job).name]))
+        rows.append(" | ".join([*(str(settings[job].get(k)) for k in varying), *wers,
+                                Path(job).name]))
     return "\n".join(rows)
 
 

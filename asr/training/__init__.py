@@ -1,1 +1,1 @@
-"""Training: the LightningModule, its callbacks, checkpoints, model selection and optimiser schedules."""
+"""Training: the LightningModule, callbacks, checkpoints, model selection, optimiser schedules."""

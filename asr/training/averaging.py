@@ -1,8 +1,8 @@
-"""Checkpoint averaging (as NeMo, SpeechBrain and icefall offer) and the model-selection rule built on it.
+"""Checkpoint averaging and the model-selection rule built on it.
 
-- :func:`average_checkpoints`: the mean weights of several checkpoints of one run (``python -m asr.average``).
-- :class:`AverageBest`: an opt-in callback (``callbacks/average_best.yaml``) that keeps the k best epochs' weights
-  and, when training ends, averages them and decides between the mean and the single best epoch for ``best.ckpt``.
+- :func:`average_checkpoints`: mean weights of checkpoints of one run (``python -m asr.average``).
+- :class:`AverageBest`: opt-in callback (``callbacks/average_best.yaml``): keeps the k best epochs,
+  averages them when training ends, and puts the mean or the best epoch in ``best.ckpt``.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ SELECT_RULES = ("dev", "always")
 
 
 def _score(ckpt: dict[str, Any]) -> float | None:
-    """The monitored score (e.g. val/wer) Lightning's ModelCheckpoint recorded when it saved this file, else the
-    validation WER the module stored in it (weights-only checkpoints keep no callback state)."""
+    """The score ModelCheckpoint recorded in this file, else the module's stored validation WER
+    (weights-only checkpoints keep no callback state)."""
     for key, state in ckpt.get("callbacks", {}).items():
         if key.startswith("ModelCheckpoint") and state.get("current_score") is not None:
             return float(state["current_score"])
@@ -39,9 +39,8 @@ def _score(ckpt: dict[str, Any]) -> float | None:
 def select_checkpoints(run_dir: str | os.PathLike, last: int = 0, best: int = 0) -> list[str]:
     """The ``last`` newest (by global step) or ``best`` lowest-scoring checkpoints of a run.
 
-    Looks in ``<run_dir>/checkpoints`` and ``<run_dir>/checkpoints/top`` (the k best epochs that training keeps
-    with ``callbacks.average_best``); averaged checkpoints and duplicates of one step (``last.ckpt`` beside the file it
-    copies) are skipped.
+    Looks in ``<run_dir>/checkpoints`` and its ``top/``; skips averaged checkpoints and
+    duplicates of one step (``last.ckpt`` beside the file it copies).
     """
     if (last > 0) == (best > 0):
         raise ValueError(f"give exactly one of last=N or best=N (got last={last}, best={best})")
@@ -55,25 +54,28 @@ def select_checkpoints(run_dir: str | os.PathLike, last: int = 0, best: int = 0)
     n = last or best
     if len(found) < n:
         raise ValueError(
-            f"{run_dir}/checkpoints holds {len(found)} distinct checkpoints, fewer than the {n} asked for; "
-            f"keep more during training (callbacks.average_best.k=N keeps the N best epochs) or ask for fewer"
+            f"{run_dir}/checkpoints holds {len(found)} distinct checkpoints, fewer than the {n} "
+            f"asked for; keep more during training (callbacks.average_best.k=N keeps the N best "
+            f"epochs) or ask for fewer"
         )
     if last:
         return [found[step][0] for step in sorted(found)[-n:]]
     scored = [(score, path) for path, score in found.values() if score is not None]
     if len(scored) < n:
-        raise ValueError(f"only {len(scored)} checkpoints in {run_dir} record a score; use last={n} instead")
+        raise ValueError(f"only {len(scored)} checkpoints in {run_dir} record a score; "
+                         f"use last={n} instead")
     return [path for _, path in sorted(scored)[:n]]
 
 
 def average_checkpoints(paths: Sequence[str], output: str) -> str:
-    """Write a checkpoint whose float weights are the mean of ``paths``' (other tensors: the last one's).
+    """Write a checkpoint whose float weights are the mean of ``paths``' (others: the last one's).
 
     Raises:
         ValueError: the checkpoints describe different models.
     """
     if not paths:
-        raise ValueError("no checkpoints to average: give checkpoints=[a.ckpt,b.ckpt] or run_dir=... last=N")
+        raise ValueError("no checkpoints to average: give checkpoints=[a.ckpt,b.ckpt] or "
+                         "run_dir=... last=N")
     first = read_checkpoint(paths[0])
     total = {k: v.double() if v.is_floating_point() else v for k, v in first["state_dict"].items()}
     last = first
@@ -105,13 +107,11 @@ def average_checkpoints(paths: Sequence[str], output: str) -> str:
 
 
 class AverageBest(ModelCheckpoint):
-    """Keep the weights of the ``k`` best epochs by ``val/wer`` (``<dirpath>/epochNNN.ckpt``); when the fit ends,
-    write their mean and choose what ``best_path`` holds.
+    """Keep the ``k`` best epochs by ``val/wer`` (``<dirpath>/epochNNN.ckpt``); when the fit ends,
+    write their mean and choose what ``best_path`` holds (the outcome is :attr:`selection`).
 
-    With ``select="dev"`` the mean replaces the best epoch in ``best_path`` if it scores a validation WER no higher
-    than the best epoch's; with ``select="always"`` it replaces it in any case (both are scored, for the log). The
-    best epoch's validation WER is the lowest of one noisy score per epoch, so it is biased low against the mean's:
-    "dev" keeps the single epoch more often than it deserves. The outcome is :attr:`selection`.
+    ``select="dev"``: the mean if its validation WER is no higher than the best epoch's;
+    ``"always"``: the mean. See docs/training.md.
 
     Args:
         k: how many epochs to keep and average (>= 2).
@@ -122,27 +122,29 @@ class AverageBest(ModelCheckpoint):
 
     def __init__(self, k: int, select: str, best_path: str, dirpath: str) -> None:
         if k < 2:
-            raise ValueError(f"callbacks.average_best.k must be >= 2 (the epochs to average), got {k}")
+            raise ValueError(f"callbacks.average_best.k must be >= 2 (the epochs to average), "
+                             f"got {k}")
         if select not in SELECT_RULES:
-            raise ValueError(f"callbacks.average_best.select={select!r}: use 'dev' (the mean of the k best epochs if "
-                             "it scores no worse on validation than the best epoch) or 'always'")
-        super().__init__(dirpath=dirpath, filename="epoch{epoch:03d}", auto_insert_metric_name=False,
-                         monitor="val/wer", mode="min", save_top_k=k, save_weights_only=True,
-                         enable_version_counter=False)
+            raise ValueError(f"callbacks.average_best.select={select!r}: use 'dev' (the mean of "
+                             "the k best epochs if it scores no worse on validation than the best "
+                             "epoch) or 'always'")
+        super().__init__(dirpath=dirpath, filename="epoch{epoch:03d}",
+                         auto_insert_metric_name=False, monitor="val/wer", mode="min", save_top_k=k,
+                         save_weights_only=True, enable_version_counter=False)
         self.select, self.best_path = select, best_path
         self.selection: dict[str, Any] = {"chosen": "epoch"}
 
     @property
     def state_key(self) -> str:
-        # beside the best-epoch ModelCheckpoint, which monitors the same metric, its resume state needs its own key
+        # the best-epoch ModelCheckpoint monitors the same metric: resume state needs its own key
         return self._generate_state_key(monitor=self.monitor, mode=self.mode, top_k=self.save_top_k)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if any(isinstance(c, WeightAveraging) for c in trainer.callbacks):
-            # weights-only files skip the callbacks' on_save_checkpoint: they would hold the raw weights, not the
-            # moving average that validation scored
-            raise ValueError("callbacks.average_best and callbacks.ema do not combine: the k best epochs' files would "
-                             "hold the raw weights, not the moving average validation scored; keep one of them")
+            # weights-only files skip the callbacks' on_save_checkpoint: raw weights, not the EMA
+            raise ValueError("callbacks.average_best and callbacks.ema do not combine: the k best "
+                             "epochs' files would hold the raw weights, not the moving average "
+                             "validation scored; keep one of them")
         super().setup(trainer, pl_module, stage)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -181,8 +183,8 @@ class AverageBest(ModelCheckpoint):
     @staticmethod
     @torch.inference_mode()
     def _val_wer(path: str, trainer: L.Trainer, pl_module: L.LightningModule) -> float:
-        """The validation WER of the weights in ``path``: the loop's own rule
-        (:func:`asr.training.module.batch_error_counts`) over every validation utterance."""
+        """The validation WER of the weights in ``path``, by the loop's own rule
+        (:func:`asr.training.module.batch_error_counts`)."""
         recognizer = copy.deepcopy(pl_module.recognizer).eval()
         recognizer.load_state_dict(recognizer_state(read_checkpoint(path)))
         counts = torch.zeros(4, dtype=torch.float64)

@@ -1,5 +1,5 @@
-"""Lightning callbacks of every run: training throughput and where the time goes, late validation, and the CSV
-history kept across a resume."""
+"""Lightning callbacks of every run: throughput and where the time goes, late validation, and the
+CSV history kept across a resume."""
 
 from __future__ import annotations
 
@@ -15,12 +15,8 @@ import torch
 
 
 class ValidateFrom(L.Callback):
-    """Validation (and the scores best.ckpt is chosen by) only from ``fraction`` of ``trainer.max_epochs`` on; the
-    last epoch always. The epochs before it save ``last_path`` as they end (ModelCheckpoint saves it after
-    validation, which they skip), so a crash loses no more than with validation.
-
-    Model selection picks late epochs anyway under a decaying learning rate, and the early validations cost time.
-    Validation draws no random numbers, so the weights are those of a run validating every epoch.
+    """Validate (and so choose best.ckpt) only from ``fraction`` of ``trainer.max_epochs`` on, and
+    on the last epoch; the skipped epochs save ``last_path`` as they end. See docs/training.md.
 
     Args:
         fraction: in [0, 1), e.g. 0.5: validate in the second half of the run only; 0: every epoch.
@@ -30,7 +26,8 @@ class ValidateFrom(L.Callback):
     def __init__(self, fraction: float, last_path: str | os.PathLike) -> None:
         if not 0.0 <= fraction < 1.0:
             raise ValueError(f"callbacks.validate_from.fraction={fraction!r} must be a fraction of "
-                             "trainer.max_epochs in [0, 1) (0.5: validate in the second half of the run only)")
+                             "trainer.max_epochs in [0, 1) (0.5: validate in the second half of "
+                             "the run only)")
         self.fraction, self.last_path = float(fraction), Path(last_path)
         self.first_epoch = 0
 
@@ -39,8 +36,9 @@ class ValidateFrom(L.Callback):
             return
         max_epochs = trainer.max_epochs
         if max_epochs is None or max_epochs < 1:
-            raise ValueError(f"callbacks.validate_from.fraction={self.fraction} needs trainer.max_epochs (got "
-                             f"{max_epochs}); set it, or leave validate_from out of the callbacks")
+            raise ValueError(f"callbacks.validate_from.fraction={self.fraction} needs "
+                             f"trainer.max_epochs (got {max_epochs}); set it, or leave "
+                             "validate_from out of the callbacks")
         self.first_epoch = min(int(self.fraction * max_epochs), max_epochs - 1)
 
     def _skips(self, trainer: L.Trainer) -> bool:
@@ -52,13 +50,14 @@ class ValidateFrom(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._skips(trainer):
-            trainer.save_checkpoint(self.last_path, weights_only=False)  # all of it, as last.ckpt always is
+            # all of it, as last.ckpt always is
+            trainer.save_checkpoint(self.last_path, weights_only=False)
 
 
 class CSVHistory:
     """Keeps ``metrics.csv`` rows across a resume.
 
-    Lightning's CSV logger deletes an existing ``metrics.csv`` when a run resumes in the same folder; this
+    Lightning's CSV logger deletes ``metrics.csv`` when a run resumes in the same folder; this
     reads the old rows first and, after the fit, puts back those from before the resumed step.
     """
 
@@ -70,8 +69,8 @@ class CSVHistory:
                 self.rows = list(csv.DictReader(f))
 
     def restore(self) -> None:
-        """Merge the saved rows (steps before the new ones) back into ``metrics.csv``; when the resumed fit logged
-        nothing (it resumed from the end of its last epoch), the saved rows are the whole file."""
+        """Merge the saved rows (steps before the new ones) back into ``metrics.csv``; if the
+        resumed fit logged nothing, the saved rows are the whole file."""
         if not self.rows:
             return
         new: list[dict[str, str]] = []
@@ -98,9 +97,8 @@ class ThroughputMonitor(L.Callback):
     - ``perf/data_wait``: fraction of wall time spent waiting for the next batch,
     - ``perf/gpu_mem_gb``: peak GPU memory allocated (on CUDA only),
 
-    and shows in the progress bar (not the logs) ``loss`` (that step's), ``audio_s/s`` and ``eta_min``, the minutes left
-    in the whole fit at the pace so far (validation included). It reads from the device only then: the audio
-    seconds come from the batch's lengths, which stay on the host.
+    and shows ``loss``, ``audio_s/s`` and ``eta_min`` (minutes left in the fit) in the progress
+    bar. Only then does it read from the device (audio lengths stay on the host).
 
     Args:
         sample_rate: of the batch waveforms (to turn samples into seconds).
@@ -136,7 +134,8 @@ class ThroughputMonitor(L.Callback):
             self._wait += time.perf_counter() - self._last_end
 
     def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+        batch_idx: int
     ) -> None:
         self._audio += float(batch.audio_lengths.sum()) / self.sample_rate
         self._padded += batch.audio.numel() / self.sample_rate
@@ -161,6 +160,8 @@ class ThroughputMonitor(L.Callback):
         done = trainer.global_step - self._fit_start_step
         total = trainer.estimated_stepping_batches  # inf when the fit has no step or epoch limit
         if self._fit_start is not None and done > 0 and math.isfinite(total):
-            bar["eta_min"] = (now - self._fit_start) / done * max(total - trainer.global_step, 0) / 60
-        pl_module.log_dict(bar, on_step=True, on_epoch=False, prog_bar=True, logger=False, batch_size=bsz)
+            bar["eta_min"] = ((now - self._fit_start) / done
+                              * max(total - trainer.global_step, 0) / 60)
+        pl_module.log_dict(bar, on_step=True, on_epoch=False, prog_bar=True, logger=False,
+                           batch_size=bsz)
         self._reset()

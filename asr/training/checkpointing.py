@@ -1,10 +1,8 @@
 """Checkpoints that survive a kill or a full disk, and load without running code.
 
-A checkpoint is written to a hidden temporary file in its own folder, flushed and fsynced, renamed over
-the old one (``os.replace`` is atomic on POSIX) and the folder is fsynced, so a SIGKILL or a power cut at
-any moment leaves either the previous checkpoint or the new one on disk, never half of one. A full disk
-raises :class:`CheckpointWriteError` naming the file, the free space and what to do; the previous
-checkpoint is left as it was. Every load is ``weights_only`` (tensors and plain data, no pickled code).
+A write goes to a temporary file, fsynced and renamed into place: a crash leaves the old or the new
+checkpoint, never half of one; a full disk raises :class:`CheckpointWriteError`. Every load is
+``weights_only`` (no pickled code). See docs/training.md.
 """
 
 from __future__ import annotations
@@ -26,7 +24,7 @@ from asr.model_files import load_checkpoint
 
 log = logging.getLogger(__name__)
 
-PARTIAL_SUFFIX = ".partial"  # ".<name>.<pid>.partial": a write that has not been renamed into place yet
+PARTIAL_SUFFIX = ".partial"  # ".<name>.<pid>.partial": a write not yet renamed into place
 
 
 class CheckpointWriteError(OSError):
@@ -50,8 +48,8 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}{PARTIAL_SUFFIX}")
-    # serialise in memory first (as Lightning does): torch's zip writer reports a failed write as a bare
-    # RuntimeError, a plain file write keeps the errno (ENOSPC, EDQUOT, EFBIG) for the message
+    # serialise in memory first (as Lightning does): torch's zip writer reports a failed write as
+    # a bare RuntimeError, a plain file write keeps the errno (ENOSPC, EDQUOT) for the message
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     try:
@@ -64,12 +62,13 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     except OSError as err:
         tmp.unlink(missing_ok=True)
         free = shutil.disk_usage(path.parent).free / 2**20
-        what = "the disk is full" if err.errno in (errno.ENOSPC, errno.EDQUOT) else err.strerror or str(err)
+        what = ("the disk is full" if err.errno in (errno.ENOSPC, errno.EDQUOT)
+                else err.strerror or str(err))
         raise CheckpointWriteError(
             err.errno,
             f"cannot write checkpoint {path}: {what} ({free:.0f} MiB free in {path.parent}); "
-            f"the previous checkpoint there is intact. Free some space or set paths.output_dir to a "
-            f"bigger disk, then rerun with resume=auto",
+            f"the previous checkpoint there is intact. Free some space or set paths.output_dir to "
+            f"a bigger disk, then rerun with resume=auto",
         ) from err
 
 
@@ -86,9 +85,10 @@ def remove_partials(ckpt_dir: str | os.PathLike) -> list[Path]:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint I/O with atomic, fsynced writes and ``weights_only`` loading (resume included)."""
+    """Lightning's checkpoint I/O: atomic, fsynced writes; ``weights_only`` loads (resume too)."""
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any,
+                        storage_options: Any | None = None) -> None:
         if storage_options is not None:
             raise TypeError(f"AtomicCheckpointIO takes no storage_options, got {storage_options!r}")
         atomic_torch_save(checkpoint, path)
@@ -100,11 +100,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class StepCheckpoint(L.Callback):
-    """``last.ckpt`` also in the middle of an epoch: every ``every_n_steps`` optimizer steps and/or every
-    ``every_n_minutes`` of training (the ``checkpoint`` settings); ``resume=auto`` continues from the next batch.
+    """``last.ckpt`` also mid-epoch: every ``every_n_steps`` optimizer steps and/or every
+    ``every_n_minutes`` (the ``checkpoint`` settings); ``resume=auto`` goes on from the next batch.
 
-    The end-of-epoch ``last.ckpt`` is ``callbacks.last_checkpoint``'s. Whether the time has come is rank 0's
-    clock, broadcast every ``CLOCK_EVERY_N_STEPS`` steps, so that all ranks save together (saving is collective).
+    The time is rank 0's clock, broadcast every ``CLOCK_EVERY_N_STEPS`` steps so that all ranks
+    save together (saving is collective).
     """
 
     CLOCK_EVERY_N_STEPS = 20
@@ -114,17 +114,19 @@ class StepCheckpoint(L.Callback):
         for name, value in (("every_n_steps", every_n_steps), ("every_n_minutes", every_n_minutes)):
             if value is not None and value <= 0:
                 raise ValueError(f"checkpoint.{name}={value!r} must be > 0, or null for none")
-        self.path, self.every_n_steps, self.every_n_minutes = str(path), every_n_steps, every_n_minutes
+        self.path, self.every_n_steps, self.every_n_minutes = (str(path), every_n_steps,
+                                                               every_n_minutes)
         self._last_time = time.monotonic()
         self._step = -1  # global step at the end of the previous batch
 
     def _due(self, trainer: L.Trainer) -> bool:
         step = trainer.global_step
         stepped, self._step = step != self._step, step
-        if not stepped:  # gradient accumulation: only a batch that ends with an optimizer step leaves nothing unsaved
+        if not stepped:  # accumulating gradients: only after an optimizer step is nothing unsaved
             return False
         due = bool(self.every_n_steps) and step % self.every_n_steps == 0
-        if self.every_n_minutes and step % self.CLOCK_EVERY_N_STEPS == 0:  # a broadcast is a host sync: not every step
+        # a broadcast is a host sync: not every step
+        if self.every_n_minutes and step % self.CLOCK_EVERY_N_STEPS == 0:
             late = time.monotonic() - self._last_time >= 60.0 * self.every_n_minutes
             due = due or bool(trainer.strategy.broadcast(late, src=0))
         return due

@@ -1,11 +1,9 @@
 """Callbacks that keep a long run alive through bad steps and bad files, and say what happened.
 
-- :class:`NonFiniteGuard`: a step whose loss or gradients are NaN/inf changes no weight; it is counted
-  (``faults/skipped_steps``) and logged with the utterance ids of its batch. ``max_consecutive`` such steps
-  in a row stop the run with :class:`TrainingDiverged`, whose message says what to try.
-- :class:`DroppedUtterances`: utterances whose audio failed to load in a worker (the Dataset yields
-  ``None`` for them and ``collate`` lists them in ``Batch.dropped``) are counted
-  (``faults/dropped_utts``) and each is logged once.
+- :class:`NonFiniteGuard`: a step with a NaN/inf loss or gradient changes no weight; it is counted
+  (``faults/skipped_steps``) and logged; too many in a row raise :class:`TrainingDiverged`.
+- :class:`DroppedUtterances`: utterances whose audio failed to load (``Batch.dropped``) are
+  counted (``faults/dropped_utts``) and each is logged once.
 
 Both keep their counts in the checkpoint, so a resumed run reports totals for the whole run.
 """
@@ -26,37 +24,31 @@ class TrainingDiverged(RuntimeError):
 
 
 class NonFiniteGuard(L.Callback):
-    """Clip the gradients; skip optimiser steps with a NaN/inf loss or gradient; stop after ``max_consecutive`` bad
-    steps in a row.
+    """Clip the gradients; skip optimiser steps with a NaN/inf loss or gradient; stop after
+    ``max_consecutive`` bad steps in a row.
 
-    After backward (and the DDP gradient all-reduce), before the optimiser: one global 2-norm of all gradients
-    clips them to ``max_grad_norm`` and, being non-finite exactly when some gradient is, decides whether the step is
-    bad. The decision stays on the device: a fused optimiser (Adam/AdamW ``fused=True``, the default here) takes it
-    as ``found_inf`` and leaves every weight and its state untouched when it is set, as under a GradScaler. Nothing
-    in the step reads a number back from the device; the flags are read every ``check_every_n_steps`` steps (and at
-    each epoch's end and checkpoint), when bad steps are counted (``faults/skipped_steps``), logged with their
-    batch's utterance ids, and a run of ``max_consecutive`` stops the run. An optimiser without ``found_inf`` support
-    reads the flag at once and drops the bad step's gradients (the optimiser skips parameters without one). Under
-    DDP every rank sees the same all-reduced gradients, so all ranks skip the same steps; a NaN loss makes NaN
-    gradients, so the norm catches it too.
+    The skip decision stays on the device (a fused optimiser's ``found_inf``) and is read back only
+    every ``check_every_n_steps`` steps. See docs/training.md.
 
     Args:
-        max_consecutive: this many bad steps in a row raise :class:`TrainingDiverged` (0 = never stop).
-        max_grad_norm: clip the gradients' global 2-norm to this; ``None`` or 0: no clipping. This replaces
-            ``trainer.gradient_clip_val``, which must stay null (Lightning refuses to clip for a fused optimiser under
-            mixed precision, and two clippings would differ from one).
-        check_every_n_steps: how often the flags are read; ``None``: every step on the CPU (where reading costs
-            nothing), every 20 on an accelerator.
+        max_consecutive: this many bad steps in a row raise :class:`TrainingDiverged` (0: never).
+        max_grad_norm: clip the global gradient 2-norm to this (``None`` or 0: no clipping); use it
+            instead of ``trainer.gradient_clip_val``, which must stay null.
+        check_every_n_steps: how often the flags are read; ``None``: every step on the CPU, every
+            20 on an accelerator.
     """
 
     def __init__(self, max_consecutive: int = 20, max_grad_norm: float | None = None,
                  check_every_n_steps: int | None = None) -> None:
         if max_consecutive < 0:
-            raise ValueError(f"callbacks.non_finite.max_consecutive must be >= 0, got {max_consecutive}")
+            raise ValueError(f"callbacks.non_finite.max_consecutive must be >= 0, "
+                             f"got {max_consecutive}")
         if max_grad_norm is not None and max_grad_norm < 0:
-            raise ValueError(f"callbacks.non_finite.max_grad_norm must be > 0 (null: no clipping), got {max_grad_norm}")
+            raise ValueError(f"callbacks.non_finite.max_grad_norm must be > 0 (null: no clipping), "
+                             f"got {max_grad_norm}")
         if check_every_n_steps is not None and check_every_n_steps < 1:
-            raise ValueError(f"callbacks.non_finite.check_every_n_steps must be >= 1, got {check_every_n_steps}")
+            raise ValueError(f"callbacks.non_finite.check_every_n_steps must be >= 1, "
+                             f"got {check_every_n_steps}")
         self.max_consecutive = max_consecutive
         self.max_grad_norm = max_grad_norm or None
         self.check_every_n_steps = check_every_n_steps
@@ -65,14 +57,16 @@ class NonFiniteGuard(L.Callback):
         self._loss_finite: torch.Tensor | None = None
         self._loss: torch.Tensor | None = None
         self._ids: list[str] = []
-        # (step, utterance ids, bad-step flag, non-finite-loss flag, loss), read on the host in _flush
-        self._pending: list[tuple[int, list[str], torch.Tensor, torch.Tensor | None, torch.Tensor | None]] = []
+        # (step, utterance ids, bad-step flag, non-finite-loss flag, loss), read in _flush
+        self._pending: list[tuple[int, list[str], torch.Tensor, torch.Tensor | None,
+                                  torch.Tensor | None]] = []
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.max_grad_norm and trainer.gradient_clip_val:
             raise ValueError(
-                f"gradients are clipped twice: by callbacks.non_finite.max_grad_norm={self.max_grad_norm} and by "
-                f"trainer.gradient_clip_val={trainer.gradient_clip_val}; keep one (the other null)")
+                f"gradients are clipped twice: by callbacks.non_finite.max_grad_norm="
+                f"{self.max_grad_norm} and by trainer.gradient_clip_val="
+                f"{trainer.gradient_clip_val}; keep one (the other null)")
         if self.check_every_n_steps is None:
             self.check_every_n_steps = 1 if pl_module.device.type == "cpu" else 20
 
@@ -80,14 +74,16 @@ class NonFiniteGuard(L.Callback):
                              batch_idx: int) -> None:
         self._ids = list(getattr(batch, "ids", []))
 
-    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           loss: torch.Tensor) -> None:
         finite = torch.isfinite(loss.detach())  # under gradient accumulation: every micro-batch's
         self._loss_finite = finite if self._loss_finite is None else self._loss_finite & finite
         self._loss = loss.detach()
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule,
                                  optimizer: torch.optim.Optimizer) -> None:
-        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        params = [p for group in optimizer.param_groups for p in group["params"]
+                  if p.grad is not None]
         if self.max_grad_norm:
             norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
         else:
@@ -97,7 +93,8 @@ class NonFiniteGuard(L.Callback):
         self._pending.append((trainer.global_step, self._ids, bad, loss_bad, self._loss))
         self._loss_finite = self._loss = None
         if getattr(optimizer, "_step_supports_amp_scaling", False):
-            optimizer.found_inf = bad.float()  # the fused kernels skip the update (weights and state) when it is set
+            # when set, the fused kernels skip the update (weights and state)
+            optimizer.found_inf = bad.float()
         else:
             if bool(bad):  # this optimiser must be told on the host
                 for p in params:
@@ -108,7 +105,7 @@ class NonFiniteGuard(L.Callback):
             self._flush()
 
     def _flush(self, stop: bool = True) -> None:
-        """Read the pending steps' flags (one read for all): count, log, and stop after too many in a row."""
+        """Read the pending steps' flags (one read for all): count, log, stop after too many."""
         if not self._pending:
             return
         pending, self._pending = self._pending, []
@@ -119,20 +116,22 @@ class NonFiniteGuard(L.Callback):
                 continue
             self.skipped += 1
             self.consecutive += 1
-            what = f"loss is {float(loss)}" if loss_bad is not None and bool(loss_bad) else "a gradient is NaN/inf"
+            what = (f"loss is {float(loss)}" if loss_bad is not None and bool(loss_bad)
+                    else "a gradient is NaN/inf")
             shown = ", ".join(ids[:8]) + (" ..." if len(ids) > 8 else "")
             log.warning("step %d skipped: %s (batch: %s); %d skipped so far, %d in a row",
                         step, what, shown or "?", self.skipped, self.consecutive)
             if stop and self.max_consecutive and self.consecutive >= self.max_consecutive:
                 raise TrainingDiverged(
-                    f"training diverged: {self.consecutive} consecutive steps had a non-finite loss or gradient "
-                    f"(last at step {step}, {what}). The last good checkpoint is untouched; lower "
-                    f"optim.lr, raise optim.scheduler.warmup_ratio or check the data named in the log above, then "
-                    f"rerun with resume=auto (limit: callbacks.non_finite.max_consecutive={self.max_consecutive})"
+                    f"training diverged: {self.consecutive} consecutive steps had a non-finite "
+                    f"loss or gradient (last at step {step}, {what}). The last good checkpoint is "
+                    f"untouched; lower optim.lr, raise optim.scheduler.warmup_ratio or check the "
+                    f"data named in the log above, then rerun with resume=auto (limit: "
+                    f"callbacks.non_finite.max_consecutive={self.max_consecutive})"
                 )
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
         pl_module.log("faults/skipped_steps", float(self.skipped), on_step=True, on_epoch=False,
                       batch_size=max(1, len(self._ids)))
 
@@ -152,7 +151,7 @@ class NonFiniteGuard(L.Callback):
 
 
 class DroppedUtterances(L.Callback):
-    """Count and log (once each) utterances that failed to load and were dropped from their batch."""
+    """Count and log (once each) utterances that failed to load and were dropped from a batch."""
 
     def __init__(self) -> None:
         self.seen: dict[str, str] = {}  # id -> reason, for the whole run
@@ -164,15 +163,15 @@ class DroppedUtterances(L.Callback):
             self.seen[uid] = why
             log.warning("%s: dropped utterance %s, its audio failed to load: %s", stage, uid, why)
         if stage == "train":
-            pl_module.log("faults/dropped_utts", float(len(self.seen)), on_step=True, on_epoch=False,
-                          batch_size=max(1, len(getattr(batch, "ids", ()))))
+            pl_module.log("faults/dropped_utts", float(len(self.seen)), on_step=True,
+                          on_epoch=False, batch_size=max(1, len(getattr(batch, "ids", ()))))
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
         self._record(batch, pl_module, "train")
 
-    def on_validation_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
-                                  batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_validation_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                                  batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._record(batch, pl_module, "val")
 
     def state_dict(self) -> dict[str, Any]:

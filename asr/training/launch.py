@@ -1,5 +1,5 @@
-"""Before torch.distributed starts: which process this is (torchrun, SLURM's srun, Lightning's own launcher), and
-work that global rank 0 does first while the others wait for its marker in the shared run dir."""
+"""Before torch.distributed starts: how many processes were launched (torchrun, srun), and work
+that global rank 0 does first while the others wait for its marker in the shared run dir."""
 
 from __future__ import annotations
 
@@ -19,13 +19,11 @@ T = TypeVar("T")
 
 
 def launched_world() -> int:
-    """Processes the launcher started (``WORLD_SIZE`` of torchrun, ``SLURM_NTASKS`` under srun); 1 otherwise.
-
-    Lightning's own launcher (``trainer.devices=2`` on one machine) starts the other ranks during the fit, so the
-    first process counts as a world of one here."""
+    """Processes the launcher started (``WORLD_SIZE`` of torchrun, the step's tasks under srun);
+    1 otherwise, Lightning's own launcher included (it starts the other ranks during the fit)."""
     if "WORLD_SIZE" in os.environ:
         return int(os.environ["WORLD_SIZE"])
-    if "SLURM_STEP_NUM_TASKS" in os.environ:  # inside srun (SLURM_NTASKS alone is the whole allocation's)
+    if "SLURM_STEP_NUM_TASKS" in os.environ:  # inside srun (SLURM_NTASKS is the whole allocation's)
         return int(os.environ["SLURM_STEP_NUM_TASKS"])
     return 1
 
@@ -35,15 +33,15 @@ class RankZeroFailed(RuntimeError):
 
 
 def rank_zero_first(fn: Callable[[], T], marker_dir: str | os.PathLike, name: str, what: str,
-                    heartbeat_s: float = 10.0, stale_s: float = 300.0, start_grace_s: float = 900.0) -> T:
-    """Run ``fn`` on global rank 0 first; the other ranks run it after rank 0 has finished (it must be idempotent:
-    they find the work done).
+                    heartbeat_s: float = 10.0, stale_s: float = 300.0,
+                    start_grace_s: float = 900.0) -> T:
+    """Run ``fn`` on global rank 0 first; the other ranks run it after rank 0 has finished (it must
+    be idempotent: they find the work done).
 
-    Rank 0 keeps ``<marker_dir>/.<name>.running`` fresh while it works and then writes ``.<name>.done`` (or the
-    error that stopped it); ``what`` says in messages what it does. Another rank fails with a message, never waits
-    forever, when rank 0 reported an error, when its heartbeat is older than ``stale_s`` (it was killed), or when it
-    has not started after ``start_grace_s``. ``marker_dir`` must be shared by all ranks (the run dir,
-    ``hydra.run.dir``).
+    ``marker_dir`` must be shared by all ranks (``hydra.run.dir``); ``what`` names the work in
+    messages. A waiting rank raises :class:`RankZeroFailed` rather than wait forever when rank 0
+    failed, its heartbeat is older than ``stale_s``, or it has not started after
+    ``start_grace_s``. See docs/training.md.
     """
     marker_dir = Path(marker_dir)
     done, running = marker_dir / f".{name}.done", marker_dir / f".{name}.running"
@@ -84,11 +82,13 @@ def _wait_for(done: Path, running: Path, what: str, stale_s: float, start_grace_
             except FileNotFoundError:  # rank 0 finished between the two checks
                 continue
             if age > stale_s:
-                raise RankZeroFailed(f"global rank 0 stopped before it could {what}: its heartbeat {running} is "
-                                     f"{age:.0f} s old (see rank 0's log); restart all ranks")
+                raise RankZeroFailed(f"global rank 0 stopped before it could {what}: its "
+                                     f"heartbeat {running} is {age:.0f} s old (see rank 0's log); "
+                                     f"restart all ranks")
         elif time.monotonic() - start > start_grace_s:
-            raise RankZeroFailed(f"global rank 0 did not start to {what} within {start_grace_s:.0f} s (no {running}): "
-                                 "are all ranks using the same hydra.run.dir on a shared file system?")
+            raise RankZeroFailed(f"global rank 0 did not start to {what} within "
+                                 f"{start_grace_s:.0f} s (no {running}): are all ranks using the "
+                                 "same hydra.run.dir on a shared file system?")
         time.sleep(0.5)
     status = done.read_text().strip()
     if status != "ok":

@@ -1,4 +1,4 @@
-"""ASRModule: the LightningModule that trains an :class:`asr.recognizer.Recognizer`: it adds
+"""ASRModule: the LightningModule that trains an :class:`asr.recognizer.Recognizer`, adding
 augmentation, the CTC loss(es), the validation WER and the optimiser."""
 
 from __future__ import annotations
@@ -45,10 +45,9 @@ def ctc_loss(log_probs: torch.Tensor, lengths: torch.Tensor, targets: torch.Tens
 
 def batch_error_counts(decoder: Decoder, log_probs: torch.Tensor | None,
                        lengths: torch.Tensor | None, batch: Batch) -> torch.Tensor:
-    """Word errors, reference words, character errors, reference characters of a batch: greedy
-    hypotheses against the normalised manifest text, an utterance whose audio failed to load
-    scored as an empty hypothesis. Summed over a split, this is the validation WER; it is the
-    rule ``asr.evaluate`` applies to a whole manifest."""
+    """Word errors, reference words, character errors, reference characters of a batch's greedy
+    hypotheses (a dropped utterance scores as empty); summed over a split: the validation WER,
+    by the rule ``asr.evaluate`` applies."""
     hyps = decoder.decode(log_probs, lengths) if batch.ids else []
     refs = list(batch.texts) + [f.text for f in batch.dropped]
     words, chars = error_counts(refs, hyps + [""] * len(batch.dropped))
@@ -62,8 +61,7 @@ class ASRModule(L.LightningModule):
     Args:
         tokenizer: maps text to ids; its size fixes the model's output layer.
         features: waveform -> log-Mel front end (runs on the model's device).
-        model: a ``BiLSTMCTC``, or a callable (Hydra partial) taking ``input_dim`` and
-            ``num_classes``.
+        model: a ``BiLSTMCTC``, or a partial taking ``input_dim`` and ``num_classes``.
         optimizer: partial taking ``params`` (e.g. ``torch.optim.AdamW``, ``_partial_: true``).
         scheduler: partial taking ``optimizer`` and ``total_steps``, stepped every optimiser step.
         augment: SpecAugment, applied in training only.
@@ -102,12 +100,14 @@ class ASRModule(L.LightningModule):
         own = self.inter_ctc.tokenizer if self.inter_ctc is not None else None
         return [self.recognizer.tokenizer] + ([own] if own is not None else [])
 
-    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
-        """Waveforms and targets to ``device``; the lengths stay on the host (see :class:`Batch`)."""
+    def transfer_batch_to_device(self, batch: Any, device: torch.device,
+                                 dataloader_idx: int) -> Any:
+        """Waveforms and targets to ``device``; the lengths stay on the host (:class:`Batch`)."""
         if not isinstance(batch, Batch):
             return super().transfer_batch_to_device(batch, device, dataloader_idx)
         moved = {name: getattr(batch, name).to(device, non_blocking=True)
-                 for name in ("audio", "targets", "inter_targets") if getattr(batch, name) is not None}
+                 for name in ("audio", "targets", "inter_targets")
+                 if getattr(batch, name) is not None}
         return batch._replace(**moved)
 
     # ----------------------------------------------------------------- steps
@@ -187,17 +187,20 @@ class ASRModule(L.LightningModule):
     # ------------------------------------------------------------ optimisers
     def configure_optimizers(self) -> Any:
         if self.optimizer_factory is None:
-            raise RuntimeError("ASRModule was built without an optimizer; it can decode but not train")
+            raise RuntimeError("ASRModule was built without an optimizer; it can decode but not "
+                               "train")
         params = [p for p in self.parameters() if p.requires_grad]
         precision = str(self.trainer.precision) if self._trainer is not None else "32-true"
         clips = bool(self._trainer is not None and self.trainer.gradient_clip_val)
-        optimizer = self.optimizer_factory(params=params, **fused_option(self.optimizer_factory, precision, clips))
+        optimizer = self.optimizer_factory(
+            params=params, **fused_option(self.optimizer_factory, precision, clips))
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(
             optimizer=optimizer, total_steps=int(self.trainer.estimated_stepping_batches)
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ----------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -218,19 +221,19 @@ class ASRModule(L.LightningModule):
         checkpoint[RNG_KEY] = {"ranks": ranks}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """An older checkpoint's layout brought up to date (before Lightning loads its weights);
-        each rank takes back its own random generator states."""
+        """Bring the checkpoint's layout up to date before Lightning loads its weights; each rank
+        takes back its own random generator states."""
         migrate(checkpoint)
         saved = checkpoint.get(RNG_KEY)
         if not saved:
             return
         ranks = saved["ranks"]
-        rank, world = ((self.trainer.global_rank, self.trainer.world_size) if self._trainer is not None
-                       else (0, 1))
+        rank, world = ((self.trainer.global_rank, self.trainer.world_size)
+                       if self._trainer is not None else (0, 1))
         if len(ranks) != world:
-            log.warning("the checkpoint holds the random generator states of %d ranks, this run has "
-                        "%d: dropout and SpecAugment will not draw what an uninterrupted run would "
-                        "have", len(ranks), world)
+            log.warning("the checkpoint holds the random generator states of %d ranks, this run "
+                        "has %d: dropout and SpecAugment will not draw what an uninterrupted run "
+                        "would have", len(ranks), world)
         self._rng_to_restore = ranks[rank % len(ranks)]
 
     def on_train_start(self) -> None:

@@ -1,4 +1,4 @@
-"""Learning-rate schedules, built as Hydra partials inside ``configure_optimizers``; the fused-AdamW choice."""
+"""Learning-rate schedules (Hydra partials built in ``configure_optimizers``); fused AdamW."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ def warmup_decay(
     final_lr_ratio: float,
     shape: str = "cosine",
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warmup from ~0 to the optimiser's lr, then cosine or linear decay to ``final_lr_ratio`` x lr.
+    """Linear warmup from ~0 to the optimiser's lr, then cosine or linear decay to
+    ``final_lr_ratio`` x lr.
 
     Args:
         optimizer: the optimiser whose ``lr`` is the peak.
@@ -41,13 +42,10 @@ def warmup_decay(
 
 def fused_option(factory: Callable[..., torch.optim.Optimizer], precision: str,
                  lightning_clips: bool = False) -> dict[str, bool]:
-    """``{"fused": True}`` for an Adam/AdamW partial whose ``fused`` is left null, unless the precision forbids it.
-
-    The fused kernels update every parameter in one call, much faster on CPU than the per-tensor loop
-    (``python benchmarks/step_parts.py``), and take the skip-this-step flag of :class:`NonFiniteGuard` on the
-    device. They stay off under ``16-mixed`` (the GradScaler's gradients are still scaled when the guard clips
-    them) and under any mixed precision when Lightning clips (``trainer.gradient_clip_val``: it refuses to clip
-    for a fused optimiser). ``fused: false`` in the config, or ``foreach: true``, keeps torch's default.
+    """``{"fused": True}`` for an Adam/AdamW partial whose ``fused`` is null, unless the precision
+    forbids it (``16-mixed``, or mixed precision with ``trainer.gradient_clip_val``);
+    ``fused: false`` or ``foreach: true`` in the config keeps torch's default.
+    See docs/training.md.
     """
     if getattr(factory, "func", None) not in (torch.optim.Adam, torch.optim.AdamW):
         return {}

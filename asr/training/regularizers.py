@@ -1,10 +1,9 @@
-"""Opt-in regularisers as Lightning callbacks (``callbacks=[default,ema]``, ``callbacks=[default,weight_noise]``).
+"""Opt-in regularisers as Lightning callbacks (``callbacks=[default,ema]`` or ``weight_noise``).
 
-- :class:`EMA`: an exponential moving average of the weights (Lightning's :class:`WeightAveraging`), updated after
-  every training step. Validation scores it, and the checkpoints Lightning writes hold it as their weights, so
-  best.ckpt and everything that decodes from it (evaluate, transcribe, export) use the average.
-- :class:`WeightNoise`: Gaussian noise on every weight matrix for each training step's forward and backward pass,
-  taken off before the optimiser step (Graves et al. 2013).
+- :class:`EMA`: exponential moving average of the weights, updated every training step;
+  validation scores it and checkpoints hold it, so best.ckpt and all that decodes from it use it.
+- :class:`WeightNoise`: Gaussian noise on every weight matrix for each training step's forward
+  and backward pass, taken off before the optimiser step (Graves et al. 2013).
 """
 
 from __future__ import annotations
@@ -18,12 +17,13 @@ from pytorch_lightning.callbacks import WeightAveraging
 
 
 def ema_update(decay: float) -> Callable[..., None]:
-    """``multi_avg_fn`` of :class:`torch.optim.swa_utils.AveragedModel`: an exponential moving average whose decay
-    ramps up as ``min(decay, (1 + n) / (10 + n))`` at update ``n``, so early averages do not drag in the random
+    """``multi_avg_fn`` of :class:`torch.optim.swa_utils.AveragedModel`: an EMA whose decay ramps
+    up as ``min(decay, (1 + n) / (10 + n))`` at update ``n``, so early averages forget the random
     initialisation."""
 
     @torch.no_grad()
-    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor],
+               num_averaged: torch.Tensor) -> None:
         n = int(num_averaged)
         torch._foreach_lerp_(averaged, current, 1.0 - min(decay, (1 + n) / (10 + n)))
 
@@ -45,9 +45,9 @@ class EMA(WeightAveraging):
 
 
 class WeightNoise(L.Callback):
-    """Add ``N(0, std²)`` noise to every weight matrix of the model before each training step's forward pass, from
-    epoch ``start_epoch`` on; the gradients are taken at the noisy weights, and the noise is taken off before the
-    optimiser updates the clean ones (also after a step that was skipped).
+    """Add ``N(0, std²)`` noise to every weight matrix before each training step's forward pass,
+    from epoch ``start_epoch`` on; the gradients are taken at the noisy weights, and the noise is
+    taken off before the optimiser updates the clean ones (also after a skipped step).
 
     Args:
         std: standard deviation of the noise (> 0).
@@ -80,6 +80,6 @@ class WeightNoise(L.Callback):
     def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._remove()
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
         self._remove()

@@ -1,5 +1,5 @@
 """Puts the project root on Hydra's search path, so ``conf/recipe/<name>.yaml`` can pull in
-``recipes/<name>/config.yaml``: a recipe's settings live with the recipe, beside its README and scripts."""
+``recipes/<name>/config.yaml``: a recipe's settings live beside its README and scripts."""
 
 from pathlib import Path
 

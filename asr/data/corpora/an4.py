@@ -1,14 +1,7 @@
 """CMU AN4 (census): download, extract, and write train/dev/test manifests.
 
-Layout of the official archive ``an4_sphere.tar.gz``::
-
-    an4/etc/an4_{train,test}.transcription   "<s> TEXT </s> (id)" (train) or "TEXT (id)" (test)
-    an4/etc/an4_{train,test}.fileids         an4_clstk/<spk>/<id>, relative to an4/wav, no extension
-    an4/wav/an4_clstk/<spk>/<id>.sph         948 training utterances, NIST SPHERE 16 kHz
-    an4/wav/an4test_clstk/<spk>/<id>.sph     130 test utterances
-
-The dev split is held out of train by whole speakers (chosen with a fixed seed), so model selection sees
-unseen speakers as the test set does, and never the test set itself.
+The dev split is held out of train by whole speakers, so model selection sees unseen speakers as
+the test set does. The archive's layout: see docs/data.md.
 """
 
 from __future__ import annotations
@@ -29,11 +22,9 @@ from asr.data.manifest import Utterance, write_manifest
 log = logging.getLogger(__name__)
 
 AN4_URL = "http://www.speech.cs.cmu.edu/databases/an4/an4_sphere.tar.gz"
-# CMU publishes no checksum. These are the copies of an4_sphere.tar.gz known here: the archive as NVIDIA mirrors it
-# for NeMo's AN4 tutorials (https://dldata-public.s3.us-east-2.amazonaws.com/an4_sphere.tar.gz; SHA-256 as another
-# project verifies it), and a repacked copy whose 13 `fcaw` test transcript lines were restored, on which this
-# project's AN4 results were measured. A copy that matches neither is refused with its digests, so a user who trusts
-# it can add its checksum to prepare.checksums (or set it to null).
+# CMU publishes no checksum: these are the copies of an4_sphere.tar.gz known here, NVIDIA's mirror
+# for NeMo (https://dldata-public.s3.us-east-2.amazonaws.com/an4_sphere.tar.gz) and a repacked copy
+# with its 13 `fcaw` test transcript lines restored. See docs/data.md.
 AN4_CHECKSUMS = (
     "sha256:a0525579493735d32b60fb6fa5975dd0eaacde087b0a4eeb7f13b7ef33077b12",
     "md5:8920692a830bea166f542456513564b2",
@@ -42,7 +33,7 @@ _LINE = re.compile(r"^\s*(?:<s>)?\s*(?P<text>.*?)\s*(?:</s>)?\s*\((?P<id>[^()\s]
 
 
 def parse_transcription(path: Path) -> dict[str, str]:
-    """``id -> TEXT`` from an AN4 transcription file (both the ``<s> … </s>`` and the bare style)."""
+    """``id -> TEXT`` from an AN4 transcription file (the ``<s> … </s>`` or the bare style)."""
     out: dict[str, str] = {}
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -57,7 +48,8 @@ def parse_transcription(path: Path) -> dict[str, str]:
 def _utterances(root: Path, split: str, rejected: list[dict]) -> list[Utterance]:
     etc = root / "an4" / "etc"
     texts = parse_transcription(etc / f"an4_{split}.transcription")
-    fileids = [ln.strip() for ln in (etc / f"an4_{split}.fileids").read_text().splitlines() if ln.strip()]
+    fileids = [ln.strip() for ln in (etc / f"an4_{split}.fileids").read_text().splitlines()
+               if ln.strip()]
     utts = []
     for fid in tqdm(fileids, desc=f"prepare an4 {split}", unit="utt", leave=False):
         uid = Path(fid).name
@@ -71,7 +63,8 @@ def _utterances(root: Path, split: str, rejected: list[dict]) -> list[Utterance]
         else:
             info, reason = probe_audio(audio)
         if reason:
-            rejected.append({"audio_filepath": str(rel), "id": uid, "split": split, "reason": reason})
+            rejected.append({"audio_filepath": str(rel), "id": uid, "split": split,
+                             "reason": reason})
             continue
         utts.append(
             Utterance(
@@ -85,8 +78,10 @@ def _utterances(root: Path, split: str, rejected: list[dict]) -> list[Utterance]
     return utts
 
 
-def split_dev(train: list[Utterance], dev_size: int, seed: int) -> tuple[list[Utterance], list[Utterance]]:
-    """(train, dev): whole speakers, chosen with ``seed``, held out until dev has at least ``dev_size`` utterances."""
+def split_dev(train: list[Utterance], dev_size: int,
+              seed: int) -> tuple[list[Utterance], list[Utterance]]:
+    """(train, dev): whole speakers, chosen with ``seed``, held out until dev has at least
+    ``dev_size`` utterances."""
     speakers = sorted({u.speaker for u in train})
     random.Random(seed).shuffle(speakers)
     dev_speakers: set[str] = set()
@@ -94,10 +89,12 @@ def split_dev(train: list[Utterance], dev_size: int, seed: int) -> tuple[list[Ut
         if sum(u.speaker in dev_speakers for u in train) >= dev_size:
             break
         dev_speakers.add(spk)
-    return [u for u in train if u.speaker not in dev_speakers], [u for u in train if u.speaker in dev_speakers]
+    return ([u for u in train if u.speaker not in dev_speakers],
+            [u for u in train if u.speaker in dev_speakers])
 
 
-def _write(data: Path, manifests: dict[str, str], splits: dict[str, list[Utterance]], rejected: list[dict]) -> None:
+def _write(data: Path, manifests: dict[str, str], splits: dict[str, list[Utterance]],
+           rejected: list[dict]) -> None:
     """The manifests of the splits, and ``rejected.jsonl`` with each reject's reason."""
     for split, utts in splits.items():
         write_manifest(manifests[split], utts)
@@ -107,7 +104,8 @@ def _write(data: Path, manifests: dict[str, str], splits: dict[str, list[Utteran
         for r in rejected:
             f.write(json.dumps(r) + "\n")
     if rejected:
-        log.warning("an4: rejected %d utterances, reasons in %s", len(rejected), data / "rejected.jsonl")
+        log.warning("an4: rejected %d utterances, reasons in %s", len(rejected),
+                    data / "rejected.jsonl")
 
 
 def prepare(
@@ -128,19 +126,20 @@ def prepare(
     Args:
         data_dir: where the corpus is extracted and the manifests written.
         download_dir: cache of downloaded archives.
-        url: where to fetch the archive (CMU's official URL by default; a mirror or file:// works too).
-        checksums: the archive must match one of these (``"sha256:<hex>"`` / ``"md5:<hex>"``); ``None``: unchecked.
+        url: where to fetch the archive (a mirror or file:// works too).
+        checksums: the archive must match one of these (``"sha256:<hex>"`` / ``"md5:<hex>"``);
+            ``None``: unchecked.
         dev_size: at least this many training utterances, by whole speakers, are held out as dev.
         seed: chooses the dev speakers.
-        progress: show progress bars.
-        stages: ``download`` (fetch + extract) and/or ``manifests`` (``python -m asr.prepare stage=...`` runs one).
+        stages: ``download`` (fetch + extract) and/or ``manifests``.
 
     Returns:
         ``{"train": path, "dev": path, "test": path}`` (``{}`` when only ``download`` ran).
     """
     unknown = set(stages) - {"download", "manifests"}
     if unknown:
-        raise ValueError(f"an4 prepare stages must be download and/or manifests, got {sorted(unknown)}")
+        raise ValueError(f"an4 prepare stages must be download and/or manifests, "
+                         f"got {sorted(unknown)}")
     data = Path(data_dir)
     manifests = {s: str(data / f"{s}.jsonl") for s in ("train", "dev", "test")}
     done = data / ".prepared"
@@ -148,16 +147,16 @@ def prepare(
         return manifests
     extracted = data / ".extracted"
     if not extracted.exists() and "download" in stages:
-        archive = download(url, Path(download_dir) / "an4_sphere.tar.gz", checksums, progress=progress,
-                           checksum_setting="prepare.checksums")
+        archive = download(url, Path(download_dir) / "an4_sphere.tar.gz", checksums,
+                           progress=progress, checksum_setting="prepare.checksums")
         log.info("extracting %s into %s", archive, data)
         extract_tar(archive, data, progress=progress)
         extracted.touch()
     if "manifests" not in stages:
         return {}
     if not extracted.exists():
-        raise FileNotFoundError(f"{data} holds no extracted AN4 corpus: run the download stage first "
-                                f"(`python -m asr.prepare recipe=an4 stage=download`)")
+        raise FileNotFoundError(f"{data} holds no extracted AN4 corpus: run the download stage "
+                                f"first (`python -m asr.prepare recipe=an4 stage=download`)")
 
     rejected: list[dict] = []
     train, dev = split_dev(_utterances(data, "train", rejected), dev_size, seed)

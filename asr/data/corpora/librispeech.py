@@ -1,15 +1,8 @@
-"""LibriSpeech: download the official archives, extract them safely, and write one manifest per subset.
+"""LibriSpeech: download the official archives, extract them safely, write a manifest per subset.
 
-Layout of the corpus (every archive of resource 12 of openslr holds one ``LibriSpeech/<subset>/`` tree)::
-
-    LibriSpeech/<subset>/<speaker>/<chapter>/<speaker>-<chapter>-<utt>.flac
-    LibriSpeech/<subset>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt   "<utt id> TRANSCRIPT" lines
-
-Stages, each marked done under ``<data_dir>/.done/`` so a rerun skips it: download (checksum verified,
-resumed, retried), extract (no member may land outside ``data_dir``), prepare (``<subset>.jsonl``; durations
-from the FLAC headers, read in parallel, never a full decode). Utterances that cannot be used (unreadable
-audio, no transcript, a transcript line without audio, an id that disagrees with its folder) go to
-``<data_dir>/rejected.jsonl`` with the reason.
+Each stage is marked done under ``<data_dir>/.done/`` so a rerun skips it; durations come from the
+FLAC headers. Unusable utterances go to ``<data_dir>/rejected.jsonl`` with the reason. Layout and
+stages: see docs/data.md.
 """
 
 from __future__ import annotations
@@ -44,8 +37,8 @@ SHA256 = {
 }
 SUBSETS = tuple(SHA256)
 EVAL_SUBSETS = ("dev-clean", "dev-other", "test-clean", "test-other")
-# Resource 11 (n-gram LMs, lexicon, vocabulary) for decoding. No checksums are published with these
-# files that we could find, so they are fetched unverified (None) rather than against a guessed value.
+# Resource 11 (n-gram LMs, lexicon, vocabulary) for decoding. No published checksums were found,
+# so they are fetched unverified (None) rather than against a guessed value.
 LM_FILES: dict[str, list[str] | None] = {
     "3-gram.arpa.gz": None,
     "3-gram.pruned.1e-7.arpa.gz": None,
@@ -59,12 +52,13 @@ LM_FILES: dict[str, list[str] | None] = {
 def _check_subsets(subsets: Sequence[str], setting: str) -> list[str]:
     bad = [s for s in subsets if s not in SHA256]
     if bad:
-        raise ValueError(f"{setting}: unknown LibriSpeech subset(s) {bad}; choose from {list(SUBSETS)}")
+        raise ValueError(f"{setting}: unknown LibriSpeech subset(s) {bad}; "
+                         f"choose from {list(SUBSETS)}")
     return list(subsets)
 
 
 def subset_dir(corpus_dir: str | os.PathLike, subset: str) -> Path:
-    """``<corpus_dir>/<subset>``, or ``<corpus_dir>/LibriSpeech/<subset>`` (either form of root works)."""
+    """``<corpus_dir>/<subset>``, or ``<corpus_dir>/LibriSpeech/<subset>`` (either root works)."""
     corpus_dir = Path(corpus_dir)
     for cand in (corpus_dir / subset, corpus_dir / "LibriSpeech" / subset):
         if cand.is_dir():
@@ -80,7 +74,7 @@ def fetch_subset(
     retries: int = 5,
     progress: bool = True,
 ) -> Path:
-    """Download (verified, resumable) and extract one subset under ``data_dir``; skipped when marked done.
+    """Download (verified, resumable) and extract one subset under ``data_dir``, unless done.
 
     Returns:
         The subset's folder, ``<data_dir>/LibriSpeech/<subset>``.
@@ -119,10 +113,11 @@ def fetch_lm(
     """
     unknown = [f for f in files if f not in LM_FILES]
     if unknown:
-        raise ValueError(f"lm files {unknown} are not part of resource 11; choose from {list(LM_FILES)}")
+        raise ValueError(f"lm files {unknown} are not part of resource 11; "
+                         f"choose from {list(LM_FILES)}")
     return {
-        f: str(download(f"{base_url.rstrip('/')}/{f}", Path(lm_dir) / f, checksums=LM_FILES[f], retries=retries,
-                        progress=progress))
+        f: str(download(f"{base_url.rstrip('/')}/{f}", Path(lm_dir) / f, checksums=LM_FILES[f],
+                        retries=retries, progress=progress))
         for f in files
     }
 
@@ -151,41 +146,43 @@ def _read_chapter(chapter: str) -> tuple[list[dict], list[dict]]:
         if path is None:
             reason = f"{trans.name} lists {uid} but {uid}.flac is missing"
         elif uid not in texts:
-            reason = f"no transcript line for {uid} in {trans.name}" if trans.is_file() else "no trans.txt"
+            reason = (f"no transcript line for {uid} in {trans.name}" if trans.is_file()
+                      else "no trans.txt")
         elif not uid.startswith(f"{spk}-{chap}-"):
             reason = f"id {uid} does not belong in folder {spk}/{chap}"
         elif not texts[uid]:
             reason = "empty transcript"
         else:
-            info, reason = probe_audio(path)  # header + the last samples: catches empty and truncated files
+            # header + the last samples: catches empty and truncated files
+            info, reason = probe_audio(path)
             if info is not None:
                 frames, rate = info.frames, info.samplerate
         if reason:
             where = str(path or folder / f"{uid}.flac")
             rejected.append({"id": uid, "audio_filepath": where, "reason": reason})
             continue
-        utts.append({"audio_filepath": str(path), "duration": round(frames / rate, 4), "text": texts[uid],
-                     "id": uid, "speaker": spk})
+        utts.append({"audio_filepath": str(path), "duration": round(frames / rate, 4),
+                     "text": texts[uid], "id": uid, "speaker": spk})
     return utts, rejected
 
 
 def read_subset(
     folder: str | os.PathLike, workers: int = 0, progress: bool = True, desc: str = "prepare"
 ) -> tuple[list[Utterance], list[dict]]:
-    """Every utterance of a LibriSpeech subset folder (``<folder>/<spk>/<chapter>/...``), sorted by id.
+    """Every utterance of a LibriSpeech subset folder (``<folder>/<spk>/<chapter>/``), by id.
 
     Args:
         folder: the subset folder, e.g. ``.../LibriSpeech/dev-clean``.
         workers: processes reading FLAC headers (0 = as many as CPUs, 1 = in this process).
-        progress: show a progress bar (chapters).
 
     Returns:
-        (utterances with absolute audio paths, rejected ``{"id", "audio_filepath", "reason"}`` dicts).
+        (utterances with absolute audio paths, rejected ``{"id", "audio_filepath", "reason"}``).
     """
     chapters = sorted(str(c) for c in Path(folder).glob("*/*") if c.is_dir())
     if not chapters:
         raise FileNotFoundError(
-            f"{folder} holds no <speaker>/<chapter>/ folders: not a LibriSpeech subset (check data.root)"
+            f"{folder} holds no <speaker>/<chapter>/ folders: not a LibriSpeech subset "
+            f"(check data.root)"
         )
     workers = workers or os.cpu_count() or 1
     utts: list[Utterance] = []
@@ -196,7 +193,8 @@ def read_subset(
         pool = None
     else:
         pool = ProcessPoolExecutor(max_workers=min(workers, len(chapters)))
-        results = pool.map(_read_chapter, chapters, chunksize=max(1, len(chapters) // (workers * 8)))
+        results = pool.map(_read_chapter, chapters,
+                           chunksize=max(1, len(chapters) // (workers * 8)))
     try:
         for u, r in results:
             utts.extend(Utterance(**d) for d in u)
@@ -236,26 +234,25 @@ def prepare(
     retries: int = 5,
     progress: bool = True,
 ) -> dict[str, str]:
-    """Download (unless ``root`` holds a copy), extract and write ``<data_dir>/<subset>.jsonl`` per subset.
+    """Download (unless ``root`` holds a copy), extract and write ``<data_dir>/<subset>.jsonl``.
 
-    Also writes ``<data_dir>/<train_name>.jsonl``, the training subsets together, and ``rejected.jsonl``.
-    Finished stages are marked in ``<data_dir>/.done/`` and skipped on a rerun.
+    Also writes ``<data_dir>/<train_name>.jsonl`` (the training subsets together) and
+    ``rejected.jsonl``. Finished stages are marked in ``<data_dir>/.done/`` and skipped on a rerun.
 
     Args:
         data_dir: manifests, markers and (when downloading) the extracted corpus go here.
-        download_dir: cache of the downloaded archives (an archive already there is not fetched again).
+        download_dir: cache of the downloaded archives (one already there is not fetched again).
         subsets: subsets to prepare (all seven by default).
         train_subsets: subsets that make up the training manifest (must be in ``subsets``).
         train_name: its file name without ``.jsonl`` (recipes on different subsets keep their own).
-        root: an existing LibriSpeech copy (the folder holding ``train-clean-100/`` etc., or its parent):
-            nothing is downloaded, manifests point into it.
-        base_url: where the archives of resource 12 are fetched (a mirror, or a local server in tests).
+        root: an existing LibriSpeech copy (the folder holding ``train-clean-100/`` etc., or its
+            parent): nothing is downloaded, manifests point into it.
+        base_url: where the archives of resource 12 are fetched (e.g. a mirror).
         lm: also fetch the n-gram LMs and lexicon (resource 11) into ``<data_dir>/lm``.
         lm_base_url: where resource 11 is fetched.
         stages: ``download`` (fetch + extract) and/or ``manifests``.
         workers: processes reading FLAC headers (0 = one per CPU).
         retries: download attempts (with doubling back-off) before giving up.
-        progress: progress bars for download, extract and prepare.
 
     Returns:
         ``{subset: manifest path, ..., train_name: path}`` (only what the stages produced).
@@ -282,36 +279,41 @@ def prepare(
 def _check_settings(
     subsets: Sequence[str], train_subsets: Sequence[str], stages: Sequence[str], root: str | None
 ) -> tuple[list[str], list[str]]:
-    """:func:`prepare`'s settings, checked: known subsets, training subsets among them, known stages, and a
-    ``root`` that holds every subset."""
+    """:func:`prepare`'s settings, checked: known subsets, training subsets among them, known
+    stages, and a ``root`` that holds every subset."""
     subsets = _check_subsets(subsets, "prepare.subsets")
     train_subsets = _check_subsets(train_subsets, "prepare.train_subsets")
     missing = [s for s in train_subsets if s not in subsets]
     if missing:
-        raise ValueError(f"prepare.train_subsets {missing} are not in prepare.subsets {subsets}; add them")
+        raise ValueError(f"prepare.train_subsets {missing} are not in prepare.subsets {subsets}; "
+                         f"add them")
     unknown = set(stages) - {"download", "manifests"}
     if unknown:
-        raise ValueError(f"prepare.stages: unknown stage(s) {sorted(unknown)}; use download and/or manifests")
+        raise ValueError(f"prepare.stages: unknown stage(s) {sorted(unknown)}; "
+                         f"use download and/or manifests")
     absent = [s for s in subsets if not subset_dir(root, s).is_dir()] if root else []
     if absent:
         raise FileNotFoundError(
-            f"data.root={root} lacks the subset folder(s) {absent}; point data.root at the folder holding "
-            f"them (e.g. /datasets/LibriSpeech), or set data.root=null to download them"
+            f"data.root={root} lacks the subset folder(s) {absent}; point data.root at the folder "
+            f"holding them (e.g. /datasets/LibriSpeech), or set data.root=null to download them"
         )
     return subsets, train_subsets
 
 
-def write_subset_manifest(subset: str, corpus: Path, data: Path, workers: int, progress: bool) -> str:
-    """``<data>/<subset>.jsonl`` (paths relative to ``data`` where they lie under it) and its rejects, unless a
-    marker says they were made from this same copy of the corpus (a new ``data.root`` redoes them)."""
+def write_subset_manifest(subset: str, corpus: Path, data: Path, workers: int,
+                          progress: bool) -> str:
+    """``<data>/<subset>.jsonl`` (paths relative to ``data`` where they lie under it) and its
+    rejects, unless a marker says they were made from this same copy of the corpus."""
     manifest, mark = data / f"{subset}.jsonl", data / ".done" / f"{subset}.prepared"
     source = str(corpus.resolve())
     if manifest.exists() and mark.exists() and mark.read_text() == source:
         return str(manifest)
     folder = subset_dir(corpus, subset)
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} does not exist; run the download stage first (or set data.root)")
-    utts, rejected = read_subset(folder, workers=workers, progress=progress, desc=f"prepare {subset}")
+        raise FileNotFoundError(f"{folder} does not exist; run the download stage first "
+                                f"(or set data.root)")
+    utts, rejected = read_subset(folder, workers=workers, progress=progress,
+                                 desc=f"prepare {subset}")
     write_manifest(manifest, _relative(utts, data.resolve()))
     with (data / f"{subset}.rejected.jsonl").open("w", encoding="utf-8") as f:
         f.writelines(json.dumps({**r, "subset": subset}) + "\n" for r in rejected)
@@ -323,15 +325,18 @@ def write_subset_manifest(subset: str, corpus: Path, data: Path, workers: int, p
 
 def _gather_rejected(data: Path, subsets: Sequence[str]) -> None:
     """``<data>/rejected.jsonl``: every subset's rejects with their reasons."""
-    rejected = [json.loads(x) for s in subsets for x in (data / f"{s}.rejected.jsonl").read_text().splitlines() if x]
+    rejected = [json.loads(x) for s in subsets
+                for x in (data / f"{s}.rejected.jsonl").read_text().splitlines() if x]
     with (data / "rejected.jsonl").open("w", encoding="utf-8") as f:
         f.writelines(json.dumps(r) + "\n" for r in rejected)
     if rejected:
-        log.warning("librispeech: rejected %d utterances, reasons in %s", len(rejected), data / "rejected.jsonl")
+        log.warning("librispeech: rejected %d utterances, reasons in %s", len(rejected),
+                    data / "rejected.jsonl")
 
 
 def _concatenate(path: Path, manifests: Sequence[str]) -> str:
-    """The training subsets' manifests as one (lines copied: all share ``data_dir`` as their base), atomically."""
+    """The training subsets' manifests as one, atomically (lines copied: all share ``data_dir`` as
+    their base)."""
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w", encoding="utf-8") as f:
         for m in manifests:
@@ -341,15 +346,14 @@ def _concatenate(path: Path, manifests: Sequence[str]) -> str:
 
 
 class LibriSpeechDataModule(ASRDataModule):
-    """:class:`~asr.data.ASRDataModule` over manifests made by :func:`prepare` from the copy at ``root``.
+    """:class:`~asr.data.datamodule.ASRDataModule` over :func:`prepare`'s manifests of ``root``.
 
-    ``root`` is the one setting a user changes to train from an existing copy (``data.root=...``); the
-    recipe's prepare stage reads it too. Here it guards against stale manifests: when ``root`` is set, the
-    training manifest must point into it, or ``setup`` says how to redo the manifests.
+    Guards against stale manifests: when ``root`` is set, the training manifest must point into
+    it, or ``setup`` says how to redo the manifests.
 
     Args:
         root: an existing LibriSpeech folder, or None when the recipe downloads the corpus.
-        **kwargs: the arguments of :class:`~asr.data.ASRDataModule`.
+        **kwargs: the arguments of :class:`~asr.data.datamodule.ASRDataModule`.
     """
 
     def __init__(self, root: str | None = None, **kwargs) -> None:
@@ -364,6 +368,7 @@ class LibriSpeechDataModule(ASRDataModule):
                 raise ValueError(
                     f"{self.train_manifest} points at {first[0].audio_filepath}, not into "
                     f"data.root={self.root}; "
-                    f"delete {Path(self.train_manifest).parent / '.done'} to prepare the manifests again"
+                    f"delete {Path(self.train_manifest).parent / '.done'} "
+                    f"to prepare the manifests again"
                 )
         super().setup(stage)
