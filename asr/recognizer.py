@@ -24,7 +24,7 @@ import torch
 import torchaudio.functional as AF
 from torch import nn
 
-from asr.audio import load_audio
+from asr.audio import bad_samples, load_audio
 from asr.decoding import Decoder, GreedyDecoder
 from asr.features import LogMelFeatures
 from asr.model import BiLSTMCTC
@@ -39,8 +39,14 @@ from asr.model_files import (
     saved_quantization,
     write_folder,
 )
-from asr.quantize import check_quantize, float_state, int8_weights, is_quantized, load_int8_weights
-from asr.quantize import quantize_int8 as _quantize_int8
+from asr.quantize import (
+    check_quantize,
+    float_state,
+    int8_weights,
+    is_quantized,
+    load_int8_weights,
+    quantize_int8,
+)
 from asr.text import Tokenizer, tokenizer_from_state_dict
 from asr.timing import Word, frame_energy_db, snap_to_sound, transcript_words
 
@@ -216,7 +222,7 @@ class Recognizer(nn.Module):
         if isinstance(audio, (str, os.PathLike)):
             return read_audio(audio, self.sample_rate)
         wav = torch.as_tensor(np.asarray(audio) if isinstance(audio, np.ndarray) else audio)
-        if wav.dim() != 1 or wav.numel() == 0 or not torch.isfinite(wav).all():
+        if wav.dim() != 1 or bad_samples(wav) is not None:
             raise ValueError(f"a waveform must be 1-D, non-empty and finite; got shape "
                              f"{tuple(wav.shape)}")
         wav = wav.float()
@@ -276,7 +282,7 @@ class Recognizer(nn.Module):
             recognizer.load_state_dict(recognizer_state(ckpt))
             recognizer.eval_manifests = dict(ckpt["asr"].get("eval_manifests", {}))
         if quantize:
-            _quantize_int8(recognizer)
+            quantize_int8(recognizer)
         return recognizer.to(dev).eval()
 
     def save_pretrained(self, folder: str | os.PathLike, quantize: str | None = None,
@@ -290,14 +296,11 @@ class Recognizer(nn.Module):
         if is_quantized(self) and not check_quantize(quantize):
             raise ValueError("the model's weights are int8 (it was loaded from an int8 folder): "
                              "save it with quantize=int8, or save the float model")
-        tensors = (int8_weights(_quantize_int8(copy.deepcopy(self).cpu())) if quantize
+        tensors = (int8_weights(quantize_int8(copy.deepcopy(self).cpu())) if quantize
                    else self.state_dict())
         info = {"eval_manifests": dict(self.eval_manifests), **(info or {})}
         return write_folder(folder, self.describe(), tensors, quantize, info)
 
-    def quantize_int8(self) -> Recognizer:
-        """Make the LSTM and linear layers int8 (in place; CPU only): :mod:`asr.quantize`."""
-        return _quantize_int8(self)
 
 
 def check_options(word_times: str, chunking: dict[str, float]) -> None:

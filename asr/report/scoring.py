@@ -12,7 +12,7 @@ from pathlib import Path
 from asr.decoding import Decoder
 from asr.inference import cached_log_probs, decode_log_probs, model_home
 from asr.metrics import error_report
-from asr.model_files import saved_quantization
+from asr.quantize import is_quantized
 from asr.recognizer import Recognizer
 from asr.report.alignment import save_sample_alignment
 from asr.report.analysis import write_error_analysis
@@ -45,7 +45,7 @@ def evaluate_checkpoint(
         ``{name: report}`` (:func:`asr.metrics.error_report`, plus timings, ``rtf`` and paths).
     """
     recognizer = Recognizer.load(checkpoint, device, quantize)
-    quantize = quantize or saved_quantization(checkpoint)
+    quantize = "int8" if is_quantized(recognizer) else None  # asked for, or the folder's
     dec = recognizer.decoder_for(decoder)
     manifests = dict(manifests or recognizer.eval_manifests)
     if not manifests:

@@ -151,13 +151,9 @@ class ASRModule(L.LightningModule):
             keep = [i for i, (t, n) in enumerate(zip(batch.texts, batch.target_lengths.tolist(),
                                                       strict=True)) if n or not t]
             if keep:
-                if len(keep) < len(batch.ids):
-                    rows = torch.tensor(keep)
-                    loss = ctc_loss(log_probs[rows.to(log_probs.device)], lengths[rows],
-                                    batch.targets[rows.to(batch.targets.device)],
-                                    batch.target_lengths[rows])
-                else:
-                    loss = ctc_loss(log_probs, lengths, batch.targets, batch.target_lengths)
+                rows = slice(None) if len(keep) == len(batch.ids) else torch.tensor(keep)
+                loss = ctc_loss(log_probs[rows], lengths[rows], batch.targets[rows],
+                                batch.target_lengths[rows])
                 self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(keep))
         counts = batch_error_counts(self.recognizer.decoder, log_probs, lengths, batch)
         self._counts[stage] = self._counts.get(stage, 0) + counts
