@@ -1,4 +1,4 @@
-"""Fetch files with checksum, resume and retries; extract archives without path escapes.
+"""Fetch files with checksum, resume and retries; extract tar/zip archives without path escapes.
 
 Shared by every corpus. Works with http(s):// and file:// URLs.
 """
@@ -9,10 +9,12 @@ import hashlib
 import http.client
 import logging
 import os
+import stat
 import tarfile
 import time
 import urllib.error
 import urllib.request
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -161,18 +163,28 @@ def download(
     return dest
 
 
-def _check_member(member: tarfile.TarInfo, target: Path) -> None:
-    name = member.name
+def _check_name(name: str, target: Path) -> Path:
+    """Where member ``name`` lands under ``target``; refused when that is outside it."""
     where = (target / name).resolve()
     if os.path.isabs(name) or not where.is_relative_to(target):
         raise ValueError(f"archive member {name!r} would be written outside {target}; "
                          "refusing to extract")
+    return where
+
+
+def _check_link(name: str, linkname: str, base: Path, target: Path) -> None:
+    """Refuse a link ``name -> linkname`` (read from ``base``) that points outside ``target``."""
+    link = Path(linkname)
+    if link.is_absolute() or not (base / link).resolve().is_relative_to(target):
+        raise ValueError(f"archive link {name!r} -> {linkname!r} escapes {target}; "
+                         "refusing to extract")
+
+
+def _check_member(member: tarfile.TarInfo, target: Path) -> None:
+    name = member.name
+    where = _check_name(name, target)
     if member.issym() or member.islnk():
-        link = Path(member.linkname)
-        resolved = ((where.parent if member.issym() else target) / link).resolve()
-        if link.is_absolute() or not resolved.is_relative_to(target):
-            raise ValueError(f"archive link {name!r} -> {member.linkname!r} escapes {target}; "
-                             "refusing to extract")
+        _check_link(name, member.linkname, where.parent if member.issym() else target, target)
     if member.isdev():
         raise ValueError(f"archive member {name!r} is a device file; refusing to extract")
 
@@ -200,3 +212,29 @@ def extract_tar(archive: str | os.PathLike, target: str | os.PathLike,
                          "delete it and download again") from None
     return target
 
+
+def extract_zip(archive: str | os.PathLike, target: str | os.PathLike,
+                progress: bool = True) -> Path:
+    """Extract a zip archive into ``target`` with :func:`extract_tar`'s rules.
+
+    Every member is checked before anything is written (absolute paths, ``..``, symlinks that
+    escape), so a hostile archive leaves no files behind. (``zipfile`` would quietly rewrite such
+    names instead; refusing says the archive is not the one expected.)
+    """
+    target = Path(target).resolve()
+    target.mkdir(parents=True, exist_ok=True)
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            members = zf.infolist()
+            for m in members:
+                name = m.filename.replace("\\", "/")
+                where = _check_name(name, target)
+                if stat.S_ISLNK(m.external_attr >> 16):
+                    _check_link(name, zf.read(m).decode("utf-8", "replace"), where.parent, target)
+            for m in tqdm(members, desc=f"extract {Path(archive).name}", unit="file",
+                          disable=not progress, leave=False):
+                zf.extract(m, target)
+    except zipfile.BadZipFile as err:
+        raise ValueError(f"{archive} is not a readable zip archive ({err}); "
+                         "delete it and download again") from None
+    return target
