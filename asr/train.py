@@ -39,6 +39,7 @@ from asr.training.averaging import AverageBest
 from asr.training.callbacks import CSVHistory
 from asr.training.checkpointing import AtomicCheckpointIO, CheckpointWriteError, remove_partials
 from asr.training.guards import DroppedUtterances, NonFiniteGuard, TrainingDiverged
+from asr.training.init_from import apply_init_from, finetune_callbacks, keeps_cmvn
 from asr.training.launch import RankZeroFailed, launched_world, rank_zero_first
 from asr.training.module import ASRModule
 
@@ -101,10 +102,12 @@ def build_trainer(cfg: DictConfig, callbacks: dict[str, L.Callback], loggers: di
                        plugins=[AtomicCheckpointIO()])
 
 
-def prepare_inputs(cfg: DictConfig, module: ASRModule, out_dir: Path) -> L.LightningDataModule:
-    """Before the fit: global feature statistics (if asked for), the data check, the DataModule."""
+def prepare_inputs(cfg: DictConfig, module: ASRModule, out_dir: Path,
+                   fit_stats: bool = True) -> L.LightningDataModule:
+    """Before the fit: global feature statistics (if asked for and ``fit_stats``: not when
+    ``init_from`` keeps the source's), the data check, the DataModule."""
     recognizer = module.recognizer
-    if recognizer.features.normalize == "global":
+    if recognizer.features.normalize == "global" and fit_stats:
         stats = fit_global_stats(recognizer.features, cfg.data.train_manifest,
                                  cfg.global_stats_utterances, cfg.seed)
         if rank_zero_only.rank == 0:
@@ -174,6 +177,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
     out_dir = Path(cfg.paths.output_dir)
     # a bad callback or logger setting (or a missing logger package) fails before data is touched
     callbacks, loggers = instantiate_all(cfg.callbacks), instantiate_all(cfg.logger)
+    extra_callbacks = [*finetune_callbacks(cfg), *extra_callbacks]  # finetune.* checked here too
     tokenizer = rank_zero_first(lambda: _data_and_tokenizer(cfg), out_dir, "prepare",
                                 "prepare the data")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -181,12 +185,19 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
         write_run_info(out_dir, cfg)  # config.yaml (resolved), run.json: seed, commit, versions
         (out_dir / "tokenizer.json").write_text(json.dumps(tokenizer.state_dict()) + "\n")
     module: ASRModule = instantiate(cfg.module)(tokenizer=tokenizer)
-    datamodule = prepare_inputs(cfg, module, out_dir)
+    resumed = resume_path(cfg.resume, out_dir / "checkpoints")
+    # init_from (a fresh start only: resuming, last.ckpt holds the weights) goes before
+    # prepare_inputs: with finetune.keep_cmvn=false the statistics are fitted there, after the
+    # copy (which leaves them out), so the source's never overwrite this run's; with true the fit
+    # is skipped and the source's stay
+    finetuned = apply_init_from(cfg, module, resumed, out_dir)
+    datamodule = prepare_inputs(cfg, module, out_dir, fit_stats=not keeps_cmvn(cfg))
+    if finetuned is not None and rank_zero_only.rank == 0:
+        update_run_info(out_dir, init_from=finetuned)
     trainer = build_trainer(cfg, callbacks, loggers, extra_callbacks)
     start = time.perf_counter()
     history = CSVHistory(out_dir)  # the CSV logger would drop the rows of the run being resumed
-    trainer.fit(module, datamodule=datamodule,
-                ckpt_path=resume_path(cfg.resume, out_dir / "checkpoints"))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resumed)
     train_seconds = time.perf_counter() - start
     if trainer.is_global_zero:
         history.restore()

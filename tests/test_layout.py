@@ -18,12 +18,13 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "asr"
 MODULES = sorted(PACKAGE.rglob("*.py"))
 ENTRY_POINTS = {"asr.train", "asr.evaluate", "asr.transcribe", "asr.export", "asr.prepare",
-                "asr.average", "asr.shard", "asr.lm.__main__", "asr.lm.wordlist",
-                "asr.report.__main__"}
+                "asr.prepare_noise", "asr.average", "asr.shard", "asr.lm.__main__",
+                "asr.lm.wordlist", "asr.report.__main__"}
 # (layer, its modules; a name ending in "." stands for a package's modules), in import order
 LAYERS = (
     ("leaves", {"asr.text", "asr.audio", "asr.features", "asr.lstm", "asr.model", "asr.metrics",
-                "asr.decoding", "asr.timing", "asr.quantize", "asr.transcript_formats", "asr.cli"}),
+                "asr.decoding", "asr.timing", "asr.quantize", "asr.transcript_formats", "asr.cli",
+                "asr.distortions"}),
     ("recognizer", {"asr", "asr.recognizer", "asr.model_files"}),
     ("data", {"asr.data", "asr.data."}),
     ("training", {"asr.training", "asr.training."}),

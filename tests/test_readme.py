@@ -95,3 +95,24 @@ def test_readme_python_example_runs_as_written(tiny_checkpoint, tiny_dir, tmp_pa
     assert cli.returncode == 0, cli.stderr[-2000:]
     texts = [line.split("\t")[1] for line in cli.stdout.splitlines()]
     assert [h.split(": ", 1)[1].rsplit(" (", 1)[0] for h in heads] == texts
+
+
+def test_readme_noise_and_finetune_commands_compose():
+    """README "## Noise, reverberation, non-speech": every training command's overrides name real
+    settings (Hydra composes them as the command line would), and the recipe it names exists."""
+    from tests.conftest import compose_train
+
+    blocks = fenced_blocks(readme_section("Noise, reverberation, non-speech"))
+    # the reader fills in <run>
+    lines = " ".join(b.replace("\\\n", " ").replace("<run>", "2026-12-06_21-54-46")
+                     for b in blocks).replace(" python ", "\npython ")
+    commands = [shlex.split(line.split("#")[0]) for line in lines.splitlines()
+                if "asr.train" in line or line.startswith("make train")]
+    assert len(commands) >= 5, commands
+    for words in commands:
+        overrides = [w for w in words[3:] if "=" in w] if words[0] == "python" else [
+            f"recipe={w.split('=', 1)[1]}" for w in words if w.startswith("RECIPE=")]
+        cfg = compose_train(overrides)
+        assert cfg.name.startswith("an4"), words
+        if "recipe=an4-robust" in overrides:
+            assert cfg.data.augment.noise.prob > 0 and cfg.data.augment.reverb.rooms > 0

@@ -32,6 +32,10 @@ def _command(tiny_dir: Path, run: Path, extra: list[str]) -> list[str]:
             "trainer.max_epochs=2", "checkpoint.every_n_steps=3", f"hydra.run.dir={run}",
             "data.num_workers=1", "data.worker_start=forkserver",
             "data.speed_perturb=[0.9,1.0,1.1]", "eval_manifests=null",
+            # noise (babble too), simulated rooms and non-speech reads, drawn from each read's seed
+            "audio_augment=robust", "audio_augment.reverb.rooms=3",
+            "audio_augment.reverb.rt60=[0.2,0.4]",
+            "audio_augment.nonspeech.prob=0.2",
             "trainer.enable_progress_bar=false", "+callbacks.trace._target_=tests.trace.BatchTrace",
             f"+callbacks.trace.path={run}.trace", *extra]
 

@@ -9,6 +9,7 @@ import pytorch_lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from asr.data.augment import AudioAugment
 from asr.data.dataset import AudioDataset, collate
 from asr.data.filter import KINDS, UtteranceFilter
 from asr.data.manifest import ManifestTable, Utterance
@@ -46,6 +47,8 @@ class ASRDataModule(L.LightningDataModule):
         shuffle_buffer: with shards, the utterances a loader worker sorts into batches together.
         worker_start: how loader workers start: ``fork``, ``forkserver`` or ``spawn``; ``None``:
             the platform's default (fork on Linux, which shares ``cache_audio``'s memory).
+        augment: waveform augmentation of training reads (noise, reverberation, non-speech:
+            :mod:`asr.data.augment`); validation and test stay clean.
     """
 
     def __init__(
@@ -70,8 +73,10 @@ class ASRDataModule(L.LightningDataModule):
         shard_url: str | None = None,
         shuffle_buffer: int = 500,
         worker_start: str | None = None,
+        augment: AudioAugment | None = None,
     ) -> None:
         super().__init__()
+        self.augment = augment
         if worker_start not in (None, "fork", "forkserver", "spawn"):
             raise ValueError(f"data.worker_start must be null, fork, forkserver or spawn, "
                              f"got {worker_start!r}")
@@ -135,13 +140,14 @@ class ASRDataModule(L.LightningDataModule):
             raise ValueError(f"{split} manifest {manifest} has no usable utterances (of {seen})")
         if train:
             return AudioDataset(kept, self.filter.tokenizers, self.sample_rate, self.speed_perturb,
-                                cache=self.cache_audio)
+                                cache=self.cache_audio, augment=self.augment)
         return AudioDataset(kept, self.tokenizer, self.sample_rate, strict_labels=False)
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit") and self.train_shards:
             self.datasets["train"] = ShardDataset(ShardIndex(self.train_shards, self.shard_url),
-                                                  self.filter, self.sample_rate, self.speed_perturb)
+                                                  self.filter, self.sample_rate, self.speed_perturb,
+                                                  self.augment)
         elif stage in (None, "fit"):
             self.datasets["train"] = self._load(self.train_manifest, "train", train=True)
             if self.cache_audio:

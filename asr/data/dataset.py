@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from asr.audio import bad_samples, load_audio, speed_perturb
+from asr.data.augment import AudioAugment, draw_generator
 from asr.data.manifest import ManifestTable, Utterance
 from asr.text import Tokenizer, normalize_text
 
@@ -90,6 +91,8 @@ class AudioDataset(Dataset):
         speed_perturb: speed factors, one drawn per read (e.g. ``[0.9, 1.0, 1.1]``).
         cache: keep each decoded waveform, and its speed-perturbed copies, in memory.
         strict_labels: ``False``: a text a tokenizer cannot encode gets an empty label.
+        augment: waveform augmentation (noise, reverberation, non-speech), drawn per read from
+            its seed; babble draws other utterances of this dataset.
     """
 
     def __init__(
@@ -100,7 +103,9 @@ class AudioDataset(Dataset):
         speed_perturb: Sequence[float] | None = None,
         cache: bool = False,
         strict_labels: bool = True,
+        augment: AudioAugment | None = None,
     ) -> None:
+        self.augment = augment
         # a table stays one: its lines are read when asked for, and forked workers share its arrays
         self.utterances = utterances if isinstance(utterances, ManifestTable) else list(utterances)
         # index -> decoded waveform; (index, factor) -> that waveform at speed ``factor``
@@ -189,7 +194,16 @@ class AudioDataset(Dataset):
             factor = (random if seed is None else random.Random(seed)).choice(self.speed_perturb)
             if factor != 1.0:
                 wav = self._perturbed(index, wav, factor)
+        if self.augment is not None:
+            wav, speech = self.augment(wav, draw_generator(seed), self._voices)
+            text = text if speech else ""
         return Item(wav, encode_labels(text, self.tokenizers, self.strict_labels), u.id, text)
+
+
+    def _voices(self, count: int, rng: np.random.Generator) -> list[torch.Tensor]:
+        """``count`` other utterances drawn at random (babble); unreadable ones are left out."""
+        drawn = (self._decoded(int(i)) for i in rng.integers(len(self), size=count))
+        return [wav for wav in drawn if not isinstance(wav, LoadFailure)]
 
 
 def _pad(labels: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from asr.audio import bad_samples, load_audio, speed_perturb
+from asr.data.augment import AudioAugment, draw_generator
 from asr.data.dataset import Item, LoadFailure, encode_labels
 from asr.data.filter import UtteranceFilter
 from asr.data.manifest import Utterance
@@ -100,10 +101,14 @@ class ShardDataset(Dataset):
         rule: which utterances can train; its tokenizers make the labels.
         sample_rate: audio is resampled to this rate.
         speed_perturb: speed factors drawn per utterance from its planned seed.
+        augment: waveform augmentation drawn from the same seed; babble mixes the other
+            utterances of the batch.
     """
 
     def __init__(self, index: ShardIndex, rule: UtteranceFilter, sample_rate: int = 16000,
-                 speed_perturb: Sequence[float] | None = None) -> None:
+                 speed_perturb: Sequence[float] | None = None,
+                 augment: AudioAugment | None = None) -> None:
+        self.augment = augment
         self.index = index
         self.rule = rule
         self.sample_rate = sample_rate
@@ -131,8 +136,28 @@ class ShardDataset(Dataset):
         self._at = (batch.epoch, batch.position)
         reader = self._readers.setdefault(batch.stream, _StreamReader(self.index))
         reader.load(batch)
-        return [self._item(reader.take(shard, member), seed)
-                for shard, member, seed in batch.members]
+        items = [self._item(reader.take(shard, member), seed)
+                 for shard, member, seed in batch.members]
+        if self.augment is None:
+            return items
+        return [self._augmented(items, k, seed) for k, (*_, seed) in enumerate(batch.members)]
+
+    def _augmented(self, items: list[Item | LoadFailure], k: int, seed: int
+                   ) -> Item | LoadFailure:
+        """Item ``k`` through the augmentation; its babble voices are the batch's others."""
+        item = items[k]
+        if isinstance(item, LoadFailure):
+            return item
+        others = [it.wav for j, it in enumerate(items) if j != k and isinstance(it, Item)]
+
+        def voices(count: int, rng) -> list:
+            return [others[int(i)] for i in rng.integers(len(others), size=count)] if others \
+                else []
+
+        wav, speech = self.augment(item.wav, draw_generator(seed), voices)
+        if speech:
+            return item._replace(wav=wav)
+        return Item(wav, encode_labels("", self.rule.tokenizers), item.id, "")
 
     def _item(self, sample: dict | str, seed: int) -> Item | LoadFailure:
         if isinstance(sample, str):
