@@ -32,14 +32,13 @@ class Edits(NamedTuple):
 def error_counts(refs: Sequence[str], hyps: Sequence[str]) -> tuple[Edits, Edits]:
     """Word and character edits of ``hyps`` against ``refs`` (normalised text, one per utterance).
 
-    An empty reference is scored as a lone space (jiwer rejects empty ones), so every word of its
-    hypothesis counts as an insertion.
+    An empty reference is allowed (non-speech): every word of its hypothesis counts as an
+    insertion.
     """
     if len(refs) != len(hyps):
         raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
     if not refs:
         raise ValueError("no utterances to score")
-    refs = [r if r.strip() else " " for r in refs]
     w = jiwer.process_words(list(refs), list(hyps))
     c = jiwer.process_characters(list(refs), list(hyps))
     return (Edits(w.hits, w.substitutions, w.deletions, w.insertions),

@@ -87,15 +87,22 @@ def format_results(results: list[dict[str, Any]], fmt: str) -> str:
 
 def write_results(results: list[dict[str, Any]], fmt: str, output: str) -> list[Path]:
     """Write ``results`` to ``output``: one file, or for ``srt``/``vtt`` with several audio files
-    (or an existing folder) one ``<output>/<audio name>.<fmt>`` per file. Returns the files
+    (or an existing folder) one ``<output>/<audio name>.<fmt>`` per file (``<name>.1.<fmt>``,
+    ``<name>.2.<fmt>``, ... when files in different folders share a name). Returns the files
     written."""
     out = Path(output)
     if fmt in SUBTITLES and (len(results) > 1 or out.is_dir()):
         out.mkdir(parents=True, exist_ok=True)
         written = []
+        stems = [Path(r["audio_filepath"]).stem for r in results if "text" in r]
+        seen: dict[str, int] = {}
         for r in results:
             if "text" in r:
-                path = out / f"{Path(r['audio_filepath']).stem}.{fmt}"
+                stem = Path(r["audio_filepath"]).stem
+                if stems.count(stem) > 1:  # a/x.wav and b/x.wav: x.1.srt, x.2.srt, not one file
+                    seen[stem] = seen.get(stem, 0) + 1
+                    stem = f"{stem}.{seen[stem]}"
+                path = out / f"{stem}.{fmt}"
                 path.write_text(format_results([r], fmt), encoding="utf-8")
                 written.append(path)
         return written

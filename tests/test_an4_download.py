@@ -274,3 +274,10 @@ def test_fixture_archive_is_cut_from_the_full_corpus_byte_for_byte(tmp_path, mon
     monkeypatch.setattr(make_an4_tiny, "OUT", tmp_path / "an4_sphere.tar.gz")
     make_an4_tiny.main(str(AN4_ARCHIVE))
     assert (tmp_path / "an4_sphere.tar.gz").read_bytes() == TINY_ARCHIVE.read_bytes()
+
+
+@pytest.mark.parametrize("retries", [0, -1])
+def test_download_without_attempts_says_so(tmp_path, retries):
+    with pytest.raises(ValueError, match=f"retries={retries}, give 1 or more"):
+        download("http://127.0.0.1:9/x.tar.gz", tmp_path / "x.tar.gz", retries=retries)
+    assert not list(tmp_path.iterdir())

@@ -139,17 +139,20 @@ def test_existing_copy_with_bad_files_is_prepared_with_rejections(tmp_path):
     cut = root / "test-clean" / "1995" / "1837" / "1995-1837-0001.flac"
     # valid header, half the frames: a cut download
     cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    # one id on two transcript lines: which text is right is unknown
+    trans = root / "test-clean" / "1089" / "134691" / "1089-134691.trans.txt"
+    trans.write_text(trans.read_text() + "1089-134691-0001 ANOTHER TEXT\n")
     manifests = librispeech.prepare(str(tmp_path / "m"), str(tmp_path / "dl"),
                                     subsets=SAMPLE_SUBSETS, train_subsets=["dev-clean"],
                                     root=str(root), workers=1, progress=False)
-    assert [u.id for u in read_manifest(manifests["test-clean"])] == ["1089-134686-0000",
-                                                                     "1089-134691-0001"]
+    assert [u.id for u in read_manifest(manifests["test-clean"])] == ["1089-134686-0000"]
     rejected = {r["id"]: r["reason"]
                 for r in map(json.loads, (tmp_path / "m" / "rejected.jsonl").open())}
     assert "truncated audio" in rejected["1995-1837-0001"]
     assert "unreadable audio" in rejected["1089-134686-0001"]
     assert "1089-134691-0000.flac is missing" in rejected["1089-134691-0000"]
     assert "no transcript line" in rejected["1089-134686-0099"]
+    assert "repeated id" in rejected["1089-134691-0001"]
     assert Path(read_manifest(manifests["dev-clean"])[0].audio_filepath).is_relative_to(root)
     assert not (tmp_path / "dl").exists()  # an existing copy: nothing downloaded
 

@@ -202,3 +202,12 @@ def test_multirun_over_seeds_prints_summary(tiny_dir, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     summary = next(tmp_path.glob("tiny/multirun_*/seeds.md"))
     assert "| - | test | 1,2 |" in summary.read_text() and "±" in done.stdout
+
+
+def test_format_errors_lists_as_many_utterances_as_asked_zero_included():
+    from asr.report.analysis import format_errors
+
+    analysis = error_analysis(["u1", "u2"], ["a b", "c d"], ["a x", "y d"])
+    assert format_errors("dev", analysis, 0).count("errors /") == 0
+    assert format_errors("dev", analysis, 1).count("errors /") == 1
+    assert format_errors("dev", analysis).count("errors /") == 2

@@ -119,3 +119,17 @@ def test_average_checkpoints(tiny_checkpoint, tmp_path):
     with pytest.raises(ValueError, match="another model"):
         average_checkpoints([str(tiny_checkpoint), str(tmp_path / "other.ckpt")],
                             str(tmp_path / "x.ckpt"))
+
+
+def test_subtitles_of_files_sharing_a_name_are_not_overwritten(tmp_path):
+    from asr.transcript_formats import write_results
+
+    results = [{"audio_filepath": f"/data/{d}/utt.wav", "text": f"hello {d}", "duration": 1.0,
+                "words": [{"word": "hello", "start": 0.1, "end": 0.5, "confidence": 0.9},
+                          {"word": d, "start": 0.6, "end": 0.9, "confidence": 0.8}]}
+               for d in ("a", "b")] + [{"audio_filepath": "/data/c/other.wav", "text": "",
+                                        "duration": 1.0, "words": []}]
+    written = write_results(results, "srt", str(tmp_path / "subs"))
+    assert [p.name for p in written] == ["utt.1.srt", "utt.2.srt", "other.srt"]
+    assert written[0].read_text().splitlines()[2] == "hello a"
+    assert written[1].read_text().splitlines()[2] == "hello b"

@@ -140,6 +140,8 @@ def download(
         DownloadError: a checksum mismatch (the partial file is removed), or every retry failed.
     """
     dest = Path(dest)
+    if int(retries) < 1:
+        raise ValueError(f"download of {url}: retries={retries}, give 1 or more attempts")
     setting = checksum_setting or "the corpus's checksum setting"
     if dest.exists():
         wrong = verify(dest, checksums) if checksums else None

@@ -128,7 +128,7 @@ def error_analysis(
 def format_errors(split: str, analysis: dict, worst: int | None = None) -> str:
     """Markdown: the worst utterances (aligned, in a code block) and the top confusions of one
     split."""
-    items = analysis["worst"][:worst] if worst else analysis["worst"]
+    items = analysis["worst"][:worst] if worst is not None else analysis["worst"]
     lines = [f"### {split}: worst utterances", ""]
     if items:
         lines.append("```")

@@ -44,8 +44,8 @@ class NonFiniteGuard(L.Callback):
             raise ValueError(f"callbacks.non_finite.max_consecutive must be >= 0, "
                              f"got {max_consecutive}")
         if max_grad_norm is not None and max_grad_norm < 0:
-            raise ValueError(f"callbacks.non_finite.max_grad_norm must be > 0 (null: no clipping), "
-                             f"got {max_grad_norm}")
+            raise ValueError(f"callbacks.non_finite.max_grad_norm must be >= 0 (0 or null: no "
+                             f"clipping), got {max_grad_norm}")
         if check_every_n_steps is not None and check_every_n_steps < 1:
             raise ValueError(f"callbacks.non_finite.check_every_n_steps must be >= 1, "
                              f"got {check_every_n_steps}")

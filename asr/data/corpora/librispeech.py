@@ -127,6 +127,7 @@ def _read_chapter(chapter: str) -> tuple[list[dict], list[dict]]:
     folder = Path(chapter)
     spk, chap = folder.parent.name, folder.name
     texts: dict[str, str] = {}
+    repeated: set[str] = set()
     rejected: list[dict] = []
     trans = folder / f"{spk}-{chap}.trans.txt"
     if trans.is_file():
@@ -134,13 +135,16 @@ def _read_chapter(chapter: str) -> tuple[list[dict], list[dict]]:
             if not line.strip():
                 continue
             uid, _, text = line.strip().partition(" ")
-            if uid in texts:
-                reason = f"{trans.name}:{lineno}: repeated id"
+            if uid in texts:  # which line is its transcript? neither: the utterance is left out
+                reason = f"{trans.name}:{lineno}: repeated id (the utterance is left out)"
                 rejected.append({"id": uid, "audio_filepath": "", "reason": reason})
+                repeated.add(uid)
             texts[uid] = text.strip()
     utts = []
     flacs = {p.stem: p for p in folder.glob("*.flac")}
     for uid in sorted(flacs.keys() | texts.keys()):
+        if uid in repeated:
+            continue
         path = flacs.get(uid)
         reason = None
         if path is None:
