@@ -19,7 +19,7 @@ PACKAGE = ROOT / "asr"
 MODULES = sorted(PACKAGE.rglob("*.py"))
 ENTRY_POINTS = {"asr.train", "asr.evaluate", "asr.transcribe", "asr.export", "asr.prepare",
                 "asr.prepare_noise", "asr.average", "asr.shard", "asr.lm.__main__",
-                "asr.lm.wordlist", "asr.report.__main__"}
+                "asr.lm.wordlist", "asr.report.__main__", "asr.serve.__main__"}
 # (layer, its modules; a name ending in "." stands for a package's modules), in import order
 LAYERS = (
     ("leaves", {"asr.text", "asr.audio", "asr.features", "asr.lstm", "asr.model", "asr.metrics",
@@ -29,6 +29,7 @@ LAYERS = (
     ("data", {"asr.data", "asr.data."}),
     ("training", {"asr.training", "asr.training."}),
     ("inference / report", {"asr.inference", "asr.report", "asr.report.", "asr.lm", "asr.lm."}),
+    ("serving", {"asr.serve", "asr.serve."}),
     ("entry points", ENTRY_POINTS),
 )
 TRAINING_USERS = {"asr.train", "asr.average"}

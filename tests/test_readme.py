@@ -116,3 +116,64 @@ def test_readme_noise_and_finetune_commands_compose():
         assert cfg.name.startswith("an4"), words
         if "recipe=an4-robust" in overrides:
             assert cfg.data.augment.noise.prob > 0 and cfg.data.augment.reverb.rooms > 0
+
+
+def test_readme_serve_section_runs_as_written(tiny_checkpoint, tiny_dir, tmp_path):
+    """README "## Serve a model": its server command, its curl commands and its Python client
+    example run as written, from a folder holding the files they name (a trained checkpoint at
+    exp/an4/<run>/..., an AN4 SPHERE file, talk.flac); only the port is a free one."""
+    import socket
+    import time
+    import urllib.request
+
+    import soundfile as sf
+
+    from tests.test_serve import free_port
+
+    blocks = fenced_blocks(readme_section("Serve a model"))
+    assert len(blocks) == 3, blocks
+    port = str(free_port())
+    blocks = [b.replace("8000", port).replace("<run>", "run") for b in blocks]
+    work = tmp_path / "work"
+    (work / "exp/an4/run/checkpoints").mkdir(parents=True)
+    shutil.copy(tiny_checkpoint, work / "exp/an4/run/checkpoints/best.ckpt")
+    utts = read_manifest(tiny_dir / "test.jsonl")
+    sph = work / "an4/wav/an4test_clstk/fcaw/an409-fcaw-b.sph"
+    sph.parent.mkdir(parents=True)
+    shutil.copy(utts[0].audio_filepath, sph)
+    wav, rate = sf.read(utts[1].audio_filepath)
+    sf.write(work / "talk.flac", wav, rate)
+
+    start = shlex.split(blocks[0].splitlines()[0])
+    assert start[:3] == ["python", "-m", "asr.serve"], start
+    server = subprocess.Popen([sys.executable, *start[1:]], cwd=work, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120  # a hang guard, not a timing
+        while True:
+            assert server.poll() is None, server.stderr.read()
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
+                break
+            except (OSError, socket.timeout):
+                assert time.monotonic() < deadline, "the server did not answer /health"
+                time.sleep(0.2)
+        curls = [c for c in blocks[1].replace("\\\n", " ").splitlines() if c.startswith("curl")]
+        assert len(curls) == 5, curls
+        outputs = []
+        for command in curls:
+            proc = subprocess.run(["bash", "-c", command], cwd=work, capture_output=True,
+                                  text=True, timeout=120)
+            assert proc.returncode == 0 and '"error"' not in proc.stdout, (command, proc.stdout)
+            outputs.append(proc.stdout)
+        assert json.loads(outputs[1])["data"][0]["id"] == "best"
+        assert "text" in json.loads(outputs[2])
+        assert "words" in json.loads(outputs[3])
+        assert (work / "talk.srt").is_file()
+        client = subprocess.run([sys.executable, "-c", blocks[2]], cwd=work, capture_output=True,
+                                text=True, timeout=120)
+        assert client.returncode == 0, client.stderr[-3000:]
+        assert client.stdout.strip(), "the client example printed nothing"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
