@@ -233,7 +233,12 @@ class Recognizer(nn.Module):
 
     def _transcribe(self, wav: torch.Tensor, dec: Decoder, word_times: str,
                     chunking: dict[str, float]) -> Transcript:
-        log_probs = self.long_log_probs(wav, **chunking)  # (T, C)
+        return self.transcript(wav, self.long_log_probs(wav, **chunking), dec, word_times)
+
+    def transcript(self, wav: torch.Tensor, log_probs: torch.Tensor, dec: Decoder,
+                   word_times: str = "audio") -> Transcript:
+        """The :class:`Transcript` of one waveform from its (T, C) log-probs (computed alone or
+        in a batch): the decoded text and its timed words."""
         text = dec.decode(log_probs[None], torch.tensor([log_probs.shape[0]]))[0]
         words = transcript_words(log_probs, self.tokenizer, text, self.frame_seconds)
         if word_times == "audio":

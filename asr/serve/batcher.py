@@ -22,7 +22,6 @@ import torch
 
 from asr.decoding import Decoder
 from asr.recognizer import Recognizer, Transcript
-from asr.timing import frame_energy_db, snap_to_sound, transcript_words
 
 log = logging.getLogger(__name__)
 
@@ -152,18 +151,8 @@ class BatchWorker:
             log_probs = [rec.long_log_probs(batch[0].wav, **self.chunking)]
         else:
             log_probs = rec.log_probs([job.wav for job in batch])
-        return [self._transcript(job.wav, lp) for job, lp in zip(batch, log_probs, strict=True)]
-
-    def _transcript(self, wav: torch.Tensor, log_probs: torch.Tensor) -> Transcript:
-        """What :meth:`Recognizer.transcribe` makes of one utterance's (T, C) log-probs."""
-        rec = self.recognizer
-        text = self.decoder.decode(log_probs[None], torch.tensor([log_probs.shape[0]]))[0]
-        words = transcript_words(log_probs, rec.tokenizer, text, rec.frame_seconds)
-        if self.word_times == "audio":
-            energy = frame_energy_db(wav, rec.samples_per_frame, log_probs.shape[0])
-            words = snap_to_sound(words, energy, rec.frame_seconds)
-        duration = wav.numel() / rec.sample_rate
-        return Transcript(text, duration, [w.clipped(duration) for w in words])
+        return [rec.transcript(job.wav, lp, self.decoder, self.word_times)
+                for job, lp in zip(batch, log_probs, strict=True)]
 
     def health(self) -> dict[str, Any]:
         return {"queued": self.queue.qsize(), "queue_size": self.queue.maxsize,
