@@ -19,7 +19,8 @@ PACKAGE = ROOT / "asr"
 MODULES = sorted(PACKAGE.rglob("*.py"))
 ENTRY_POINTS = {"asr.train", "asr.evaluate", "asr.transcribe", "asr.export", "asr.prepare",
                 "asr.prepare_noise", "asr.average", "asr.shard", "asr.lm.__main__",
-                "asr.lm.wordlist", "asr.report.__main__", "asr.serve.__main__"}
+                "asr.lm.wordlist", "asr.report.__main__", "asr.serve.__main__",
+                "asr.import_data"}
 # (layer, its modules; a name ending in "." stands for a package's modules), in import order
 LAYERS = (
     ("leaves", {"asr.text", "asr.audio", "asr.features", "asr.lstm", "asr.model", "asr.metrics",

@@ -15,9 +15,10 @@ import soundfile as sf
 import torch
 from torch.utils.data import Dataset
 
-from asr.audio import bad_samples, load_audio, speed_perturb
+from asr.audio import bad_samples, speed_perturb
 from asr.data.augment import AudioAugment, draw_generator
 from asr.data.manifest import ManifestTable, Utterance
+from asr.data.reading import load_utterance, where
 from asr.text import Tokenizer, normalize_text
 
 log = logging.getLogger(__name__)
@@ -136,11 +137,11 @@ class AudioDataset(Dataset):
             return wav
         u = self.utterances[index]
         try:
-            wav = load_audio(u.audio_filepath, self.sample_rate)
+            wav = load_utterance(u, self.sample_rate)
         except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as err:
-            return LoadFailure(u.id, f"{u.audio_filepath}: {err.__class__.__name__}: {err}")
+            return LoadFailure(u.id, f"{where(u)}: {err.__class__.__name__}: {err}")
         if (why := bad_samples(wav)) is not None:
-            return LoadFailure(u.id, f"{u.audio_filepath}: {why}")
+            return LoadFailure(u.id, f"{where(u)}: {why}")
         if self.cache is not None:
             self.cache[index] = wav
         return wav

@@ -2,7 +2,16 @@
 
     {"audio_filepath": "a.sph", "duration": 2.3, "text": "yes", "id": "an251", "speaker": "fash"}
 
-Relative paths are relative to the manifest's folder. :func:`read_manifest` gives a list of
+Relative paths are relative to the manifest's folder. Optional keys say where else the audio is
+(:mod:`asr.data.reading` reads all of them; ``python -m asr.import_data`` writes them):
+
+- ``"offset"``: seconds into ``audio_filepath`` where the utterance starts (NeMo's key); it lasts
+  ``duration`` seconds. A segment of a long recording, read in place.
+- ``"pipe": true``: ``audio_filepath`` is a shell command (Kaldi's ``wav.scp`` ``... |``) whose
+  output is the audio; written only by an import the user allowed to run commands.
+- ``"row"`` and ``"column"``: ``audio_filepath`` is an Arrow or Parquet file (a Hugging Face
+  dataset) whose row ``row`` holds the encoded audio's bytes in column ``column``.
+ :func:`read_manifest` gives a list of
 :class:`Utterance`; :class:`ManifestTable` the same sequence in 16 bytes an utterance, re-reading a
 line when asked for it. See docs/data.md.
 """
@@ -13,7 +22,7 @@ import json
 import os
 from array import array
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +37,22 @@ class Utterance:
     text: str
     id: str = ""
     speaker: str = ""
+    offset: float | None = None  # seconds: a segment [offset, offset + duration) of the file
+    pipe: bool = False  # audio_filepath is a shell command writing the audio to stdout
+    row: int | None = None  # audio_filepath is an Arrow/Parquet file: the row holding the bytes
+    column: str = ""  # ... in this column (a struct with "bytes", as Hugging Face's Audio)
+
+    def as_dict(self) -> dict:
+        """The manifest line's keys (the optional ones only when set)."""
+        d = {"audio_filepath": self.audio_filepath, "duration": self.duration, "text": self.text,
+             "id": self.id, "speaker": self.speaker}
+        if self.offset is not None:
+            d["offset"] = self.offset
+        if self.pipe:
+            d["pipe"] = True
+        if self.row is not None:
+            d.update(row=self.row, column=self.column)
+        return d
 
 
 def _existing(path: str | os.PathLike) -> Path:
@@ -58,12 +83,18 @@ def _parse(line: str, base: str) -> Utterance:
     """One manifest line -> :class:`Utterance` (raises what :func:`_not_a_line` turns into the
     user's error)."""
     d = json.loads(line)
+    pipe = d.get("pipe", False) is True
+    offset, row = d.get("offset"), d.get("row")
     return Utterance(
-        audio_filepath=_resolve(d["audio_filepath"], base),
+        audio_filepath=d["audio_filepath"] if pipe else _resolve(d["audio_filepath"], base),
         duration=float(d["duration"]),
         text=str(d["text"]),
         id=str(d.get("id", d["audio_filepath"])),
         speaker=str(d.get("speaker", "")),
+        offset=None if offset is None else float(offset),
+        pipe=pipe,
+        row=None if row is None else int(row),
+        column=str(d.get("column", "audio")) if row is not None else "",
     )
 
 
@@ -250,7 +281,7 @@ def write_manifest(path: str | os.PathLike, utterances: Sequence[Utterance]) -> 
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w", encoding="utf-8") as f:
         for u in utterances:
-            f.write(json.dumps(asdict(u), ensure_ascii=False) + "\n")
+            f.write(json.dumps(u.as_dict(), ensure_ascii=False) + "\n")
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

@@ -22,6 +22,7 @@ import webdataset as wds
 from tqdm import tqdm
 
 from asr.data.manifest import Utterance, read_manifest
+from asr.data.reading import audio_bytes, where
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +87,11 @@ def _write_shard(path: Path, utts: Sequence[Utterance], first_key: int) -> dict:
     ids, durations, missing = [], [], []
     for k, u in enumerate(utts):
         try:
-            audio = Path(u.audio_filepath).read_bytes()
-        except OSError as err:
-            missing.append({"id": u.id, "audio_filepath": u.audio_filepath,
+            audio, ext = audio_bytes(u)
+        except (OSError, RuntimeError, ValueError) as err:
+            missing.append({"id": u.id, "audio_filepath": where(u),
                             "reason": f"{err.__class__.__name__}: {err}"})
             continue
-        ext = Path(u.audio_filepath).suffix.lstrip(".").lower() or "audio"
         record = {"id": u.id, "text": u.text, "duration": u.duration, "speaker": u.speaker,
                   "audio_filepath": u.audio_filepath}
         writer.write({"__key__": f"{first_key + k:09d}", ext: audio,

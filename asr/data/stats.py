@@ -11,8 +11,8 @@ import soundfile as sf
 import torch
 from tqdm import tqdm
 
-from asr.audio import load_audio
 from asr.data.manifest import read_manifest
+from asr.data.reading import load_utterance, where
 from asr.features import LogMelFeatures, global_stats
 
 log = logging.getLogger(__name__)
@@ -37,12 +37,12 @@ def fit_global_stats(features: LogMelFeatures, manifest: str, max_utterances: in
         for u in tqdm(utts, desc="global feature statistics", unit="utt", leave=False,
                       disable=None):
             try:
-                wav = load_audio(u.audio_filepath, rate)
+                wav = load_utterance(u, rate)
             except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as err:
-                log.warning("global statistics: skipped %s (%s)", u.audio_filepath, err)
+                log.warning("global statistics: skipped %s (%s)", where(u), err)
                 continue
             if not torch.isfinite(wav).all():
-                log.warning("global statistics: skipped %s (non-finite samples)", u.audio_filepath)
+                log.warning("global statistics: skipped %s (non-finite samples)", where(u))
                 continue
             used += 1
             yield wav

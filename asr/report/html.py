@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from asr.audio import load_audio
-from asr.data.manifest import read_manifest
+from asr.data.manifest import Utterance, read_manifest
+from asr.data.reading import load_utterance, read_samples, where
 
 # 30 s of 16 kHz 16-bit audio is ~1.3 MB of base64: five utterances a split keep the page a few MB
 MAX_AUDIO_SECONDS = 30.0
@@ -98,16 +98,17 @@ def wav_uri(wav: np.ndarray, sample_rate: int) -> str:
     return "data:audio/wav;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _audio(path: str | None, utt_id: str, sample_rate: int | None) -> str:
+def _audio(utt: Utterance | None, utt_id: str, sample_rate: int | None) -> str:
     """An ``<audio>`` player of the utterance's first :data:`MAX_AUDIO_SECONDS` seconds, or a note
     saying why not."""
-    if path is None:
+    if utt is None:
         return f'<span class="note">no audio: {_esc(utt_id)} is not in the split\'s manifest</span>'
-    if not Path(path).is_file():
+    path = where(utt)
+    if not (utt.pipe or Path(utt.audio_filepath).is_file()):
         return f'<span class="note">no audio: {_esc(path)} does not exist</span>'
     try:
-        rate = sample_rate or sf.info(path).samplerate
-        wav = load_audio(path, rate).numpy()  # (S,)
+        rate = sample_rate or read_samples(utt)[1]
+        wav = load_utterance(utt, rate).numpy()  # (S,)
     except (RuntimeError, ValueError, OSError) as err:  # soundfile's errors are RuntimeErrors
         return f'<span class="note">no audio: {_esc(path)} could not be read ({_esc(err)})</span>'
     seconds, keep = len(wav) / rate, int(MAX_AUDIO_SECONDS * rate)
@@ -142,13 +143,13 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
-def _manifest_audio(view: SplitView) -> tuple[dict[str, str], str]:
-    """``{utterance id: audio file}`` of the split's manifest, and a note when it cannot be read."""
+def _manifest_audio(view: SplitView) -> tuple[dict[str, Utterance], str]:
+    """``{utterance id: utterance}`` of the split's manifest, and a note when it cannot be read."""
     if view.manifest is None:
         return {}, (f"manifest {view.report.get('manifest', '(not in report.json)')} not found: "
                     "no audio to play")
     try:
-        return {u.id: u.audio_filepath for u in read_manifest(view.manifest)}, ""
+        return {u.id: u for u in read_manifest(view.manifest)}, ""
     except (FileNotFoundError, ValueError) as err:
         return {}, f"no audio to play: {err}"
 
