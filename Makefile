@@ -14,7 +14,7 @@ CONSTRAINTS ?= constraints.txt
 $(BIN)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[dev,export,lm,augment,serve]'
+	$(BIN)/python -m pip install -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[dev,export,lm,augment,serve,formats,track]'
 	touch $@
 
 install: $(BIN)/.installed

@@ -42,6 +42,7 @@ from asr.training.guards import DroppedUtterances, NonFiniteGuard, TrainingDiver
 from asr.training.init_from import apply_init_from, finetune_callbacks, keeps_cmvn
 from asr.training.launch import RankZeroFailed, launched_world, rank_zero_first
 from asr.training.module import ASRModule
+from asr.training.tracking import check_logger_packages, finish_runs, log_run_params
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +177,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
     # a bad callback or logger setting (or a missing logger package) fails before data is touched
+    check_logger_packages(cfg.logger)
     callbacks, loggers = instantiate_all(cfg.callbacks), instantiate_all(cfg.logger)
     extra_callbacks = [*finetune_callbacks(cfg), *extra_callbacks]  # finetune.* checked here too
     tokenizer = rank_zero_first(lambda: _data_and_tokenizer(cfg), out_dir, "prepare",
@@ -195,10 +197,12 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
     if finetuned is not None and rank_zero_only.rank == 0:
         update_run_info(out_dir, init_from=finetuned)
     trainer = build_trainer(cfg, callbacks, loggers, extra_callbacks)
+    log_run_params(trainer.loggers, cfg)  # the resolved config: each logger's params
     start = time.perf_counter()
     history = CSVHistory(out_dir)  # the CSV logger would drop the rows of the run being resumed
     trainer.fit(module, datamodule=datamodule, ckpt_path=resumed)
     train_seconds = time.perf_counter() - start
+    finish_runs(trainer.loggers)
     if trainer.is_global_zero:
         history.restore()
     result = _result(callbacks, trainer, datamodule, train_seconds)

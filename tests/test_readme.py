@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from asr.data.manifest import read_manifest
 from tests.conftest import ROOT
 
@@ -176,3 +178,50 @@ def test_readme_serve_section_runs_as_written(tiny_checkpoint, tiny_dir, tmp_pat
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.mark.skipif(not (shutil.which("sox") and shutil.which("flac")),
+                    reason="the README's wav.scp pipes run sox and flac (apt install sox flac)")
+def test_readme_import_commands_run_as_written(tiny_dir, tmp_path, monkeypatch):
+    """README "## Data from Kaldi, Lhotse and Hugging Face": the fixture's splits in every format
+    at the paths the README names, then each import command and the training command as written
+    (shortened), from that folder."""
+    from tests import format_sources as fs
+
+    for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.setenv(var, "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    blocks = fenced_blocks(readme_section("Data from Kaldi, Lhotse and Hugging Face"))
+    imports, training = blocks[0].splitlines(), shlex.split(blocks[1])
+    assert len(imports) == 7 and all(c.startswith("python -m asr.import_data ") for c in imports)
+    split = {s: read_manifest(tiny_dir / f"{s}.jsonl") for s in ("train", "dev", "test")}
+    data, scratch = tmp_path / "data", tmp_path / "scratch"
+    fs.kaldi_dir(split["train"], data / "kaldi/train", "segments")
+    fs.kaldi_dir(split["train"], data / "kaldi/train_sox", "pipes")
+    fs.lhotse_manifests(split["dev"], cuts=data / "lhotse/cuts_dev.jsonl.gz",
+                        recordings=data / "lhotse/recordings_dev.jsonl.gz",
+                        supervisions=data / "lhotse/supervisions_dev.jsonl.gz")
+    fs.hf_saved({"train": split["train"], "test": split["test"]}, data / "hf/my_dataset", scratch)
+    fs.hf_parquet(split["test"], data / "hf/test-00000-of-00001.parquet", scratch / "pq")
+    fs.hf_audiofolder(split["test"], data / "hf/my_audiofolder")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    for command in imports:
+        args = shlex.split(command)
+        proc = subprocess.run([sys.executable, *args[1:]], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, (command, proc.stderr[-3000:])
+        out = tmp_path / next(a for a in args if a.startswith("out="))[4:]
+        want = {"train": 25, "dev": 5, "test": 4}[out.stem.split("_")[0]]
+        assert f": {want} utterances" in proc.stdout and "rejected" not in proc.stdout, (
+            command, proc.stdout)
+        assert len(read_manifest(out)) == want
+        assert {u.speaker for u in read_manifest(out)} == {
+            u.speaker for u in split[out.stem.split("_")[0]]}
+    assert training[:3] == ["python", "-m", "asr.train"]
+    proc = subprocess.run([sys.executable, *training[1:], *SHORTER], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    check = json.loads(next((tmp_path / "exp" / "custom").iterdir()).joinpath(
+        "data_check.json").read_text())
+    assert {k: v["utterances"] for k, v in check.items()} == {"train": 25, "val": 5}
+    assert re.search(r"^test\s+4\s", proc.stdout, re.M), proc.stdout[-2000:]
