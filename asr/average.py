@@ -3,6 +3,7 @@
     python -m asr.average checkpoints=[<run dir>/checkpoints/a.ckpt,<run dir>/checkpoints/b.ckpt]
     python -m asr.average run_dir=exp/an4/<run> last=5       # the 5 with the highest global step
     python -m asr.average run_dir=exp/an4/<run> best=5       # the 5 best by their recorded score
+    python -m asr.average checkpoints=[clean.ckpt,finetuned.ckpt] weights=[0.75,0.25]
 
 The result loads like any checkpoint (``python -m asr.evaluate checkpoint=<output>``).
 """
@@ -23,6 +24,8 @@ def main(cfg: DictConfig) -> None:
     with user_errors():
         if cfg.checkpoints:
             paths = [str(p) for p in OmegaConf.to_container(cfg.checkpoints)]
+        elif cfg.weights:
+            raise ValueError("weights= goes with checkpoints=[a.ckpt,b.ckpt] (one each)")
         elif cfg.run_dir:
             paths = select_checkpoints(cfg.run_dir, cfg.last, cfg.best)
         else:
@@ -33,7 +36,8 @@ def main(cfg: DictConfig) -> None:
         kind = (f"last{cfg.last}" if cfg.last else f"best{cfg.best}" if cfg.best
                 else f"avg{len(paths)}")
         output = cfg.output or str(Path(paths[-1]).parent / f"averaged_{kind}.ckpt")
-        average_checkpoints(paths, output)
+        average_checkpoints(paths, output,
+                            None if cfg.weights is None else list(cfg.weights))
     print(f"averaged {len(paths)} checkpoints -> {output}")
 
 

@@ -102,7 +102,7 @@ def test_readme_python_example_runs_as_written(tiny_checkpoint, tiny_dir, tmp_pa
 def test_readme_noise_and_finetune_commands_compose():
     """README "## Noise, reverberation, non-speech": every training command's overrides name real
     settings (Hydra composes them as the command line would), and the recipe it names exists."""
-    from tests.conftest import compose_train
+    from tests.conftest import compose_config, compose_train
 
     blocks = fenced_blocks(readme_section("Noise, reverberation, non-speech"))
     # the reader fills in <run>
@@ -111,6 +111,11 @@ def test_readme_noise_and_finetune_commands_compose():
     commands = [shlex.split(line.split("#")[0]) for line in lines.splitlines()
                 if "asr.train" in line or line.startswith("make train")]
     assert len(commands) >= 5, commands
+    averages = [shlex.split(line) for line in lines.splitlines() if "asr.average" in line]
+    assert averages, "the interpolation command is gone"
+    for words in averages:
+        cfg = compose_config("average", words[3:])
+        assert len(cfg.checkpoints) == len(cfg.weights) == 2
     for words in commands:
         overrides = [w for w in words[3:] if "=" in w] if words[0] == "python" else [
             f"recipe={w.split('=', 1)[1]}" for w in words if w.startswith("RECIPE=")]

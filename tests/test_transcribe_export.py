@@ -113,6 +113,17 @@ def test_average_checkpoints(tiny_checkpoint, tmp_path):
     avg = Recognizer.load(out).state_dict()
     for k, v in a["state_dict"].items():
         assert torch.allclose(avg[k.removeprefix("recognizer.")], v + 0.5)
+    # weighted: a model and its "fine-tuned copy" interpolated, 3:1
+    out = average_checkpoints([str(tiny_checkpoint), str(tmp_path / "b.ckpt")],
+                              str(tmp_path / "wise.ckpt"), weights=[3, 1])
+    wise = Recognizer.load(out).state_dict()
+    for k, v in a["state_dict"].items():
+        assert torch.allclose(wise[k.removeprefix("recognizer.")], v + 0.25)
+    assert torch.load(out, weights_only=True)["averaged_weights"] == [0.75, 0.25]
+    for bad in ([1.0], [1.0, -1.0], [0.0, 0.0]):
+        with pytest.raises(ValueError, match="one non-negative weight per checkpoint"):
+            average_checkpoints([str(tiny_checkpoint), str(tmp_path / "b.ckpt")],
+                                str(tmp_path / "x.ckpt"), weights=bad)
     other = {**a, CHECKPOINT_KEY: {**a[CHECKPOINT_KEY],
                                    "model": {**a[CHECKPOINT_KEY]["model"], "hidden_size": 8}}}
     torch.save(other, tmp_path / "other.ckpt")

@@ -67,39 +67,61 @@ def select_checkpoints(run_dir: str | os.PathLike, last: int = 0, best: int = 0)
     return [path for _, path in sorted(scored)[:n]]
 
 
-def average_checkpoints(paths: Sequence[str], output: str) -> str:
-    """Write a checkpoint whose float weights are the mean of ``paths``' (others: the last one's).
+def _weights(paths: Sequence[str], weights: Sequence[float] | None) -> list[float]:
+    """One weight per checkpoint, summing to 1 (``None``: equal)."""
+    if weights is None:
+        return [1.0 / len(paths)] * len(paths)
+    weights = [float(w) for w in weights]
+    if len(weights) != len(paths) or min(weights) < 0 or sum(weights) <= 0:
+        raise ValueError(f"weights={weights}: give one non-negative weight per checkpoint "
+                         f"({len(paths)}), not all zero; they are scaled to sum to 1")
+    return [w / sum(weights) for w in weights]
+
+
+def average_checkpoints(paths: Sequence[str], output: str,
+                        weights: Sequence[float] | None = None) -> str:
+    """Write a checkpoint whose float weights are the (weighted) mean of ``paths``' (others: the
+    last one's).
+
+    Args:
+        paths: checkpoints of one model (same architecture and tokenizer).
+        output: the checkpoint to write.
+        weights: one per path, scaled to sum to 1 (``None``: equal). A model and its fine-tuned
+            copy interpolated, ``[0.75, 0.25]``, keep more of the first's accuracy and some of
+            the second's robustness (WiSE-FT, Wortsman et al. 2022).
 
     Raises:
-        ValueError: the checkpoints describe different models.
+        ValueError: the checkpoints describe different models; bad ``weights``.
     """
     if not paths:
         raise ValueError("no checkpoints to average: give checkpoints=[a.ckpt,b.ckpt] or "
                          "run_dir=... last=N")
+    scale = _weights(paths, weights)
     first = read_checkpoint(paths[0])
-    total = {k: v.double() if v.is_floating_point() else v for k, v in first["state_dict"].items()}
+    total = {k: v.double() * scale[0] if v.is_floating_point() else v
+             for k, v in first["state_dict"].items()}
     last = first
-    for path in paths[1:]:
+    for path, w in zip(paths[1:], scale[1:], strict=True):
         ckpt = read_checkpoint(path)
         if ckpt[CHECKPOINT_KEY]["model"] != first[CHECKPOINT_KEY]["model"] or (
             ckpt[CHECKPOINT_KEY]["tokenizer"] != first[CHECKPOINT_KEY]["tokenizer"]
         ):
             raise ValueError(
-                f"{path} describes another model than {paths[0]}; average checkpoints of one run"
+                f"{path} describes another model than {paths[0]}; average checkpoints of one "
+                "model (one run, or a model and its fine-tuned copy)"
             )
         for k, v in ckpt["state_dict"].items():
-            total[k] = total[k] + v.double() if v.is_floating_point() else v
+            total[k] = total[k] + v.double() * w if v.is_floating_point() else v
         last = ckpt
-    state = {
-        k: (v / len(paths)).to(last["state_dict"][k].dtype) if v.is_floating_point() else v
-        for k, v in total.items()
-    }
+    state = {k: v.to(last["state_dict"][k].dtype) if v.is_floating_point() else v
+             for k, v in total.items()}
     atomic_torch_save(
         {
             "state_dict": state,
             CHECKPOINT_KEY: last[CHECKPOINT_KEY],
             "global_step": last.get("global_step", 0),
             "averaged_from": [str(p) for p in paths],
+            "averaged_weights": scale,
         },
         output,
     )
