@@ -115,3 +115,19 @@ def test_a_training_run_reads_each_format(fmt, tiny_dir, reference_run, tmp_path
         f"data.test_manifest={paths['test']}"]))
     assert metrics, "the run returned no metrics"
     assert _split_counts(out) == _split_counts(reference_run)
+
+
+def test_the_core_imports_none_of_the_optional_libraries():
+    """lhotse, datasets (pyarrow), mlflow and wandb are extras: training, evaluation, serving and
+    the importers' own modules load without them."""
+    import subprocess
+    import sys
+
+    code = ("import sys, asr.train, asr.evaluate, asr.import_data, asr.serve.app, "
+            "asr.data.formats.kaldi, asr.data.formats.lhotse_cuts, asr.data.formats.huggingface; "
+            "print(sorted(m for m in ('lhotse', 'datasets', 'pyarrow', 'mlflow', 'wandb') "
+            "if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]"
