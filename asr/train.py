@@ -197,9 +197,11 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict:
     if finetuned is not None and rank_zero_only.rank == 0:
         update_run_info(out_dir, init_from=finetuned)
     trainer = build_trainer(cfg, callbacks, loggers, extra_callbacks)
-    log_run_params(trainer.loggers, cfg)  # the resolved config: each logger's params
-    start = time.perf_counter()
     history = CSVHistory(out_dir)  # the CSV logger would drop the rows of the run being resumed
+    # the resolved config as each logger's params (after CSVHistory: the CSV logger's first
+    # write deletes the metrics.csv of the run being resumed)
+    log_run_params(trainer.loggers, cfg)
+    start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resumed)
     train_seconds = time.perf_counter() - start
     finish_runs(trainer.loggers)

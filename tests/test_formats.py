@@ -7,6 +7,7 @@ utterances and hours."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -131,3 +132,20 @@ def test_the_core_imports_none_of_the_optional_libraries():
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "[]"
+
+
+def test_import_benchmark_runs(tiny_dir, tmp_path):
+    """benchmarks/import_formats.py on the fixture's test split: every format's row printed."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    proc = subprocess.run([sys.executable, "benchmarks/import_formats.py", "--manifest",
+                           str(tiny_dir / "test.jsonl"), "--out", str(tmp_path / "bench")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "HF_DATASETS_OFFLINE": "1",
+                               "HF_HOME": str(tmp_path / "hf_home")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+    assert len(rows) >= 2 + 7, proc.stdout  # header, our manifest, 6 formats (+ pipes)
