@@ -164,6 +164,10 @@ def test_a_model_of_another_shape_is_refused_naming_the_setting(source, tiny_dir
     with pytest.raises(ValueError, match="finetune.freeze_encoder_steps=5 freezes a trained "
                                          "encoder, but init_from is not set"):
         train(tiny_train_cfg(tiny_dir, tmp_path / "free", ["finetune.freeze_encoder_steps=5"]))
+    # a fine-tuning recipe (finetune.required, as an4-robust-ft) without init_from stops at once
+    with pytest.raises(ValueError, match="fine-tunes a trained model.*add init_from="):
+        train(tiny_train_cfg(tiny_dir, tmp_path / "req", ["finetune.required=true"]))
+    assert not (tmp_path / "req").exists()
 
 
 def test_freezing_under_ddp_needs_find_unused_parameters():

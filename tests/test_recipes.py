@@ -28,6 +28,7 @@ LIBRISPEECH_SUBSETS = {"dev-clean", "dev-other", "test-clean", "test-other"}
 EXPECTED = {
     "an4": (3, 256, "asr.text.WordTokenizer", 2, {"dev", "test"}, ASRDataModule),
     "an4-robust": (3, 256, "asr.text.WordTokenizer", 2, {"dev", "test"}, ASRDataModule),
+    "an4-robust-ft": (3, 256, "asr.text.WordTokenizer", 2, {"dev", "test"}, ASRDataModule),
     "tiny": (2, 64, "asr.text.CharTokenizer", None, {"dev", "test"}, ASRDataModule),
     "librispeech-100h": (4, 512, "asr.text.CharTokenizer", None, LIBRISPEECH_SUBSETS,
                          LibriSpeechDataModule),
@@ -44,7 +45,7 @@ def recipe_overrides(recipe: str, tmp: Path) -> list[str]:
     overrides = [f"recipe={recipe}", f"paths.data_dir={tmp / 'data'}",
                  f"paths.download_dir={tmp / 'downloads'}", f"paths.exp_dir={tmp / 'exp'}",
                  f"paths.output_dir={tmp / 'run'}"]
-    if recipe == "an4-robust":  # 2 simulated rooms, not the recipe's 60 (20 s here)
+    if recipe.startswith("an4-robust"):  # 2 simulated rooms, not the recipe's 60 (20 s here)
         overrides.append("audio_augment.reverb.rooms=2")
     if recipe == "none":
         overrides += [f"data.{key}_manifest={tmp / 'my' / name}.jsonl"
@@ -87,10 +88,12 @@ def test_every_recipe_composes_and_builds_without_data(recipe, tmp_path):
                              extra_tokenizers=module.label_tokenizers[1:])
     assert type(datamodule) is datamodule_class and datamodule.val_manifest.endswith(".jsonl")
     assert not [p for p in tmp_path.iterdir()], "building the parts touched the disk"
-    assert (datamodule.augment is not None) == (recipe == "an4-robust")
-    if recipe == "an4-robust":  # the AN4 recipe plus online noise, rooms and non-speech reads
+    assert (datamodule.augment is not None) == recipe.startswith("an4-robust")
+    if recipe.startswith("an4-robust"):  # the AN4 recipe plus online noise, rooms, non-speech
         assert (datamodule.augment.noise_prob, datamodule.augment.reverb_prob) == (0.4, 0.25)
-        assert len(datamodule.augment.rirs[1]) == 2 and cfg.name == "an4-robust"
+        assert len(datamodule.augment.rirs[1]) == 2 and cfg.name == recipe
+    # the fine-tuning step: SpecAugment off, and no run without the model it starts from
+    assert (cfg.augment is None and cfg.finetune.required) == (recipe == "an4-robust-ft")
     if recipe.startswith("librispeech"):
         assert cfg.trainer.precision == "bf16-mixed" and cfg.prepare.root is None
         assert cfg.model.subsampling == "conv" and cfg.model.subsampling_factor == 4

@@ -269,7 +269,12 @@ class FreezeEncoder(L.Callback):
 
 
 def finetune_callbacks(cfg: DictConfig) -> list[L.Callback]:
-    """The fine-tuning callbacks ``cfg`` asks for (:class:`FreezeEncoder`)."""
+    """The fine-tuning callbacks ``cfg`` asks for (:class:`FreezeEncoder`); checks the settings
+    before any data is touched."""
+    if (cfg.get("finetune") or {}).get("required") and not cfg.get("init_from"):
+        raise ValueError(f"{cfg.get('name')} fine-tunes a trained model (finetune.required): add "
+                         "init_from=<its .ckpt or model folder>, e.g. "
+                         "init_from=exp/an4/<run>/checkpoints/best.ckpt")
     steps = int((cfg.get("finetune") or {}).get("freeze_encoder_steps", 0) or 0)
     if steps < 0:
         raise ValueError(f"finetune.freeze_encoder_steps must be >= 0, got {steps}")
