@@ -10,12 +10,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-import soundfile as sf
 import torch
 
 from asr.data.formats.huggingface import read_huggingface
 from asr.data.manifest import Utterance, read_manifest
 from asr.data.reading import load_utterance
+from tests.format_sources import wav_copies
 
 datasets = pytest.importorskip("datasets", reason="datasets (pip install .[formats]) builds them")
 pa = pytest.importorskip("pyarrow")
@@ -28,17 +28,6 @@ def _offline(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
-
-
-def _wavs(utts: list[Utterance], folder: Path) -> list[Path]:
-    """Each utterance's SPHERE audio as a 16-bit WAV in ``folder`` (the same samples)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for u in utts:
-        data, rate = sf.read(u.audio_filepath, dtype="int16")
-        sf.write(folder / f"{u.id}.wav", data, rate, subtype="PCM_16", format="WAV")
-        paths.append(folder / f"{u.id}.wav")
-    return paths
 
 
 def _columns(utts: list[Utterance], wavs: list[Path]) -> dict[str, list]:
@@ -72,7 +61,7 @@ def _audio_cells(file: Path) -> list[dict]:
 
 def test_save_to_disk_embeds_the_bytes_and_they_are_read_in_place(tiny_dir, tmp_path):
     utts = read_manifest(tiny_dir / "test.jsonl")
-    wavs = _wavs(utts, tmp_path / "wav")
+    wavs = wav_copies(utts, tmp_path / "wav")
     saved = _saved(utts, wavs, tmp_path / "saved")
     (arrow,) = sorted(saved.glob("data-*.arrow"))
     info = json.loads((saved / "dataset_info.json").read_text())
@@ -91,7 +80,7 @@ def test_save_to_disk_embeds_the_bytes_and_they_are_read_in_place(tiny_dir, tmp_
 
 def test_binary_column_in_shards_with_generated_ids(tiny_dir, tmp_path):
     utts = read_manifest(tiny_dir / "train.jsonl")[:6]
-    wavs = _wavs(utts, tmp_path / "wav")
+    wavs = wav_copies(utts, tmp_path / "wav")
     ds = datasets.Dataset.from_dict({"speech": [p.read_bytes() for p in wavs],
                                      "sentence": [u.text for u in utts],
                                      "speaker": [u.speaker for u in utts]})
@@ -114,7 +103,7 @@ def test_dataset_dict_needs_its_split(tiny_dir, tmp_path):
     train = read_manifest(tiny_dir / "train.jsonl")[:6]
     test = read_manifest(tiny_dir / "test.jsonl")
     dd = datasets.DatasetDict({
-        name: datasets.Dataset.from_dict(_columns(u, _wavs(u, tmp_path / name)))
+        name: datasets.Dataset.from_dict(_columns(u, wav_copies(u, tmp_path / name)))
         .cast_column("audio", datasets.Audio()) for name, u in (("train", train), ("test", test))})
     dd.save_to_disk(str(tmp_path / "dd"), num_shards={"train": 2, "test": 1})
 
@@ -130,7 +119,7 @@ def test_dataset_dict_needs_its_split(tiny_dir, tmp_path):
 
 def test_parquet_keeps_paths_unless_the_dataset_holds_bytes(tiny_dir, tmp_path):
     utts = read_manifest(tiny_dir / "test.jsonl")
-    wavs = _wavs(utts, tmp_path / "wav")
+    wavs = wav_copies(utts, tmp_path / "wav")
     paths_only = tmp_path / "paths.parquet"
     ds = datasets.Dataset.from_dict(_columns(utts, wavs)).cast_column("audio", datasets.Audio())
     ds.to_parquet(str(paths_only))
@@ -183,7 +172,7 @@ def _write_metadata(folder: Path, utts: list[Utterance], wavs: list[Path], kind:
 def test_audiofolder_rows_are_the_ones_datasets_sees(tiny_dir, tmp_path):
     utts = read_manifest(tiny_dir / "test.jsonl")
     folder = tmp_path / "af"
-    wavs = _wavs(utts, folder)
+    wavs = wav_copies(utts, folder)
     _write_metadata(folder, utts, wavs, "csv")
     got = read_huggingface(folder)
     _same(got, utts)
@@ -202,7 +191,7 @@ def test_audiofolder_rows_are_the_ones_datasets_sees(tiny_dir, tmp_path):
 
     splits = tmp_path / "af_splits"  # one folder per split, metadata.jsonl
     for name, part in (("train", utts[:2]), ("test", utts[2:])):
-        _write_metadata(splits / name, part, _wavs(part, splits / name), "jsonl")
+        _write_metadata(splits / name, part, wav_copies(part, splits / name), "jsonl")
     _same(read_huggingface(splits, split="test"), utts[2:])
     with pytest.raises(ValueError, match="hf.split="):
         read_huggingface(splits)
@@ -211,7 +200,7 @@ def test_audiofolder_rows_are_the_ones_datasets_sees(tiny_dir, tmp_path):
 @pytest.mark.parametrize("layout", ["parquet", "save_to_disk"])
 def test_every_row_is_taken_or_rejected_with_its_reason(tiny_dir, tmp_path, layout):
     utts = read_manifest(tiny_dir / "test.jsonl")
-    wavs = _wavs(utts, tmp_path / "wav")
+    wavs = wav_copies(utts, tmp_path / "wav")
     good = [p.read_bytes() for p in wavs]
     rows = [  # (audio, text, id, the reason it is rejected or None)
         ({"bytes": good[0], "path": None}, utts[0].text, "a", None),

@@ -152,10 +152,14 @@ def load_utterance(u: Utterance, sample_rate: int = 16000) -> torch.Tensor:
         OSError, RuntimeError (libsndfile's, a failed command), ValueError: the audio cannot be
             read; say :func:`where` with the error.
     """
-    data, sr = read_samples(u)
+    return mono_at(*read_samples(u), sample_rate)
+
+
+def mono_at(data: np.ndarray, rate: int, sample_rate: int) -> torch.Tensor:
+    """(S, C) samples at ``rate`` -> (S',) mono (channels averaged) at ``sample_rate``."""
     wav = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1) if data.shape[1] > 1
                                                 else data[:, 0]))
-    return wav if sr == sample_rate else AF.resample(wav, sr, sample_rate)
+    return wav if rate == sample_rate else AF.resample(wav, rate, sample_rate)
 
 
 def audio_bytes(u: Utterance) -> tuple[bytes, str]:

@@ -18,7 +18,7 @@ import numpy as np
 import soundfile as sf
 
 from asr.data.manifest import Utterance, read_manifest
-from asr.data.reading import load_utterance, read_samples, where
+from asr.data.reading import mono_at, read_samples, where
 
 # 30 s of 16 kHz 16-bit audio is ~1.3 MB of base64: five utterances a split keep the page a few MB
 MAX_AUDIO_SECONDS = 30.0
@@ -107,8 +107,9 @@ def _audio(utt: Utterance | None, utt_id: str, sample_rate: int | None) -> str:
     if not (utt.pipe or Path(utt.audio_filepath).is_file()):
         return f'<span class="note">no audio: {_esc(path)} does not exist</span>'
     try:
-        rate = sample_rate or read_samples(utt)[1]
-        wav = load_utterance(utt, rate).numpy()  # (S,)
+        data, native = read_samples(utt)  # read once (a wav.scp command runs once)
+        rate = sample_rate or native
+        wav = mono_at(data, native, rate).numpy()  # (S,)
     except (RuntimeError, ValueError, OSError) as err:  # soundfile's errors are RuntimeErrors
         return f'<span class="note">no audio: {_esc(path)} could not be read ({_esc(err)})</span>'
     seconds, keep = len(wav) / rate, int(MAX_AUDIO_SECONDS * rate)
