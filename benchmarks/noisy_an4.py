@@ -1,8 +1,12 @@
-"""Benchmark (not a test): a model's WER on fixed noisy and reverberant copies of the AN4 test set,
-and how many words it makes up on audio that holds no speech.
+"""Benchmark (not a test): a model's WER on fixed noisy and reverberant copies of the AN4 test set
+(or dev set), and how many words it makes up on audio that holds no speech.
 
     python benchmarks/noisy_an4.py --checkpoint exp/an4/<run>/checkpoints/best.ckpt [more ...] \
-        [--names clean augmented] [--data-dir data/an4] [--out exp/noisy_an4] [--seed 0]
+        [--names clean augmented] [--data-dir data/an4] [--out exp/noisy_an4] [--seed 0] \
+        [--split test|dev]
+
+``--split dev`` builds the same conditions from the dev set (default ``--out exp/noisy_an4_dev``):
+settings such as an interpolation weight are chosen there, and the test copies score them once.
 
 Built once under ``--out`` (kept while the marker's seed and version match; a mismatch rebuilds):
 
@@ -168,21 +172,25 @@ def distort(condition: str, index: int, clean: torch.Tensor, pool: dict[str, lis
 
 
 def build_conditions(data_dir: str | Path, out_dir: str | Path, seed: int = 0,
-                     conditions: Sequence[str] = CONDITIONS, progress: bool = True
-                     ) -> dict[str, Path]:
-    """Write the distorted copies of ``<data_dir>/test.jsonl`` under ``<out_dir>/data`` (skipped
-    when its marker says they were made the same way). Returns ``{condition: manifest}``."""
+                     conditions: Sequence[str] = CONDITIONS, progress: bool = True,
+                     split: str = "test") -> dict[str, Path]:
+    """Write the distorted copies of ``<data_dir>/<split>.jsonl`` under ``<out_dir>/data``
+    (skipped when its marker says they were made the same way). Returns ``{condition: manifest}``."""
     data_dir, root = Path(data_dir), Path(out_dir) / "data"
-    test, train = data_dir / "test.jsonl", data_dir / "train.jsonl"
+    test, train = data_dir / f"{split}.jsonl", data_dir / "train.jsonl"
     for path in (test, train):
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist: --data-dir must hold the prepared "
-                                    "train.jsonl and test.jsonl (python -m asr.prepare recipe=an4)")
+                                    f"train.jsonl and {split}.jsonl (python -m asr.prepare "
+                                    "recipe=an4)")
+    if split == "train":
+        raise ValueError("--split train: babble is made from the training speakers; "
+                         "choose test or dev")
     unknown = [c for c in conditions if c not in CONDITIONS]
     if unknown:
         raise ValueError(f"unknown condition(s) {unknown}: choose from {', '.join(CONDITIONS)}")
     manifests = {c: (test.resolve() if c == "clean" else root / f"{c}.jsonl") for c in conditions}
-    expected = {"version": VERSION, "seed": seed, "conditions": list(conditions),
+    expected = {"version": VERSION, "seed": seed, "split": split, "conditions": list(conditions),
                 "sample_rate": SAMPLE_RATE, "test_sha256": file_digest(test),
                 "train_sha256": file_digest(train)}
     marker = root / "build.json"
@@ -197,7 +205,7 @@ def build_conditions(data_dir: str | Path, out_dir: str | Path, seed: int = 0,
         if speaker_of(u) not in test_speakers:
             pool.setdefault(speaker_of(u), []).append(u)
     if not pool:
-        raise ValueError(f"{train}: no speaker outside the test set to make babble from")
+        raise ValueError(f"{train}: no speaker outside the {split} set to make babble from")
     made = [c for c in conditions if c != "clean"]
     scaled = dict.fromkeys(made, 0)
     params: dict[str, list[dict]] = {c: [] for c in made}
@@ -347,7 +355,9 @@ def main() -> None:
     parser.add_argument("--names", nargs="+", help="labels of the checkpoints, in order")
     parser.add_argument("--data-dir", default="data/an4",
                         help="folder with the prepared train.jsonl and test.jsonl")
-    parser.add_argument("--out", default="exp/noisy_an4")
+    parser.add_argument("--out", help="default: exp/noisy_an4, or exp/noisy_an4_dev with --split dev")
+    parser.add_argument("--split", default="test", choices=("test", "dev"),
+                        help="which prepared set to distort (test, or dev to choose settings on)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--recorded", help="a folder of real non-speech recordings (music, noise): "
@@ -363,12 +373,12 @@ def main() -> None:
     for i, name in enumerate(names):  # unique labels
         if names.index(name) != i:
             names[i] = f"{name}#{i + 1}"
-    out = Path(args.out)
+    out = Path(args.out or ("exp/noisy_an4" if args.split == "test" else "exp/noisy_an4_dev"))
     command = shlex.join([sys.executable, *sys.argv])
 
     with user_errors():
         start = time.perf_counter()
-        conditions = build_conditions(args.data_dir, out, args.seed)
+        conditions = build_conditions(args.data_dir, out, args.seed, split=args.split)
         nonspeech = build_nonspeech(out, args.seed, recorded_dir=args.recorded)
         build_seconds = time.perf_counter() - start
         results = {}
@@ -382,7 +392,7 @@ def main() -> None:
     wer = {c: {n: results[n]["wer"][c] for n in names} for c in conditions}
     wpm = {c: {n: results[n]["words_per_minute"][c] for n in names} for c in nonspeech}
     print(f"\n{command}\n")
-    print(f"WER % (greedy, asr.evaluate) on the AN4 test set, seed {args.seed}"
+    print(f"WER % (greedy, asr.evaluate) on the AN4 {args.split} set, seed {args.seed}"
           + (f"; in brackets: change relative to {names[0]}" if len(names) > 1 else "") + "\n")
     print(markdown_table("condition", wer, names, ".2f"))
     minutes = results[names[0]]["reports"]
@@ -394,7 +404,7 @@ def main() -> None:
     print(f"\nbuilt (or found) in {build_seconds:.0f} s; scored in "
           + ", ".join(f"{n}: {s:.0f} s" for n, s in score_seconds.items()))
     summary = {
-        "command": command, "seed": args.seed, "version": VERSION,
+        "command": command, "seed": args.seed, "split": args.split, "version": VERSION,
         "data_dir": str(Path(args.data_dir).resolve()), "device": args.device,
         "checkpoints": dict(zip(names, map(str, args.checkpoint), strict=True)),
         "manifests": {k: str(v) for k, v in {**conditions, **{f"nonspeech_{c}": p for c, p

@@ -109,3 +109,23 @@ def test_nonspeech_clips(tmp_path):
                 assert not audio.any()
             else:
                 assert -46 < 20 * math.log10(np.sqrt(np.mean(audio ** 2))) < -14
+
+
+def test_dev_split_distorts_the_dev_set_with_voices_from_outside_it(tiny_dir, tmp_path):
+    manifests = bench.build_conditions(tiny_dir, tmp_path, seed=5, conditions=("clean", "babble5"),
+                                       progress=False, split="dev")
+    dev = read_manifest(tiny_dir / "dev.jsonl")
+    assert manifests["clean"] == (tiny_dir / "dev.jsonl").resolve()
+    assert [u.id for u in read_manifest(manifests["babble5"])] == [u.id for u in dev]
+    dev_speakers = {bench.speaker_of(u) for u in dev}
+    params = [json.loads(x) for x in (tmp_path / "data" / "babble5" / "params.jsonl").read_text()
+              .splitlines()]
+    assert all(not {v.split("-")[1] for v in p["voices"]} & dev_speakers for p in params)
+    assert json.loads((tmp_path / "data" / "build.json").read_text())["split"] == "dev"
+    # the test copies are another build: the marker of the dev one does not satisfy it
+    test = bench.build_conditions(tiny_dir, tmp_path, seed=5, conditions=("clean", "babble5"),
+                                  progress=False)
+    assert [u.id for u in read_manifest(test["babble5"])] == [
+        u.id for u in read_manifest(tiny_dir / "test.jsonl")]
+    with pytest.raises(ValueError, match="choose test or dev"):
+        bench.build_conditions(tiny_dir, tmp_path, split="train", progress=False)

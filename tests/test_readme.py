@@ -116,6 +116,9 @@ def test_readme_noise_and_finetune_commands_compose():
     for words in averages:
         cfg = compose_config("average", words[3:])
         assert len(cfg.checkpoints) == len(cfg.weights) == 2
+        for weights in (cfg.module_weights or {}).values():
+            assert len(weights) == 2
+    assert any("module_weights" in words[-2] for words in averages), averages
     for words in commands:
         overrides = [w for w in words[3:] if "=" in w] if words[0] == "python" else [
             f"recipe={w.split('=', 1)[1]}" for w in words if w.startswith("RECIPE=")]

@@ -120,6 +120,24 @@ def test_average_checkpoints(tiny_checkpoint, tmp_path):
     for k, v in a["state_dict"].items():
         assert torch.allclose(wise[k.removeprefix("recognizer.")], v + 0.25)
     assert torch.load(out, weights_only=True)["averaged_weights"] == [0.75, 0.25]
+    # per module: the LSTM 3:1 but its first layer 1:3 (the longer name wins), the rest 1:1
+    out = average_checkpoints([str(tiny_checkpoint), str(tmp_path / "b.ckpt")],
+                              str(tmp_path / "modules.ckpt"), weights=[1, 1],
+                              module_weights={"lstm.layers.0": [1, 3], "lstm": [3, 1]})
+    mixed = Recognizer.load(out).state_dict()
+    for k, v in a["state_dict"].items():
+        name = k.removeprefix("recognizer.")
+        shift = (0.75 if name.startswith("model.lstm.layers.0.") else
+                 0.25 if name.startswith("model.lstm.") else 0.5)
+        assert torch.allclose(mixed[name], v + shift), name
+    assert torch.load(out, weights_only=True)["averaged_module_weights"] == {
+        "lstm.layers.0": [0.25, 0.75], "lstm": [0.75, 0.25]}
+    with pytest.raises(ValueError, match="no module 'encoder'.*classifier, lstm"):
+        average_checkpoints([str(tiny_checkpoint), str(tmp_path / "b.ckpt")],
+                            str(tmp_path / "x.ckpt"), module_weights={"encoder": [1, 1]})
+    with pytest.raises(ValueError, match="module_weights.lstm: .*one non-negative weight"):
+        average_checkpoints([str(tiny_checkpoint), str(tmp_path / "b.ckpt")],
+                            str(tmp_path / "x.ckpt"), module_weights={"lstm": [1]})
     for bad in ([1.0], [1.0, -1.0], [0.0, 0.0]):
         with pytest.raises(ValueError, match="one non-negative weight per checkpoint"):
             average_checkpoints([str(tiny_checkpoint), str(tmp_path / "b.ckpt")],

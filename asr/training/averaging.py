@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,8 +78,39 @@ def _weights(paths: Sequence[str], weights: Sequence[float] | None) -> list[floa
     return [w / sum(weights) for w in weights]
 
 
+MODEL_PREFIX = "recognizer.model."
+
+
+def _module_scales(names: Sequence[str], n_paths: int,
+                   module_weights: Mapping[str, Sequence[float]] | None
+                   ) -> dict[str, list[float]]:
+    """``{parameter name: weights}`` for the parameters whose module ``module_weights`` names
+    (the longest matching name wins); the others take ``weights``."""
+    if not module_weights:
+        return {}
+    modules = sorted({n.removeprefix(MODEL_PREFIX).rsplit(".", 1)[0]
+                      for n in names if n.startswith(MODEL_PREFIX)})
+    scales: dict[str, list[float]] = {}
+    for module in sorted(module_weights, key=len):  # longer (deeper) names override shorter ones
+        prefix = MODEL_PREFIX + module + "."
+        matched = [n for n in names if n.startswith(prefix)]
+        if not matched:
+            tops = sorted({m.split(".")[0] for m in modules})
+            raise ValueError(
+                f"module_weights: the model has no module {module!r}; name one of its modules, "
+                f"such as {', '.join(tops)}, or a deeper one ({', '.join(modules[:6])}, ...)"
+            )
+        try:
+            w = _weights([""] * n_paths, module_weights[module])
+        except ValueError as e:
+            raise ValueError(f"module_weights.{module}: {e}") from None
+        scales.update(dict.fromkeys(matched, w))
+    return scales
+
+
 def average_checkpoints(paths: Sequence[str], output: str,
-                        weights: Sequence[float] | None = None) -> str:
+                        weights: Sequence[float] | None = None,
+                        module_weights: Mapping[str, Sequence[float]] | None = None) -> str:
     """Write a checkpoint whose float weights are the (weighted) mean of ``paths``' (others: the
     last one's).
 
@@ -89,19 +120,28 @@ def average_checkpoints(paths: Sequence[str], output: str,
         weights: one per path, scaled to sum to 1 (``None``: equal). A model and its fine-tuned
             copy interpolated, ``[0.75, 0.25]``, keep more of the first's accuracy and some of
             the second's robustness (WiSE-FT, Wortsman et al. 2022).
+        module_weights: other weights for some modules of the network, by name under
+            ``recognizer.model`` (``frontend``, ``lstm``, ``lstm.layers.0``, ``classifier``...;
+            the longest matching name wins), e.g. ``{"frontend": [0.75, 0.25]}``.
 
     Raises:
-        ValueError: the checkpoints describe different models; bad ``weights``.
+        ValueError: the checkpoints describe different models; bad ``weights`` or
+            ``module_weights``.
     """
     if not paths:
         raise ValueError("no checkpoints to average: give checkpoints=[a.ckpt,b.ckpt] or "
                          "run_dir=... last=N")
     scale = _weights(paths, weights)
     first = read_checkpoint(paths[0])
-    total = {k: v.double() * scale[0] if v.is_floating_point() else v
+    per_module = _module_scales(list(first["state_dict"]), len(paths), module_weights)
+
+    def share(name: str, i: int) -> float:
+        return per_module[name][i] if name in per_module else scale[i]
+
+    total = {k: v.double() * share(k, 0) if v.is_floating_point() else v
              for k, v in first["state_dict"].items()}
     last = first
-    for path, w in zip(paths[1:], scale[1:], strict=True):
+    for i, path in enumerate(paths[1:], start=1):
         ckpt = read_checkpoint(path)
         if ckpt[CHECKPOINT_KEY]["model"] != first[CHECKPOINT_KEY]["model"] or (
             ckpt[CHECKPOINT_KEY]["tokenizer"] != first[CHECKPOINT_KEY]["tokenizer"]
@@ -111,17 +151,21 @@ def average_checkpoints(paths: Sequence[str], output: str,
                 "model (one run, or a model and its fine-tuned copy)"
             )
         for k, v in ckpt["state_dict"].items():
-            total[k] = total[k] + v.double() * w if v.is_floating_point() else v
+            total[k] = total[k] + v.double() * share(k, i) if v.is_floating_point() else v
         last = ckpt
     state = {k: v.to(last["state_dict"][k].dtype) if v.is_floating_point() else v
              for k, v in total.items()}
+    record: dict[str, Any] = {"averaged_weights": scale}
+    if module_weights:
+        record["averaged_module_weights"] = {m: _weights(paths, w)
+                                             for m, w in module_weights.items()}
     atomic_torch_save(
         {
             "state_dict": state,
             CHECKPOINT_KEY: last[CHECKPOINT_KEY],
             "global_step": last.get("global_step", 0),
             "averaged_from": [str(p) for p in paths],
-            "averaged_weights": scale,
+            **record,
         },
         output,
     )
