@@ -108,6 +108,17 @@ def _module_scales(names: Sequence[str], n_paths: int,
     return scales
 
 
+def _check_same_model(ckpt: dict[str, Any], first: dict[str, Any], path: str,
+                      first_path: str) -> None:
+    if ckpt[CHECKPOINT_KEY]["model"] != first[CHECKPOINT_KEY]["model"] or (
+        ckpt[CHECKPOINT_KEY]["tokenizer"] != first[CHECKPOINT_KEY]["tokenizer"]
+    ):
+        raise ValueError(
+            f"{path} describes another model than {first_path}; average checkpoints of one "
+            "model (one run, or a model and its fine-tuned copy)"
+        )
+
+
 def average_checkpoints(paths: Sequence[str], output: str,
                         weights: Sequence[float] | None = None,
                         module_weights: Mapping[str, Sequence[float]] | None = None) -> str:
@@ -143,13 +154,7 @@ def average_checkpoints(paths: Sequence[str], output: str,
     last = first
     for i, path in enumerate(paths[1:], start=1):
         ckpt = read_checkpoint(path)
-        if ckpt[CHECKPOINT_KEY]["model"] != first[CHECKPOINT_KEY]["model"] or (
-            ckpt[CHECKPOINT_KEY]["tokenizer"] != first[CHECKPOINT_KEY]["tokenizer"]
-        ):
-            raise ValueError(
-                f"{path} describes another model than {paths[0]}; average checkpoints of one "
-                "model (one run, or a model and its fine-tuned copy)"
-            )
+        _check_same_model(ckpt, first, path, paths[0])
         for k, v in ckpt["state_dict"].items():
             total[k] = total[k] + v.double() * share(k, i) if v.is_floating_point() else v
         last = ckpt
