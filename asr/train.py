@@ -99,6 +99,10 @@ def build_trainer(cfg: DictConfig, callbacks: dict[str, L.Callback], loggers: di
     ``trainer.enable_progress_bar=false`` leaves the progress bar callback out."""
     bar = cfg.trainer.get("enable_progress_bar", True)
     kept = [c for c in callbacks.values() if bar or not isinstance(c, ProgressBar)]
+    # Lightning runs the ModelCheckpoints last, in list order: the ones saving every epoch
+    # (last.ckpt) go after those keeping the best epochs, so that last.ckpt records this epoch in
+    # their state too (else a crash right after it drops the epoch from best.ckpt's average)
+    kept.sort(key=lambda c: isinstance(c, ModelCheckpoint) and c.monitor is None)
     return instantiate(cfg.trainer, callbacks=[*kept, *extra], logger=list(loggers.values()),
                        plugins=[AtomicCheckpointIO()])
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -90,3 +91,30 @@ def write_etc(dest: Path, utts: dict[str, dict]) -> None:
         (etc / f"an4_{split}.fileids").write_text("".join(u["fid"] + "\n" for _, u in mine))
         lines = [f"<s> {u['text']} </s> ({uid})\n" for uid, u in mine if u["text"] is not None]
         (etc / f"an4_{split}.transcription").write_text("".join(lines), encoding="utf-8")
+
+
+class KillAt(L.Callback):
+    """A test helper callback, added on the command line: ``+callbacks.kill._target_=
+    tests.faults_util.KillAt +callbacks.kill.event=validation +callbacks.kill.epoch=1``.
+
+    SIGKILLs its own process when ``event`` happens in epoch ``epoch``: ``validation`` (its first
+    validation batch) or ``epoch_start`` (after the previous epoch's checkpoints are all written).
+    """
+
+    EVENTS = ("validation", "epoch_start")
+
+    def __init__(self, event: str, epoch: int) -> None:
+        if event not in self.EVENTS:
+            raise ValueError(f"event={event!r}: one of {self.EVENTS}")
+        self.event, self.epoch = event, epoch
+
+    def _kill(self, trainer: L.Trainer, event: str) -> None:
+        if event == self.event and trainer.current_epoch == self.epoch:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def on_validation_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        if not trainer.sanity_checking:
+            self._kill(trainer, "validation")
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._kill(trainer, "epoch_start")

@@ -3,7 +3,8 @@ hydra.run.dir=D``, SIGKILLed after a step checkpoint, then the same command with
 The resumed run must train on the same utterances in the same order and end with weights
 ``torch.equal`` to an uninterrupted run's: one process, and two DDP processes (gloo on CPU), from
 the manifest and from tar shards. Speed perturbation, SpecAugment, dropout and a loader worker are
-all on."""
+all on. A crash at an epoch's end (during its validation, or just after its checkpoints) keeps
+the epoch in best.ckpt's average and every row of metrics.csv."""
 
 from __future__ import annotations
 
@@ -153,3 +154,51 @@ def test_every_n_minutes_saves_mid_epoch_on_rank_zero_clock(tiny_dir, tmp_path):
     assert (every, every) in saves.steps  # mid-epoch: `every` batches of the epoch trained
     # no other step: the clock is read every 20
     assert all(step == every or done == 0 for step, done in saves.steps)
+
+
+def _metrics(run: Path) -> dict[tuple[str, str], str]:
+    """``{(step, column): value}`` of the run's metrics.csv, for the columns a resume must repeat
+    (not the timings)."""
+    import csv
+
+    with (run / "logs" / "metrics.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {(r["step"], k): v for r in rows for k, v in r.items()
+            if v and k in ("epoch", "train/loss", "train/ctc_last", "val/wer", "val/loss", "lr")}
+
+
+def test_sigkill_at_epoch_ends_keeps_best_average_and_metrics(tiny_dir, tmp_path):
+    """Killed twice: at the start of epoch 1 (epoch 0's checkpoints written), then, resumed, in
+    epoch 1's validation (after its last step). Resumed again, the run ends with the uninterrupted
+    run's best.ckpt (the mean of its 2 best epochs), the same kept epochs and every metrics row."""
+    extra = ["trainer.max_epochs=3", "callbacks=[default,average_best]",
+             "callbacks.average_best.k=2"]
+    clean, killed = tmp_path / "uninterrupted", tmp_path / "killed"
+    _run(_command(tiny_dir, clean, extra))
+    for event in ("epoch_start", "validation"):
+        kill = ["+callbacks.kill._target_=tests.faults_util.KillAt",
+                f"+callbacks.kill.event={event}", "+callbacks.kill.epoch=1"]
+        stderr = tmp_path / f"{event}.stderr"
+        with stderr.open("w") as err:  # a file: the loader worker would hold a pipe open
+            proc = subprocess.Popen([*_command(tiny_dir, killed, extra), *kill, "resume=auto"],
+                                    cwd=ROOT, env=_env(), start_new_session=True,
+                                    stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            code = proc.wait(timeout=600)  # a hang guard, not a timing
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # its loader worker and forkserver
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        assert code == -signal.SIGKILL, stderr.read_text()[-4000:]
+    assert (killed / "logs" / "metrics.before_resume.csv").is_file()  # the rows known so far
+    _run([*_command(tiny_dir, killed, extra), "resume=auto"])
+
+    tops = [sorted(p.name for p in (run / "checkpoints" / "top").iterdir())
+            for run in (clean, killed)]
+    assert tops[0] == tops[1] and len(tops[0]) == 2
+    a = torch.load(clean / "checkpoints" / "best.ckpt", weights_only=True)
+    b = torch.load(killed / "checkpoints" / "best.ckpt", weights_only=True)
+    assert len(a["averaged_from"]) == len(b["averaged_from"]) == 2  # the mean of the 2 best
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    assert _metrics(killed) == _metrics(clean)
+    assert not (killed / "logs" / "metrics.before_resume.csv").exists()

@@ -55,38 +55,51 @@ class ValidateFrom(L.Callback):
 
 
 class CSVHistory:
-    """Keeps ``metrics.csv`` rows across a resume.
+    """Keeps ``metrics.csv`` rows across a resume, and across a crash of the resumed run.
 
-    Lightning's CSV logger deletes ``metrics.csv`` when a run resumes in the same folder; this
-    reads the old rows first and, after the fit, puts back those from before the resumed step.
+    Lightning's CSV logger deletes ``metrics.csv`` when a run resumes in the same folder. Before
+    it can, the rows known so far are written to ``metrics.before_resume.csv`` (with those of an
+    earlier resumed run that crashed before :meth:`restore`); after the fit, :meth:`restore` puts
+    back the rows from before the resumed step and removes that file.
     """
 
     def __init__(self, out_dir: str | os.PathLike) -> None:
         self.path = Path(out_dir) / "logs" / "metrics.csv"
-        self.rows: list[dict[str, str]] = []
-        if self.path.is_file():
-            with self.path.open(newline="") as f:
-                self.rows = list(csv.DictReader(f))
+        self.saved = self.path.with_name("metrics.before_resume.csv")
+        self.rows = _merge_rows(_read_rows(self.saved), _read_rows(self.path))
+        if self.rows:
+            _write_rows(self.saved, self.rows)
 
     def restore(self) -> None:
         """Merge the saved rows (steps before the new ones) back into ``metrics.csv``; if the
         resumed fit logged nothing, the saved rows are the whole file."""
-        if not self.rows:
-            return
-        new: list[dict[str, str]] = []
-        if self.path.is_file():
-            with self.path.open(newline="") as f:
-                new = list(csv.DictReader(f))
-        first = min((int(r["step"]) for r in new if r.get("step")), default=None)
-        old = [r for r in self.rows if first is None or (r.get("step") and int(r["step"]) < first)]
-        fields = list(dict.fromkeys(k for r in old + new for k in r))
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(old + new)
-        os.replace(tmp, self.path)
+        if self.rows:
+            _write_rows(self.path, _merge_rows(self.rows, _read_rows(self.path)))
+        self.saved.unlink(missing_ok=True)
+
+
+def _read_rows(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _merge_rows(old: list[dict[str, str]], new: list[dict[str, str]]) -> list[dict[str, str]]:
+    """``old``'s rows from steps before ``new``'s first, then ``new``'s."""
+    first = min((int(r["step"]) for r in new if r.get("step")), default=None)
+    return [r for r in old if first is None or (r.get("step") and int(r["step"]) < first)] + new
+
+
+def _write_rows(path: Path, rows: list[dict[str, str]]) -> None:
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
 
 
 class ThroughputMonitor(L.Callback):

@@ -129,7 +129,10 @@ class StepCheckpoint(L.Callback):
         if self.every_n_minutes and step % self.CLOCK_EVERY_N_STEPS == 0:
             late = time.monotonic() - self._last_time >= 60.0 * self.every_n_minutes
             due = due or bool(trainer.strategy.broadcast(late, src=0))
-        return due
+        # not after an epoch's last batch: the epoch's own last.ckpt follows its validation, and a
+        # crash during that validation must resume before it (from here it would be skipped)
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return due and done < trainer.num_training_batches
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._last_time, self._step = time.monotonic(), trainer.global_step
