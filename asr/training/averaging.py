@@ -81,30 +81,35 @@ def _weights(paths: Sequence[str], weights: Sequence[float] | None) -> list[floa
 MODEL_PREFIX = "recognizer.model."
 
 
-def _module_scales(names: Sequence[str], n_paths: int,
-                   module_weights: Mapping[str, Sequence[float]] | None
+def _module_shares(paths: Sequence[str], module_weights: Mapping[str, Sequence[float]] | None
                    ) -> dict[str, list[float]]:
-    """``{parameter name: weights}`` for the parameters whose module ``module_weights`` names
-    (the longest matching name wins); the others take ``weights``."""
-    if not module_weights:
-        return {}
-    modules = sorted({n.removeprefix(MODEL_PREFIX).rsplit(".", 1)[0]
-                      for n in names if n.startswith(MODEL_PREFIX)})
+    """``module_weights``, each scaled to sum to 1."""
+    shares: dict[str, list[float]] = {}
+    for module, w in (module_weights or {}).items():
+        try:
+            shares[module] = _weights(paths, w)
+        except ValueError as e:
+            raise ValueError(f"module_weights.{module}: {e}") from None
+    return shares
+
+
+def _module_scales(names: Sequence[str], shares: Mapping[str, list[float]]
+                   ) -> dict[str, list[float]]:
+    """``{parameter name: shares}`` for the parameters under a module that ``shares`` names (the
+    longest matching name wins); the others are left to ``weights``."""
     scales: dict[str, list[float]] = {}
-    for module in sorted(module_weights, key=len):  # longer (deeper) names override shorter ones
+    for module in sorted(shares, key=len):  # longer (deeper) names override shorter ones
         prefix = MODEL_PREFIX + module + "."
         matched = [n for n in names if n.startswith(prefix)]
         if not matched:
+            modules = sorted({n.removeprefix(MODEL_PREFIX).rsplit(".", 1)[0]
+                              for n in names if n.startswith(MODEL_PREFIX)})
             tops = sorted({m.split(".")[0] for m in modules})
             raise ValueError(
                 f"module_weights: the model has no module {module!r}; name one of its modules, "
                 f"such as {', '.join(tops)}, or a deeper one ({', '.join(modules[:6])}, ...)"
             )
-        try:
-            w = _weights([""] * n_paths, module_weights[module])
-        except ValueError as e:
-            raise ValueError(f"module_weights.{module}: {e}") from None
-        scales.update(dict.fromkeys(matched, w))
+        scales.update(dict.fromkeys(matched, shares[module]))
     return scales
 
 
@@ -143,8 +148,9 @@ def average_checkpoints(paths: Sequence[str], output: str,
         raise ValueError("no checkpoints to average: give checkpoints=[a.ckpt,b.ckpt] or "
                          "run_dir=... last=N")
     scale = _weights(paths, weights)
+    module_shares = _module_shares(paths, module_weights)
     first = read_checkpoint(paths[0])
-    per_module = _module_scales(list(first["state_dict"]), len(paths), module_weights)
+    per_module = _module_scales(list(first["state_dict"]), module_shares)
 
     def share(name: str, i: int) -> float:
         return per_module[name][i] if name in per_module else scale[i]
@@ -161,9 +167,8 @@ def average_checkpoints(paths: Sequence[str], output: str,
     state = {k: v.to(last["state_dict"][k].dtype) if v.is_floating_point() else v
              for k, v in total.items()}
     record: dict[str, Any] = {"averaged_weights": scale}
-    if module_weights:
-        record["averaged_module_weights"] = {m: _weights(paths, w)
-                                             for m, w in module_weights.items()}
+    if module_shares:
+        record["averaged_module_weights"] = module_shares
     atomic_torch_save(
         {
             "state_dict": state,
